@@ -1,0 +1,170 @@
+"""Commands of the model core: `planner models`, `planner info`, `planner export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli import app
+from planner.errors import PlannerError
+
+console = Console()
+
+WidthsOption = Annotated[
+    list[float] | None, typer.Option("--widths", "-w", help="Widths to show (default: the trained ones).")
+]
+
+
+def build_model(
+    name: str,
+    checkpoint: Path | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    in_channels: int | None = None,
+):
+    """Create a model, rebuilt from a checkpoint's options (and loaded) when one is given."""
+    from planner.checkpoint import check_state_dict, read_checkpoint
+    from planner.models import create_model
+
+    options: dict = {}
+    state = None
+    if checkpoint is not None:
+        saved = read_checkpoint(checkpoint)
+        state = saved["model"]
+        info = saved["planner"]
+        if info.get("name") not in (None, name):
+            raise PlannerError(f"checkpoint {checkpoint} holds {info['name']!r}, not {name!r}")
+        options = {k: info[k] for k in ("widths", "num_classes", "input_size", "in_channels") if k in info}
+    given = {"num_classes": num_classes, "input_size": input_size, "in_channels": in_channels}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise PlannerError(
+                f"--{key.replace('_', '-')} {value} does not match the checkpoint ({options[key]})"
+            )
+        options[key] = value
+    model = create_model(name, **options)
+    if state is not None:
+        check_state_dict(model, state)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def resolve_config(model, width: float | None, config_file: Path | None):
+    """The configuration a command was asked for: `--width` or `--config FILE` (exactly one)."""
+    from planner.widths import WidthConfig
+
+    if (width is None) == (config_file is None):
+        raise PlannerError("give exactly one of --width or --config")
+    if config_file is None:
+        return model.config(width)
+    loaded = WidthConfig.load(config_file)
+    if loaded.model != model.name:
+        raise PlannerError(f"{config_file} is a configuration of {loaded.model!r}, not {model.name!r}")
+    return model.config_from_channels(loaded.channels, loaded.width)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the registered models."""
+    from planner.models import create_model, list_models
+
+    table = Table("model", "trained widths", "input", "classes")
+    for name in list_models():
+        model = create_model(name)
+        widths = model.widths
+        shown = (
+            f"{widths[0]:g} … {widths[-1]:g} (any)"
+            if model.universal
+            else ", ".join(f"{w:g}" for w in widths)
+        )
+        table.add_row(
+            name, shown, f"{model.in_channels}x{model.input_size}x{model.input_size}", str(model.num_classes)
+        )
+    console.print(table)
+
+
+@app.command("info")
+def info_command(
+    model_name: Annotated[str, typer.Argument(metavar="MODEL")],
+    widths: WidthsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    num_classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
+) -> None:
+    """Channels, MACs and params of each width (the reference's counting convention)."""
+    from planner.counting import count, layer_channels
+
+    model = build_model(model_name, num_classes=num_classes, input_size=input_size)
+    rows = []
+    for width in widths or model.widths:
+        config = model.config(width)
+        cost = count(model, config)
+        rows.append(
+            {
+                "width": width,
+                "config_id": config.id,
+                "macs": cost.macs,
+                "params": cost.params,
+                "channels": layer_channels(model, config),
+            }
+        )
+    if as_json:
+        typer.echo(
+            json.dumps({"model": model.name, "input_size": model.input_size, "widths": rows}, indent=2)
+        )
+        return
+    table = Table(
+        "width", "config id", "MACs (M)", "params (M)", "channels (first 8 layers)", title=model.name
+    )
+    for row in rows:
+        channels = ", ".join(str(c) for c in row["channels"][:8]) + (" …" if len(row["channels"]) > 8 else "")
+        table.add_row(
+            f"{row['width']:g}",
+            row["config_id"],
+            f"{row['macs'] / 1e6:.1f}",
+            f"{row['params'] / 1e6:.3f}",
+            channels,
+        )
+    console.print(table)
+
+
+@app.command("export")
+def export_command(
+    model_name: Annotated[str, typer.Argument(metavar="MODEL")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    width: Annotated[float | None, typer.Option("--width", help="Uniform width.")] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Per-layer configuration JSON.")
+    ] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to load.")] = None,
+    fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convs.")] = False,
+    num_classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
+    in_channels: Annotated[int | None, typer.Option(help="Input channels.")] = None,
+) -> None:
+    """Write one configuration as a single-file, static-shape ONNX holding only its sliced weights."""
+    from planner.counting import count
+    from planner.export import export_onnx
+
+    model = build_model(model_name, checkpoint, num_classes, input_size, in_channels)
+    config = resolve_config(model, width, config_file)
+    if model.needs_calibration(config) and config.width is None:
+        console.print(
+            "[yellow]note:[/] this per-layer configuration has no trained BN statistics; it borrows the "
+            "nearest width's until calibrated (planner calibrate)",
+            highlight=False,
+        )
+    path = export_onnx(model, config, output, fold_bn=fold_bn)
+    cost = count(model, config)
+    console.print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {model.name} {config.label}, "
+        f"config {config.id}, {cost.macs / 1e6:.1f} MMACs, {cost.params / 1e6:.3f} M params",
+        highlight=False,
+    )

@@ -1,0 +1,66 @@
+"""A small slimmable CNN for tests and the demo (8x8 to 32x32 inputs, e.g. scikit-learn's digits).
+
+Four 3x3 conv layers with switchable BN, global average pooling and a slimmable classifier: small enough
+to train on two CPU cores in seconds, wide enough that latency grows with width.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from planner.models.base import SlimmableNetwork
+from planner.models.ops import (
+    ChannelGroup,
+    SlimmableConv2d,
+    SlimmableLinear,
+    SwitchableBatchNorm2d,
+    fixed_group,
+    mobilenet_channels,
+)
+from planner.models.registry import register_model
+from planner.models.s_mobilenet_v2 import _reset_parameters
+
+# channels at 1.0x, stride
+LAYERS = [(32, 1), (64, 1), (64, 2), (128, 1)]
+
+
+class SlimmableSmallCNN(SlimmableNetwork):
+    """conv-BN-ReLU x4 -> global average pool -> linear."""
+
+    def __init__(
+        self, widths: list[float], num_classes: int = 10, input_size: int = 8, in_channels: int = 1
+    ) -> None:
+        super().__init__("s_cnn_small", widths, num_classes, input_size, in_channels)
+        if not 8 <= input_size <= 32:
+            raise ValueError(f"s_cnn_small takes 8x8 to 32x32 inputs, got {input_size}")
+        channels = fixed_group(in_channels, "input")
+        features: list[nn.Module] = []
+        for base, stride in LAYERS:
+            outp = ChannelGroup(partial(mobilenet_channels, base=base, min_value=8))
+            features.append(
+                nn.Sequential(
+                    SlimmableConv2d(channels, outp, 3, stride, 1),
+                    SwitchableBatchNorm2d(outp, self.widths),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            channels = outp
+        features.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(SlimmableLinear(channels, fixed_group(num_classes, "classes")))
+        _reset_parameters(self)
+        self._finish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+@register_model
+def s_cnn_small(
+    widths: list[float] | None = None, num_classes: int = 10, input_size: int = 8, **kwargs
+) -> SlimmableSmallCNN:
+    """Small slimmable CNN, widths [0.25, 0.5, 0.75, 1.0] by default."""
+    return SlimmableSmallCNN(widths or [0.25, 0.5, 0.75, 1.0], num_classes, input_size, **kwargs)
