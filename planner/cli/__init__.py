@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 
 import typer
 
@@ -19,13 +20,15 @@ app = typer.Typer(
 )
 
 
+# Each module registers its commands on `app` when imported; one line per pipeline stage.
+COMMAND_MODULES = [
+    "models",
+]
+
+
 def _register_commands() -> None:
-    # Imported for their side effect: each module adds its commands to `app`.
-    from planner.cli import (
-        models,  # noqa: F401
-        select,  # noqa: F401
-        targets,  # noqa: F401
-    )
+    for module in COMMAND_MODULES:
+        import_module(f"planner.cli.{module}")
 
 
 def main(argv: list[str] | None = None) -> None:
