@@ -23,6 +23,7 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported; one line per pipeline stage.
 COMMAND_MODULES = [
     "models",
+    "train",
 ]
 
 

@@ -1,0 +1,164 @@
+"""Slimmable training: every width learns, widest first, US models follow the sandwich rule, runs repeat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from planner.checkpoint import read_checkpoint
+from planner.cli import main
+from planner.data import load_dataset
+from planner.errors import PlannerError
+from planner.evaluate import evaluate
+from planner.models import create_model
+from planner.train import iteration_widths, soft_cross_entropy, train
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny convs run as fast on one thread, and far faster when other jobs load the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(digits, single_thread):
+    torch.manual_seed(0)
+    model = create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    result = train(model, digits, epochs=2, batch_size=64, lr=0.2, seed=0)
+    return model, result
+
+
+def test_every_width_of_one_network_learns_digits(trained, digits) -> None:
+    model, result = trained
+    scores = evaluate(model, [model.config(w) for w in model.widths], digits.batches("val", 512))
+    assert [s.config.width for s in scores] == [0.25, 0.5, 0.75, 1.0]
+    assert all(s.top1 > 80 for s in scores), [s.top1 for s in scores]
+    assert result.steps == 2 * 20
+    first, last = result.epoch_losses
+    assert list(first) == [1.0, 0.75, 0.5, 0.25]
+    assert all(last[w] < first[w] for w in model.widths)
+
+
+def test_s_model_runs_all_widths_widest_first_every_iteration() -> None:
+    model = create_model("s_cnn_small", widths=[0.5, 0.25, 1.0])
+    generator = torch.Generator().manual_seed(0)
+    assert iteration_widths(model, generator) == [1.0, 0.5, 0.25]
+
+
+def test_us_model_sandwich_takes_max_min_and_two_seeded_random_tracked_widths() -> None:
+    model = create_model("us_mobilenet_v2", num_classes=10, input_size=32)
+    draws = [iteration_widths(model, torch.Generator().manual_seed(s)) for s in range(20)]
+    for widths in draws:
+        assert len(widths) == 4 and widths[0] == 1.0 and widths[-1] == 0.35
+        assert widths == sorted(widths, reverse=True) and len(set(widths)) == 4
+        assert set(widths) <= set(model.widths)
+    assert len({tuple(w) for w in draws}) > 5
+    again = [iteration_widths(model, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert again == draws
+
+
+def test_inplace_distillation_loss_is_cross_entropy_against_the_soft_target() -> None:
+    logits = torch.randn(6, 5)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    one_hot = F.one_hot(labels, 5).float()
+    assert torch.allclose(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
+    teacher = F.softmax(torch.randn(6, 5), dim=1)
+    assert soft_cross_entropy(logits, teacher) > soft_cross_entropy(teacher.log(), teacher) - 1e-6
+
+
+def _tiny_npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    x = rng.normal(size=(30, 1, 32, 32)).astype(np.float32) * 0.1 + y[:, None, None, None] / 3
+    np.savez(path, x=x.clip(0, 1), y=y)
+    return path
+
+
+def test_us_training_repeats_exactly_with_a_seed(tmp_path: Path, single_thread) -> None:
+    dataset = load_dataset(_tiny_npz(tmp_path / "tiny.npz"))
+
+    def run(seed: int):
+        torch.manual_seed(0)
+        model = create_model("us_mobilenet_v2", num_classes=3, input_size=32, in_channels=1)
+        result = train(model, dataset, epochs=1, batch_size=21, lr=0.05, seed=seed)
+        return model.state_dict(), result
+
+    (first, result), (second, _) = run(0), run(0)
+    assert result.steps == 1 and list(result.epoch_losses[0])[0] == 1.0
+    assert len(result.epoch_losses[0]) == 4 and 0.35 in result.epoch_losses[0]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    untrained = create_model("us_mobilenet_v2", num_classes=3, input_size=32, in_channels=1).state_dict()
+    assert not torch.equal(first["features.0.0.weight"], untrained["features.0.0.weight"])
+
+
+def test_training_errors_are_plain(trained, digits) -> None:
+    model, _ = trained
+    with pytest.raises(PlannerError, match="epochs"):
+        train(model, digits, epochs=0)
+    small = create_model("s_cnn_small", num_classes=5)
+    with pytest.raises(PlannerError, match="10 classes"):
+        train(small, digits, epochs=1)
+
+
+def test_train_command_writes_a_reference_layout_checkpoint(tmp_path: Path, capsys, single_thread) -> None:
+    output = tmp_path / "digits.pt"
+    argv = [
+        "train",
+        "s_cnn_small",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--widths",
+        "0.5,1.0",
+        "-o",
+        str(output),
+    ]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "1x:" in err and "0.5x:" in err  # the progress bar's loss per width
+    raw = torch.load(output, weights_only=True)
+    assert all(key.startswith("module.") for key in raw["model"])
+    info = read_checkpoint(output)["planner"]
+    assert (info["name"], info["widths"], info["num_classes"], info["input_size"]) == (
+        "s_cnn_small",
+        [0.5, 1.0],
+        10,
+        8,
+    )
+    assert "top-1" in out and "0.5x" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "/nonexistent/dir"], "does not exist"),
+        (["--data", "digits", "--num-classes", "5"], "10 classes but --num-classes has 5"),
+        (["--data", "digits", "--input-size", "16", "--epochs", "0"], "epochs must be at least 1"),
+        (["--data", "digits", "--widths", "0.5,x"], "--widths takes numbers"),
+    ],
+)
+def test_train_command_bad_input_exits_2_with_one_line(argv, message, tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["train", "s_cnn_small", *argv, "-o", str(tmp_path / "x.pt")], capsys)
+    assert code == 2
+    assert err.strip().startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
