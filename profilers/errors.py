@@ -11,6 +11,13 @@ def missing_sdk(package: str, pip_hint: str) -> ProfilerError:
 
 
 def first_line(error: BaseException) -> str:
-    """An SDK's multi-line error message reduced to the line a user needs."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """An SDK's multi-line error reduced to one line: its first and last informative lines.
+
+    OpenVINO prefixes messages with the source location of a failed check ("Check '...' failed at"),
+    which tells a user nothing; those lines are skipped.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Check '")] or lines
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"

@@ -1,0 +1,93 @@
+"""Shared by the profiler benchmarks: the S-MobileNetV2 exports they measure and small helpers."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from profilers import Job
+from profilers.environment import cpu_model
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+WIDTHS = (0.35, 0.5, 0.75, 1.0)
+
+
+def export_widths(work_dir: Path, model_name: str = "s_mobilenet_v2") -> dict[float, Job]:
+    """One 224x224 ONNX file per trained width (exported once, reused), as profiler jobs."""
+    import planner
+    from planner.export import export_onnx
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = planner.create_model(model_name)
+    jobs = {}
+    for width in WIDTHS:
+        config = model.config(width)
+        path = work_dir / f"{model_name}-{width:g}.onnx"
+        if not path.exists():
+            export_onnx(model, config, path)
+        cost = planner.count(model, config)
+        metadata = {
+            "model": model_name,
+            "config_id": config.id,
+            "width": width,
+            "target": "cpu",
+            "macs": cost.macs,
+            "params": cost.params,
+        }
+        jobs[width] = Job(path, metadata=metadata)
+    return jobs
+
+
+def conditions() -> str:
+    """A paragraph on what the machine was doing, for the report."""
+    load = os.getloadavg()
+    return (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {cpu_model()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}; load average before the run "
+        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} (other developers' test suites share this machine)."
+    )
+
+
+def command_line() -> str:
+    """The command that produced a report, as typed from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return " ".join(["python", str(shown), *sys.argv[1:]])
+
+
+def benchmark_app(onnx: Path, seconds: float) -> tuple[float, str, int | None]:
+    """OpenVINO's own benchmark_app on the same file: its median latency (ms), command and thread count.
+
+    benchmark_app rejects -nthreads together with -hint latency, so the hint picks the threads; the
+    chosen INFERENCE_NUM_THREADS is read from its output to show it matches the profiler's.
+    """
+    tool = Path(sys.executable).with_name("benchmark_app")
+    command = [
+        str(tool),
+        "-m",
+        str(onnx),
+        "-d",
+        "CPU",
+        "-hint",
+        "latency",
+        "-ip",
+        "f32",
+        "-t",
+        f"{seconds:g}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    threads = re.search(r"INFERENCE_NUM_THREADS: (\d+)", done.stdout)
+    median = re.search(r"Median:\s+([0-9.]+) ms", done.stdout)
+    if not median:
+        raise RuntimeError(f"no median in benchmark_app output:\n{done.stdout[-2000:]}")
+    return (
+        float(median.group(1)),
+        " ".join(["benchmark_app", *command[1:]]),
+        int(threads.group(1)) if threads else None,
+    )

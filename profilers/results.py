@@ -1,0 +1,162 @@
+"""The latency table: one row per measured job, with the schema documented in docs/ARCHITECTURE.md.
+
+Rows are merged into OUT/latency.parquet (+ latency.csv) after every finished job, each file written to
+a temporary name, flushed to disk and renamed into place, under a lock: killing the run at any moment
+leaves the previous complete table. A job re-measured (after an error, or with force) replaces its row.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from profilers.jobs import KEY_COLUMNS
+
+PARQUET = "latency.parquet"
+CSV = "latency.csv"
+
+# column -> pandas dtype, in table order.
+SCHEMA: dict[str, str] = {
+    "model": "string",
+    "config_id": "string",
+    "width": "float64",
+    "config": "string",
+    "target": "string",
+    "backend": "string",
+    "device": "string",
+    "precision": "string",
+    "batch": "Int64",
+    "input_shape": "string",
+    "run_id": "string",
+    "timestamp": "string",
+    "status": "string",
+    "error": "string",
+    "estimated": "boolean",
+    "converged": "boolean",
+    "p50_ms": "float64",
+    "p90_ms": "float64",
+    "p99_ms": "float64",
+    "mean_ms": "float64",
+    "std_ms": "float64",
+    "min_ms": "float64",
+    "n": "Int64",
+    "ci_low_ms": "float64",
+    "ci_high_ms": "float64",
+    "first_ms": "float64",
+    "throughput_ips": "float64",
+    "wall_s": "float64",
+    "peak_rss_bytes": "Int64",
+    "weight_bytes": "Int64",
+    "artifact_bytes": "Int64",
+    "device_mem_bytes": "Int64",
+    "macs": "Int64",
+    "params": "Int64",
+    "env_cpu": "string",
+    "env_cores": "Int64",
+    "env_threads": "Int64",
+    "env_governor": "string",
+    "env_host": "string",
+    "env_runtime": "string",
+    "env_runtime_version": "string",
+    "env_libs": "string",
+    "env_nvpmodel": "string",
+    "env_jetson_clocks": "string",
+}
+STATUSES = ("ok", "error", "timeout")
+
+
+def _cell(value: Any) -> Any:
+    """Caller metadata may hold dicts or lists (a WidthConfig as a dict): stored as JSON text."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _conform(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every schema column present with its dtype, in order; extra metadata columns after them."""
+    frame = frame.copy()
+    for column, dtype in SCHEMA.items():
+        if column not in frame:
+            missing = float("nan") if dtype == "float64" else pd.NA
+            frame[column] = pd.Series([missing] * len(frame), dtype=dtype, index=frame.index)
+        elif dtype == "float64":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        elif dtype == "Int64":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
+        else:
+            frame[column] = frame[column].astype(dtype)
+    extras = [c for c in frame.columns if c not in SCHEMA]
+    for column in extras:
+        frame[column] = frame[column].map(_cell)
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return frame[list(SCHEMA) + extras].reset_index(drop=True)
+
+
+def empty_latency() -> pd.DataFrame:
+    return _conform(pd.DataFrame())
+
+
+def load_latency(out_dir: Path) -> pd.DataFrame:
+    """The latency table under `out_dir` (an empty frame with the schema's columns when there is none)."""
+    path = Path(out_dir) / PARQUET
+    if not path.exists():
+        return empty_latency()
+    return _conform(pd.read_parquet(path))
+
+
+def row_key(row: dict[str, Any] | pd.Series) -> tuple:
+    return tuple(str(row[c]) if c != "batch" else int(row[c]) for c in KEY_COLUMNS)
+
+
+def _write_atomically(path: Path, write) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class LatencyStore:
+    """The results directory of one run: which keys are measured, and adding rows as they finish."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self):
+        with open(self.out_dir / ".latency.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def measured_keys(self) -> set[tuple]:
+        table = load_latency(self.out_dir)
+        ok = table[table["status"] == "ok"]
+        return {row_key(row) for _, row in ok.iterrows()}
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Merge one finished row (replacing an older row with the same key) and rewrite both files."""
+        new = _conform(pd.DataFrame([{k: _cell(v) for k, v in row.items()}]))
+        with self._locked():
+            table = load_latency(self.out_dir)
+            if len(table):
+                key = row_key(row)
+                table = table[[row_key(r) != key for _, r in table.iterrows()]]
+                table = _conform(pd.concat([table, new], ignore_index=True)) if len(table) else new
+            else:
+                table = new
+            _write_atomically(self.out_dir / PARQUET, lambda p: table.to_parquet(p, index=False))
+            _write_atomically(self.out_dir / CSV, lambda p: table.to_csv(p, index=False))

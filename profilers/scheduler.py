@@ -1,0 +1,355 @@
+"""Measuring a set of jobs: one worker process per job, rounds that interleave them, adaptive stopping.
+
+Drift on a shared CPU (frequency, other tenants, thermal) is slow compared with a burst, so running the
+jobs in interleaved rounds (order reshuffled every round) spreads it over all of them alike instead of
+penalising whichever ran during a bad minute; only one worker runs at a time. A job is done when the
+confidence interval of its median is tight enough, after a minimum count, or when its time is up; the
+jobs of a group keep taking turns until every one is done, so all their samples share one time window.
+Every request has a timeout; a worker that crashes or hangs is killed and only its own row says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import selectors
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from profilers.backends import get_backend
+from profilers.environment import environment
+from profilers.errors import ProfilerError
+from profilers.jobs import Job, Settings
+from profilers.modelfile import ModelFile
+from profilers.results import LatencyStore, load_latency, row_key
+from profilers.stats import Summary, converged
+
+
+class WorkerFailed(Exception):
+    """The worker reported an error, died, or did not answer in time (`status` says which)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WorkerHandle:
+    """The parent's end of one worker process: JSON-line requests with a timeout each."""
+
+    def __init__(self, job: Job, settings: Settings, log_path: Path) -> None:
+        environment_vars = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        environment_vars["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, environment_vars.get("PYTHONPATH", "")) if p
+        )
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "profilers.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=environment_vars,
+            )
+        self._buffer = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.process.stdout, selectors.EVENT_READ)
+        self.send({"job": job.to_dict(), "settings": settings.to_dict()})
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.process.stdin.write((json.dumps(message) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError:
+            note = self._death_note()
+            self.kill()
+            raise WorkerFailed("error", note) from None
+
+    def receive(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise WorkerFailed("timeout", f"no answer from the worker within {timeout_s:g} s (killed)")
+            if not self._selector.select(remaining):
+                continue
+            chunk = os.read(self.process.stdout.fileno(), 1 << 20)
+            if not chunk:
+                note = self._death_note()
+                self.kill()
+                raise WorkerFailed("error", note)
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        reply = json.loads(line)
+        if "error" in reply:
+            self.kill()
+            raise WorkerFailed("error", reply["error"])
+        return reply
+
+    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        self.send(message)
+        return self.receive(timeout_s)
+
+    def _death_note(self) -> str:
+        code = self.process.wait(timeout=10)
+        try:
+            lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        last = f": {lines[-1].strip()}" if lines else ""
+        return f"worker exited with code {code}{last} (log: {self.log_path})"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._close_pipes()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self, timeout_s: float) -> dict[str, Any]:
+        reply = self.request({"cmd": "close"}, timeout_s)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._close_pipes()
+        return reply
+
+    def _close_pipes(self) -> None:
+        self._selector.close()
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What `run_jobs` reports as it goes: skipped, ready (with the worker pid) or finished (with the row)."""
+
+    kind: str
+    job: Job
+    index: int
+    total: int
+    row: dict[str, Any] | None = None
+    pid: int | None = None
+
+
+@dataclass
+class _Measurement:
+    job: Job
+    index: int
+    model: ModelFile
+    worker: WorkerHandle | None = None
+    ready: dict[str, Any] = field(default_factory=dict)
+    samples_ns: list[int] = field(default_factory=list)
+    setup_s: float = 0.0  # worker start to ready: build (if not cached), load, first inference, warm-up
+    measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
+
+    def samples_ms(self) -> np.ndarray:
+        return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
+
+
+def validate(jobs: Sequence[Job]) -> dict[int, ModelFile]:
+    """Reject bad input before any worker starts: missing/corrupt ONNX, unknown backend or device."""
+    models: dict[int, ModelFile] = {}
+    seen: dict[tuple, int] = {}
+    for index, job in enumerate(jobs):
+        models[index] = ModelFile.inspect(job.onnx, job.batch)
+        backend = get_backend(job.backend)
+        backend.check(job)
+        backend.artifact_for(models[index], job)
+        key = job.key()
+        if key in seen:
+            raise ProfilerError(
+                f"jobs {seen[key] + 1} and {index + 1} measure the same thing {key}: give "
+                "them different metadata (model, config_id, target)"
+            )
+        seen[key] = index
+    return models
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    out_dir: Path,
+    settings: Settings | None = None,
+    force: bool = False,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> pd.DataFrame:
+    """Measure every job not yet measured under out_dir; return the rows of all given jobs.
+
+    Rows are added to out_dir/latency.parquet (+ .csv) as each job finishes. Bad input raises
+    ProfilerError before anything runs; a job whose worker fails gets a row with status error/timeout.
+    """
+    settings = settings or Settings()
+    jobs = list(jobs)
+    if not jobs:
+        raise ProfilerError("no jobs to run")
+    models = validate(jobs)
+    store = LatencyStore(out_dir)
+    done = set() if force else store.measured_keys()
+    report = progress or (lambda event: None)
+    pending = []
+    for index, job in enumerate(jobs):
+        if job.key() in done:
+            report(ProgressEvent("skipped", job, index, len(jobs)))
+        else:
+            pending.append(_Measurement(job, index, models[index]))
+    run_id = uuid.uuid4().hex[:12]
+    rng = np.random.default_rng(settings.seed)
+    for start in range(0, len(pending), settings.max_workers):
+        _measure_group(
+            pending[start : start + settings.max_workers], len(jobs), store, settings, run_id, rng, report
+        )
+    wanted = {row_key(job.identity()) for job in jobs}
+    table = load_latency(out_dir)
+    return table[[row_key(row) in wanted for _, row in table.iterrows()]].reset_index(drop=True)
+
+
+def _measure_group(
+    group: list[_Measurement],
+    total: int,
+    store: LatencyStore,
+    settings: Settings,
+    run_id: str,
+    rng: np.random.Generator,
+    report: Callable[[ProgressEvent], None],
+) -> None:
+    def finish(measurement: _Measurement, row: dict[str, Any]) -> None:
+        store.add(row)
+        report(ProgressEvent("finished", measurement.job, measurement.index, total, row))
+
+    active: list[_Measurement] = []
+    try:
+        # Started one after another, so a build or a first inference never competes with another worker.
+        for measurement in group:
+            log = store.out_dir / "logs" / f"{run_id}-{measurement.index:04d}-{measurement.job.backend}.log"
+            started = time.perf_counter()
+            try:
+                measurement.worker = WorkerHandle(measurement.job, settings, log)
+                measurement.ready = measurement.worker.receive(settings.build_timeout_s)
+            except WorkerFailed as failure:
+                measurement.setup_s = time.perf_counter() - started
+                finish(measurement, _failed_row(measurement, failure, run_id))
+                continue
+            measurement.setup_s = time.perf_counter() - started
+            report(
+                ProgressEvent(
+                    "ready", measurement.job, measurement.index, total, pid=measurement.worker.process.pid
+                )
+            )
+            active.append(measurement)
+        while active:
+            for position in rng.permutation(len(active)):
+                measurement = active[position]
+                request = {
+                    "cmd": "burst",
+                    "count": settings.burst_size,
+                    "seconds": settings.burst_seconds,
+                    "warmup": settings.burst_warmup,
+                }
+                began = time.perf_counter()
+                try:
+                    reply = measurement.worker.request(request, settings.timeout_s)
+                except WorkerFailed as failure:
+                    finish(measurement, _failed_row(measurement, failure, run_id))
+                    measurement.worker = None
+                    continue
+                measurement.measure_s += time.perf_counter() - began
+                measurement.samples_ns.extend(reply["times_ns"])
+            active = [measurement for measurement in active if measurement.worker is not None]
+            verdicts = {
+                id(measurement): converged(
+                    measurement.samples_ms(), settings.ci_rel, settings.confidence, settings.min_queries
+                )
+                for measurement in active
+            }
+            # Every job stays in the rounds until all have stopped, so all samples cover the same stretch
+            # of time: a job that left early would miss a later change of load that the others saw.
+            if not all(verdicts[id(m)] or m.measure_s >= settings.max_seconds for m in active):
+                continue
+            for measurement in active:
+                try:
+                    closing = measurement.worker.close(settings.timeout_s)
+                except WorkerFailed as failure:
+                    finish(measurement, _failed_row(measurement, failure, run_id))
+                    continue
+                row = _ok_row(measurement, closing, verdicts[id(measurement)], run_id, settings)
+                finish(measurement, row)
+                if measurement.worker.log_path.stat().st_size == 0:
+                    measurement.worker.log_path.unlink()  # nothing to read: keep logs/ for what went wrong
+            active = []
+    finally:
+        for measurement in group:
+            if measurement.worker is not None and measurement.worker.alive:
+                measurement.worker.kill()
+
+
+def _base_row(measurement: _Measurement, run_id: str) -> dict[str, Any]:
+    job = measurement.job
+    meta = dict(job.metadata)
+    return {
+        **meta,
+        **job.identity(),
+        "width": meta.get("width", math.nan),
+        "config": meta.get("config", ""),
+        "input_shape": measurement.model.shape_text,
+        "run_id": run_id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "estimated": False,
+        "weight_bytes": measurement.model.weight_bytes,
+        "macs": meta.get("macs"),
+        "params": meta.get("params"),
+        "wall_s": measurement.setup_s + measurement.measure_s,
+    }
+
+
+def _ok_row(
+    measurement: _Measurement, closing: dict[str, Any], is_converged: bool, run_id: str, settings: Settings
+) -> dict[str, Any]:
+    ready = measurement.ready
+    summary = Summary.of(measurement.samples_ms(), measurement.job.batch, settings.confidence)
+    return {
+        **_base_row(measurement, run_id),
+        "status": "ok",
+        "error": "",
+        "converged": is_converged,
+        **vars(summary),
+        "first_ms": ready["first_ms"],
+        "peak_rss_bytes": closing["peak_rss_bytes"],
+        "artifact_bytes": ready["artifact_bytes"],
+        "device_mem_bytes": closing.get("device_mem_bytes"),
+        **ready["env"],
+    }
+
+
+def _failed_row(measurement: _Measurement, failure: WorkerFailed, run_id: str) -> dict[str, Any]:
+    job = measurement.job
+    env = measurement.ready.get("env") or environment(job.resolved_threads, job.backend, "")
+    message = " ".join(str(failure).split())
+    return {
+        **_base_row(measurement, run_id),
+        "status": failure.status,
+        "error": message,
+        "converged": False,
+        "n": len(measurement.samples_ns),
+        **env,
+    }

@@ -1,0 +1,86 @@
+"""Statistics of a latency sample: percentiles and a distribution-free confidence interval of the median.
+
+Latency distributions on a shared CPU are skewed with long tails, so no normal approximation: the interval
+is a pair of order statistics whose coverage follows from the binomial distribution of how many samples
+fall below the true median.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binom
+
+
+def median_ci_indices(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
+    """0-based order-statistic indices (lo, hi) with P(x[lo] <= median <= x[hi]) >= confidence.
+
+    None when n is too small for any interval at that confidence.
+    """
+    alpha = 1.0 - confidence
+    # Largest k with P(B <= k) <= alpha/2 for B ~ Binomial(n, 1/2); the interval is [x_(k+1), x_(n-k)].
+    k = int(binom.ppf(alpha / 2, n, 0.5))
+    while k >= 0 and binom.cdf(k, n, 0.5) > alpha / 2:
+        k -= 1
+    if k < 0:
+        return None
+    return k, n - 1 - k
+
+
+def median_ci(samples_ms: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The confidence interval of the median (NaN, NaN when there are too few samples)."""
+    indices = median_ci_indices(len(samples_ms), confidence)
+    if indices is None:
+        return math.nan, math.nan
+    ordered = np.sort(samples_ms)
+    return float(ordered[indices[0]]), float(ordered[indices[1]])
+
+
+def converged(samples_ms: np.ndarray, ci_rel: float, confidence: float, min_queries: int) -> bool:
+    """Enough samples, and the median's interval lies within median * (1 +- ci_rel)."""
+    if len(samples_ms) < min_queries:
+        return False
+    low, high = median_ci(samples_ms, confidence)
+    if math.isnan(low):
+        return False
+    median = float(np.median(samples_ms))
+    return low >= median * (1 - ci_rel) and high <= median * (1 + ci_rel)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The latency columns of a result row (milliseconds)."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    n: int
+    ci_low_ms: float
+    ci_high_ms: float
+    throughput_ips: float
+
+    @classmethod
+    def of(cls, samples_ms: np.ndarray, batch: int = 1, confidence: float = 0.95) -> Summary:
+        samples = np.asarray(samples_ms, dtype=np.float64)
+        if samples.size == 0:
+            raise ValueError("no samples")
+        p50, p90, p99 = np.percentile(samples, [50, 90, 99])
+        low, high = median_ci(samples, confidence)
+        return cls(
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            mean_ms=float(samples.mean()),
+            std_ms=float(samples.std(ddof=1)) if samples.size > 1 else 0.0,
+            min_ms=float(samples.min()),
+            n=int(samples.size),
+            ci_low_ms=low,
+            ci_high_ms=high,
+            # Single-stream throughput: inputs per second at the median latency.
+            throughput_ips=float(batch * 1000.0 / p50) if p50 > 0 else math.nan,
+        )

@@ -1,0 +1,397 @@
+"""The device-side profiler: measurements, stopping rule, results files, failures and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
+from profilers.cli import main as profilers_main
+from profilers.stats import converged, median_ci, median_ci_indices
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def conv_model(path: Path, channels: int, size: int = 32) -> Path:
+    """A small conv net whose cost grows with `channels` (like a width multiplier)."""
+    rng = np.random.default_rng(channels)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((channels, channels, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.standard_normal((channels, 10)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def failing_model(path: Path) -> Path:
+    """Valid ONNX that no runtime can execute: 10 values reshaped into rows of 3."""
+    shape = numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["f"]),
+        helper.make_node("Reshape", ["f", "shape"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 4])],
+        [shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "narrow": conv_model(root / "narrow.onnx", 8),
+        "wide": conv_model(root / "wide.onnx", 64),
+        "mid": conv_model(root / "mid.onnx", 16),
+    }
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory) -> Settings:
+    """Quick settings for tests: the stopping rule and timeouts still apply, with smaller numbers."""
+    return Settings(
+        warmup_s=0.05,
+        min_queries=32,
+        max_seconds=2.0,
+        burst_size=8,
+        timeout_s=30,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+    )
+
+
+def job(path: Path, backend: str = "onnxruntime", **meta) -> Job:
+    metadata = {"model": "conv", "config_id": path.stem, "target": "cpu", **meta}
+    return Job(path, backend=backend, threads=1, metadata=metadata)
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+
+def test_median_interval_is_the_textbook_order_statistics():
+    assert median_ci_indices(100) == (39, 60)  # ranks 40 and 61 of 100 (1-based), the standard table
+    assert median_ci_indices(5) is None  # 2 * 0.5**5 > 0.05: no 95% interval from 5 samples
+
+
+def test_median_interval_covers_the_true_median_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    trials = rng.lognormal(mean=0.0, sigma=0.5, size=(2000, 64))  # skewed, like latencies; median 1
+    covered = 0
+    for sample in trials:
+        low, high = median_ci(sample)
+        covered += low <= 1.0 <= high
+    assert 0.93 <= covered / len(trials) <= 0.99
+
+
+def test_stopping_rule_needs_the_minimum_count_and_a_tight_interval():
+    rng = np.random.default_rng(2)
+    tight = 10 + rng.normal(0, 0.05, 200)
+    wide = 10 * rng.lognormal(0, 0.5, 200)
+    assert converged(tight, ci_rel=0.02, confidence=0.95, min_queries=64)
+    assert not converged(tight[:40], ci_rel=0.02, confidence=0.95, min_queries=64)
+    assert not converged(wide, ci_rel=0.02, confidence=0.95, min_queries=64)
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+
+def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp_path):
+    jobs = [
+        job(models[name], backend, width=width, macs=macs, note="hello")
+        for backend in ("onnxruntime", "openvino")
+        for name, width, macs in (("narrow", 0.125, 1000), ("wide", 1.0, 64000))
+    ]
+    table = run_jobs(jobs, tmp_path, fast)
+
+    assert len(table) == 4
+    assert list(table.columns[: len(SCHEMA)]) == list(SCHEMA)
+    assert set(table["status"]) == {"ok"}
+    assert (table["n"] >= fast.min_queries).all()
+    assert ((table["ci_low_ms"] <= table["p50_ms"]) & (table["p50_ms"] <= table["ci_high_ms"])).all()
+    assert (table["min_ms"] <= table["p50_ms"]).all() and (table["p50_ms"] <= table["p99_ms"]).all()
+    assert (table["first_ms"] > 0).all() and (table["peak_rss_bytes"] > 0).all()
+    assert (table["artifact_bytes"] > 0).all()
+    assert table["env_cpu"].str.len().min() > 0 and (table["env_threads"] == 1).all()
+    assert set(table["env_runtime"]) == {"onnxruntime", "openvino"}
+    assert set(table["note"]) == {"hello"}  # caller metadata is copied into the row
+    for _, row in table.iterrows():
+        if row["converged"]:
+            assert row["ci_high_ms"] <= row["p50_ms"] * 1.02 and row["ci_low_ms"] >= row["p50_ms"] * 0.98
+    wide_weights = (64 * 3 * 9 + 64 * 64 * 9 + 64 * 10) * 4
+    assert set(table.loc[table["config_id"] == "wide", "weight_bytes"]) == {wide_weights}
+    for backend in ("onnxruntime", "openvino"):  # 64 channels cost ~40x the MACs of 8
+        rows = table[table["backend"] == backend].set_index("config_id")
+        assert rows.loc["wide", "p50_ms"] > rows.loc["narrow", "p50_ms"]
+
+    on_disk = load_latency(tmp_path)
+    assert len(on_disk) == 4 and (tmp_path / "latency.csv").exists()
+    assert len(pd.read_csv(tmp_path / "latency.csv")) == 4
+
+
+def test_rerun_skips_measured_jobs_and_force_measures_again(models, fast, tmp_path):
+    jobs = [job(models["narrow"]), job(models["mid"])]
+    first = run_jobs(jobs, tmp_path, fast)
+    events = []
+    started = time.perf_counter()
+    again = run_jobs(jobs, tmp_path, fast, progress=events.append)
+    assert time.perf_counter() - started < 5
+    assert [e.kind for e in events] == ["skipped", "skipped"]
+    assert list(again["run_id"]) == list(first["run_id"])
+
+    forced = run_jobs(jobs, tmp_path, fast, force=True)
+    assert len(load_latency(tmp_path)) == 2  # one row per key: the new measurement replaces the old
+    assert set(forced["run_id"]).isdisjoint(set(first["run_id"]))
+
+
+def test_crashed_and_hung_workers_lose_no_other_result(models, tmp_path, fast):
+    settings = Settings(**{**fast.to_dict(), "timeout_s": 2.0, "max_seconds": 1.0})
+    jobs = [job(models["narrow"]), job(models["mid"]), job(models["wide"])]
+
+    def sabotage(event):
+        if event.kind == "ready" and event.index == 1:
+            os.kill(event.pid, signal.SIGKILL)  # a crash
+        if event.kind == "ready" and event.index == 2:
+            os.kill(event.pid, signal.SIGSTOP)  # a hang: the worker never answers
+
+    table = run_jobs(jobs, tmp_path, settings, progress=sabotage).set_index("config_id")
+    assert table.loc["narrow", "status"] == "ok"
+    assert table.loc["mid", "status"] == "error" and "exited" in table.loc["mid", "error"]
+    assert table.loc["wide", "status"] == "timeout" and "2 s" in table.loc["wide", "error"]
+    assert len(load_latency(tmp_path)) == 3
+
+    # A re-run measures what failed and keeps what succeeded.
+    resumed = run_jobs(jobs, tmp_path, settings).set_index("config_id")
+    assert set(resumed["status"]) == {"ok"}
+    assert resumed.loc["narrow", "run_id"] == table.loc["narrow", "run_id"]
+
+
+def test_a_model_the_runtime_cannot_run_is_an_error_row(tmp_path, fast, models):
+    bad = failing_model(tmp_path / "bad.onnx")
+    table = run_jobs([job(bad), job(models["narrow"])], tmp_path / "out", fast).set_index("config_id")
+    assert table.loc["bad", "status"] == "error"
+    assert "\n" not in table.loc["bad", "error"] and table.loc["bad", "error"]
+    assert table.loc["narrow", "status"] == "ok"
+
+
+def test_killing_the_parent_keeps_finished_rows_and_a_rerun_resumes(models, fast, tmp_path):
+    jobs_file = tmp_path / "jobs.json"
+    items = [
+        {"onnx": str(models[n]), "threads": 1, "metadata": {"model": "conv", "config_id": n}}
+        for n in ("narrow", "mid", "wide")
+    ]
+    # Jobs finish one by one: a long time limit for the last two, so the run is killed mid-way.
+    jobs_file.write_text(json.dumps({"jobs": items, "settings": {**fast.to_dict(), "ci_rel": 0.0001}}))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "profilers", "run", "--jobs", str(jobs_file), "--out", str(out)]
+    command += ["--max-seconds", "20", "--quiet"]
+    parent = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    children: set[int] = set()
+    while time.monotonic() < deadline and len(children) < 3:
+        children |= _children(parent.pid)
+        time.sleep(0.05)
+    assert len(children) == 3, "the three workers did not start"
+    time.sleep(1.0)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for pid in children:  # orphaned workers see their input close and exit by themselves
+        _wait_gone(pid, timeout_s=30)
+    assert load_latency(out).empty  # nothing finished yet: no partial row, and the table is readable
+
+    done = profilers_main(["run", "--jobs", str(jobs_file), "--out", str(out), "--max-seconds", "0.5"])
+    assert done == 0
+    assert set(load_latency(out)["status"]) == {"ok"} and len(load_latency(out)) == 3
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return {int(c) for t in tasks for c in (t / "children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker {pid} outlived its parent")
+
+
+def test_profilers_imports_and_measures_without_torch(models, fast, tmp_path):
+    # A `torch` package that fails to import, first on the path of this process and of its workers: the
+    # same ImportError as on a device without torch. (sys.modules["torch"] = None is not used: scipy's
+    # array-API helpers then fail on the None entry, which no real install has.)
+    blocker = tmp_path / "block" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    script = textwrap.dedent(f"""
+        import sys
+        import profilers
+        cache = {str(fast.cache_dir)!r}
+        table = profilers.run_jobs(
+            [profilers.Job({str(models["narrow"])!r}, threads=1)], {str(tmp_path / "out")!r},
+            profilers.Settings(warmup_s=0.05, min_queries=32, max_seconds=1, cache_dir=cache),
+        )
+        assert "torch" not in sys.modules, "torch was imported"
+        print(table.loc[0, "status"], table.loc[0, "n"])
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO)])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    status, count = done.stdout.split()
+    assert status == "ok" and int(count) >= 32
+
+
+def test_torch_backend_runs_the_exported_program_beside_the_onnx(tmp_path, fast):
+    torch = pytest.importorskip("torch")
+    onnx_path = conv_model(tmp_path / "net.onnx", 8)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten())
+    program = torch.export.export(module.eval(), (torch.zeros(1, 3, 32, 32),))
+    torch.export.save(program, str(tmp_path / "net.pt2"))
+    table = run_jobs([job(onnx_path, "torch")], tmp_path / "out", fast)
+    assert table.loc[0, "status"] == "ok" and table.loc[0, "env_runtime"] == "torch"
+    assert table.loc[0, "artifact_bytes"] == (tmp_path / "net.pt2").stat().st_size
+
+
+# --- bad input: one line, exit 2 ------------------------------------------------------------------------
+
+
+def _run_cli(tmp_path: Path, jobs: list | dict, capsys) -> tuple[int, str]:
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text(json.dumps(jobs))
+    code = profilers_main(["run", "--jobs", str(jobs_file), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("job_fields", "message"),
+    [
+        ({"onnx": "missing.onnx"}, "does not exist"),
+        ({"onnx": "corrupt.onnx"}, "is not a valid ONNX model"),
+        ({"onnx": "good.onnx", "backend": "tflite"}, "unknown backend 'tflite'"),
+        ({"onnx": "good.onnx", "device": "GPU"}, "onnxruntime has no device 'GPU'"),
+        ({"onnx": "good.onnx", "backend": "openvino", "device": "MYRIAD"}, "openvino has no device"),
+        ({"onnx": "good.onnx", "backend": "tensorrt", "device": "GPU"}, "pip install tensorrt"),
+        ({"onnx": "good.onnx", "backend": "trtexec", "device": "GPU"}, "trtexec is not installed"),
+        ({"onnx": "good.onnx", "backend": "torch"}, "torch.export.save"),
+        ({"onnx": "good.onnx", "precision": "int3"}, "unknown precision"),
+        ({"onnx": "good.onnx", "batch": 4}, "static batch of 1"),
+        ({"onnx": "good.onnx", "colour": "red"}, "unknown job field(s) colour"),
+    ],
+)
+def test_bad_jobs_are_one_line_errors_with_exit_2(tmp_path, capsys, job_fields, message):
+    if job_fields.get("backend") in ("tensorrt", "trtexec") and _has_tensorrt():
+        pytest.skip("TensorRT is installed here")
+    conv_model(tmp_path / "good.onnx", 8)
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07this is not protobuf" * 10)
+    code, err = _run_cli(tmp_path, [job_fields], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out" / "latency.parquet").exists()
+
+
+def test_bad_jobs_files_and_flags_exit_2(tmp_path, capsys):
+    assert profilers_main(["run", "--jobs", str(tmp_path / "nope.json"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    code, err = _run_cli(tmp_path, {"jobs": [{"onnx": "x.onnx"}], "settings": {"ci_rel": 2}}, capsys)
+    assert code == 2 and "ci_rel=2" in err
+    with pytest.raises(SystemExit) as exit_info:
+        profilers_main(["run", "--jobs"])
+    assert exit_info.value.code == 2
+    with pytest.raises(ProfilerError, match="threads"):
+        Job("x.onnx", threads=-1)
+
+
+def test_jobs_file_paths_are_relative_to_the_file(models, fast, tmp_path, capsys):
+    work = tmp_path / "device"
+    work.mkdir()
+    (work / "m.onnx").write_bytes(models["narrow"].read_bytes())
+    settings = {**fast.to_dict(), "cache_dir": str(fast.cache_dir)}
+    (work / "jobs.json").write_text(
+        json.dumps({"jobs": [{"onnx": "m.onnx", "threads": 1}], "settings": settings})
+    )
+    code = profilers_main(["run", "--jobs", str(work / "jobs.json"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert "1 of 1 jobs measured" in capsys.readouterr().out
+    row = load_latency(tmp_path / "out").iloc[0]
+    assert row["model"] == "m" and len(row["config_id"]) == 10 and row["target"] == "local"
+
+
+def test_backends_command_lists_what_is_installed(capsys):
+    assert profilers_main(["backends", "--json"]) == 0
+    listing = {entry["backend"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert listing["onnxruntime"]["installed"] and "CPU" in listing["onnxruntime"]["devices"]
+    assert "AzureExecutionProvider" not in str(listing["onnxruntime"])
+    assert listing["openvino"]["installed"] and "CPU" in listing["openvino"]["devices"]
+    if not _has_tensorrt():
+        assert not listing["tensorrt"]["installed"] and "pip install tensorrt" in listing["tensorrt"]["note"]
+
+
+def test_load_latency_of_an_empty_directory_has_the_schema(tmp_path):
+    table = load_latency(tmp_path)
+    assert table.empty and list(table.columns) == list(SCHEMA)
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def test_jobs_file_round_trips_jobs_and_settings(tmp_path):
+    from profilers import load_jobs_file, write_jobs_file
+
+    (tmp_path / "models").mkdir()
+    jobs = [Job(tmp_path / "models" / "a.onnx", backend="openvino", threads=3, metadata={"width": 0.5})]
+    settings = Settings(ci_rel=0.01, max_seconds=5)
+    path = write_jobs_file(tmp_path / "jobs.json", jobs, settings)
+    assert json.loads(path.read_text())["jobs"][0]["onnx"] == "models/a.onnx"  # relative: the folder can move
+    loaded, loaded_settings = load_jobs_file(path)
+    assert loaded == jobs and loaded_settings == settings
