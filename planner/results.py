@@ -15,16 +15,16 @@ documented in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
+from profilers.jobs import file_digest
 
 COLUMNS = [
     "model",
@@ -50,18 +50,12 @@ def _empty() -> pd.DataFrame:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def checkpoint_digest(path: str | Path | None) -> str:
     """The first 12 hex digits of the checkpoint file's sha256 (empty without a checkpoint)."""
-    if path is None:
-        return ""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_digest(Path(path))[:12] if path is not None else ""
 
 
 def accuracy_rows(

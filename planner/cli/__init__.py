@@ -23,6 +23,8 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported; one line per pipeline stage.
 COMMAND_MODULES = [
     "models",
+    "targets",
+    "profile",
     "train",
 ]
 

@@ -1,0 +1,299 @@
+"""Targets: the devices and runtimes a configuration is profiled on, one TOML file each.
+
+A target file is data (parsed with `tomllib`, never executed) and is validated against the dataclasses
+below, so a typo in a key or a string where a number belongs is an error naming the file and the key
+instead of a surprise on the device. The schema is documented in targets/README.md.
+
+Target files are looked up in `--targets-dir`, then `$PLANNER_TARGETS_DIR`, then the repository's
+targets/ directory; a name found in an earlier directory shadows the same name in a later one, which is
+how a user overrides a shipped target or adds a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from planner.errors import PlannerError
+from profilers.backends import BACKENDS
+from profilers.jobs import PRECISIONS
+
+TARGETS_DIR_ENV = "PLANNER_TARGETS_DIR"
+BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+CONNECTION_KINDS = ("local", "ssh")
+
+# A DNS name (RFC 1123 labels); IP literals are checked with `ipaddress`. Nothing a shell could interpret.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the device: `local` (this machine) or `ssh` (host, user, port, device's python)."""
+
+    kind: str = "local"
+    host: str | None = None
+    user: str | None = None
+    port: int = 22
+    python: str = "python3"
+    workdir: str = ".cache/planner"
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind == "ssh"
+
+    @property
+    def address(self) -> str:
+        """`user@host:port` as a user would type it (for messages)."""
+        user = f"{self.user}@" if self.user else ""
+        return f"{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Default budgets `planner select` applies to this target when none are given."""
+
+    max_latency_ms: float | None = None
+    max_memory_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Published peak figures for roofline estimates and sanity bounds; `source` says where they are from."""
+
+    source: str
+    peak_fp32_gflops: float | None = None
+    peak_fp16_gflops: float | None = None
+    memory_bandwidth_gbs: float | None = None
+    ram_gb: float | None = None
+
+    def peak_gflops(self, precision: str) -> float | None:
+        """Peak for a precision; fp16 falls back to the fp32 figure when no faster one is known."""
+        if precision == "fp16" and self.peak_fp16_gflops is not None:
+            return self.peak_fp16_gflops
+        return self.peak_fp32_gflops
+
+
+@dataclass(frozen=True)
+class Target:
+    """One device + runtime + settings: everything needed to profile a configuration there."""
+
+    name: str
+    backend: str
+    device: str = "CPU"
+    precision: str = "fp32"
+    threads: int = 0
+    batch: int = 1
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] | None = None
+    connection: Connection = field(default_factory=Connection)
+    budgets: Budgets = field(default_factory=Budgets)
+    hardware: Hardware | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.connection.is_remote
+
+    def with_host(self, spec: str) -> Target:
+        """This target reached over SSH at `spec` (`[user@]host[:port]`), as given by `--host`."""
+        user, host, port = parse_host(spec)
+        connection = dataclasses.replace(
+            self.connection,
+            kind="ssh",
+            host=host,
+            user=user or self.connection.user,
+            port=port or self.connection.port,
+        )
+        return dataclasses.replace(self, connection=connection)
+
+    def to_dict(self) -> dict[str, typing.Any]:
+        """Plain JSON-ready dict (what `planner targets --json` prints)."""
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path) if self.path else None
+        return data
+
+
+def parse_host(spec: str) -> tuple[str | None, str, int | None]:
+    """Split `[user@]host[:port]`; anything that is not a plain user, host name or IP is refused."""
+    user, at, rest = spec.rpartition("@")
+    port: int | None = None
+    if rest.startswith("["):  # [v6-address]:port
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else tail
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host, port_text = rest, ""
+    if not _is_host(host) or (at and not _USER.match(user)):
+        raise PlannerError(
+            f"invalid host {spec!r}: expected [user@]host[:port] with a host name or IP address"
+        )
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise PlannerError(f"invalid port in host {spec!r}: expected a number from 1 to 65535")
+        port = int(port_text)
+    return (user or None), host, port
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
+
+
+def search_dirs(targets_dir: Path | str | None = None) -> list[Path]:
+    """Directories to read targets from, in priority order (see the module docstring)."""
+    dirs = []
+    if targets_dir is not None:
+        path = Path(targets_dir).expanduser()
+        if not path.is_dir():
+            raise PlannerError(f"targets directory {path} does not exist")
+        dirs.append(path)
+    env_dir = os.environ.get(TARGETS_DIR_ENV)
+    if env_dir:
+        path = Path(env_dir).expanduser()
+        if not path.is_dir():
+            raise PlannerError(f"${TARGETS_DIR_ENV}={env_dir} is not a directory")
+        dirs.append(path)
+    if BUILTIN_TARGETS_DIR.is_dir():
+        dirs.append(BUILTIN_TARGETS_DIR)
+    return dirs
+
+
+def list_targets(targets_dir: Path | str | None = None) -> list[Target]:
+    """Every target visible from the search directories, sorted by name; earlier directories win."""
+    found: dict[str, Target] = {}
+    for directory in search_dirs(targets_dir):
+        for path in sorted(directory.glob("*.toml")):
+            target = read_target(path)
+            found.setdefault(target.name, target)
+    if not found:
+        raise PlannerError(
+            f"no target files found; pass --targets-dir DIR or set ${TARGETS_DIR_ENV} "
+            "to a directory of <name>.toml files (see targets/README.md)"
+        )
+    return sorted(found.values(), key=lambda target: target.name)
+
+
+def load_target(name: str, targets_dir: Path | str | None = None) -> Target:
+    """The target called `name` or having it as an alias (`jetson` -> jetson-orin-nano)."""
+    targets = list_targets(targets_dir)
+    for target in targets:
+        if target.name == name:
+            return target
+    for target in targets:
+        if name in target.aliases:
+            return target
+    known = ", ".join(target.name for target in targets)
+    raise PlannerError(f"unknown target {name!r}; known targets: {known}")
+
+
+def read_target(path: Path) -> Target:
+    """Parse and validate one target file (data only)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise PlannerError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise PlannerError(f"{path}: cannot read: {error.strerror}") from None
+    data.setdefault("name", path.stem)
+    target = _build(Target, data, path, prefix="")
+    target = dataclasses.replace(target, path=path)
+    _check_values(target, path)
+    return target
+
+
+def _build(cls: type, data: typing.Any, path: Path, prefix: str) -> typing.Any:
+    """Instantiate dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise PlannerError(f"{path}: {prefix.rstrip('.') or 'file'} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PlannerError(f"{path}: unknown key {prefix + unknown[0]!r}; allowed: {', '.join(fields)}")
+    values = {}
+    for key, value in data.items():
+        values[key] = _convert(hints[key], value, path, f"{prefix}{key}")
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise PlannerError(f"{path}: missing key {prefix + missing[0]!r}")
+    return cls(**values)
+
+
+def _convert(hint: typing.Any, value: typing.Any, path: Path, key: str) -> typing.Any:
+    """Check `value` against a field's type hint (str, int, float, bool, optional, tuple, dataclass)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _convert(options[0], value, path, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, prefix=f"{key}.")
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise PlannerError(f"{path}: key {key!r} must be a list of {item.__name__}, got {value!r}")
+        return tuple(_convert(item, element, path, key) for element in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise PlannerError(f"{path}: key {key!r} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _check_values(target: Target, path: Path) -> None:
+    """Range and enum checks the types alone cannot express."""
+
+    def fail(key: str, message: str) -> typing.NoReturn:
+        raise PlannerError(f"{path}: key {key!r} {message}")
+
+    if target.backend not in BACKENDS:
+        fail("backend", f"must be one of {', '.join(BACKENDS)}, got {target.backend!r}")
+    if target.precision not in PRECISIONS:
+        fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {target.precision!r}")
+    if target.threads < 0:
+        fail("threads", "must be 0 (all cores) or a positive count")
+    if target.batch < 1:
+        fail("batch", "must be at least 1")
+    if target.input_shape is not None and (
+        len(target.input_shape) != 4 or min(target.input_shape) < 1 or target.input_shape[0] != target.batch
+    ):
+        fail("input_shape", "must be [batch, channels, height, width] with positive sizes matching batch")
+    connection = target.connection
+    if connection.kind not in CONNECTION_KINDS:
+        fail("connection.kind", f"must be one of {', '.join(CONNECTION_KINDS)}, got {connection.kind!r}")
+    if not 0 < connection.port < 65536:
+        fail("connection.port", "must be from 1 to 65535")
+    if connection.host is not None and not _is_host(connection.host):
+        fail("connection.host", "must be a host name or IP address (user and port have their own keys)")
+    if connection.user is not None and not _USER.match(connection.user):
+        fail("connection.user", "must be a plain user name")
+    for key in ("max_latency_ms", "max_memory_mb"):
+        value = getattr(target.budgets, key)
+        if value is not None and value <= 0:
+            fail(f"budgets.{key}", "must be positive")
+    if target.hardware is not None:
+        for key in ("peak_fp32_gflops", "peak_fp16_gflops", "memory_bandwidth_gbs", "ram_gb"):
+            value = getattr(target.hardware, key)
+            if value is not None and value <= 0:
+                fail(f"hardware.{key}", "must be positive")

@@ -1,0 +1,189 @@
+"""`planner profile --ray`: a local two-node Ray cluster, each node offering one target resource."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from planner.cli import main
+from planner.errors import PlannerError
+from planner.profile import build_model, configurations, export_artifacts, profile_configs
+from planner.targets import load_target
+from profilers.jobs import Settings
+from profilers.results import load_latency
+
+ray = pytest.importorskip("ray", reason="the fleet needs Ray: pip install 'planner[fleet]'")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MODEL_ARGS = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node offering target:desk-a and a second node offering target:desk-b (one CPU each)."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"target:desk-a": 1}, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1, resources={"target:desk-b": 1})
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def targets_dir(tmp_path: Path) -> Path:
+    for name in ("desk-a", "desk-b", "desk-c"):
+        (tmp_path / f"{name}.toml").write_text(
+            f'backend = "onnxruntime"\nthreads = 1\n[connection]\nkind = "ssh"\nuser = "lab"\n# {name}\n'
+        )
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every width of s_cnn_small exported once per test session (shared by the profiling test files)."""
+    out = tmp_path_factory.getbasetemp() / "s_cnn_small-8x8-exports"
+    if not out.is_dir():
+        partial = tmp_path_factory.mktemp("exporting")
+        model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+        export_artifacts(model, configurations(model), partial, load_target("cpu"))
+        partial.rename(out)
+    return out
+
+
+def fresh_out(exports: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(exports, out)
+    return out
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def test_two_targets_profile_on_their_nodes_in_one_call(
+    cluster, exports: Path, targets_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fresh_out(exports, tmp_path)
+    argv = ["profile", "--target", "desk-a", "--target", "desk-b", "--targets-dir", str(targets_dir)]
+    argv += [*MODEL_ARGS, "--widths", "0.25,1.0", "--ray", cluster.address, "--out", str(out)]
+    argv += ["--max-seconds", "0.5", "--min-queries", "16"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    table = load_latency(out)
+    assert sorted(zip(table["target"], table["width"], strict=True)) == [
+        ("desk-a", 0.25),
+        ("desk-a", 1.0),
+        ("desk-b", 0.25),
+        ("desk-b", 1.0),
+    ]
+    assert set(table["status"]) == {"ok"} and (table["p50_ms"] > 0).all()
+    assert not table["estimated"].any()
+    assert "desk-a" in stdout and "desk-b" in stdout
+
+    code, _, err = run_cli(argv, capsys)  # a re-run finds everything measured
+    assert code == 0, err
+    assert list(load_latency(out)["run_id"]) == list(table["run_id"])
+
+
+def test_a_target_no_node_offers_is_a_one_line_error(
+    cluster, targets_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["profile", "--target", "desk-c", "--targets-dir", str(targets_dir), *MODEL_ARGS]
+    argv += ["--widths", "0.5", "--ray", cluster.address, "--out", str(tmp_path / "out")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "target:desk-c" in err and "ray start" in err
+
+
+def test_unreachable_cluster_is_a_one_line_error(targets_dir: Path, tmp_path: Path, capsys) -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+    argv = ["profile", "--target", "desk-a", "--targets-dir", str(targets_dir), *MODEL_ARGS]
+    argv += ["--widths", "0.5", "--ray", "127.0.0.1:1", "--out", str(tmp_path / "out")]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: cannot join the Ray cluster at 127.0.0.1:1")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def _profiling_task_pid(cluster) -> int | None:
+    """Our Ray worker running profile_on_node: a child of one of *this cluster's* raylets with a
+    profilers.worker child. Only processes this test started are ever considered."""
+    raylets = {
+        info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])
+    }
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"profilers.worker" in command:
+            task = _parent(int(entry.name))
+            if task is not None and _parent(task) in raylets:
+                return task
+    return None
+
+
+def test_a_dead_worker_is_retried_and_finished_rows_are_kept(
+    cluster, exports: Path, targets_dir: Path, tmp_path: Path
+) -> None:
+    target = load_target("desk-a", targets_dir)
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    configs = [model.config(width) for width in model.widths]
+    settings = Settings(max_workers=1, ci_rel=1e-6, max_seconds=1.0, min_queries=8, warmup_s=0.1, seed=7)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["rows"] = profile_configs(
+                model,
+                configs,
+                [target],
+                fresh_out(exports, tmp_path),
+                settings=settings,
+                ray_address=cluster.address,
+            )
+        except PlannerError as error:  # pragma: no cover - reported by the assertion below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    fleet_dir = Path(tempfile.gettempdir()) / "planner-fleet"
+    deadline, killed = time.monotonic() + 120, None
+    while time.monotonic() < deadline and killed is None:
+        for results in fleet_dir.glob("desk-a-*/results/latency.parquet"):
+            if len(pd.read_parquet(results)) >= 1:
+                killed = _profiling_task_pid(cluster)
+        time.sleep(0.05)
+    assert killed is not None, "the node never finished a job"
+    os.kill(killed, signal.SIGKILL)
+    worker.join(timeout=240)
+    assert not worker.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    rows = outcome["rows"]
+    assert sorted(rows["width"]) == sorted(model.widths) and set(rows["status"]) == {"ok"}
+    assert rows["config_id"].is_unique
+    assert rows["run_id"].nunique() == 2  # the rows from before the crash were kept, not measured again

@@ -1,0 +1,189 @@
+"""`planner profile` on this machine: configurations -> cached exports -> measured rows in OUT."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+import planner
+from planner.checkpoint import save_checkpoint
+from planner.cli import main
+from planner.profile import build_model, configurations, export_artifacts, weights_key
+from planner.targets import load_target
+from profilers.results import load_latency
+
+SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
+QUICK = ["--max-seconds", "0.3", "--min-queries", "16"]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every width of s_cnn_small exported once per test session (shared by the profiling test files)."""
+    out = tmp_path_factory.getbasetemp() / "s_cnn_small-8x8-exports"
+    if not out.is_dir():
+        partial = tmp_path_factory.mktemp("exporting")
+        model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+        export_artifacts(model, configurations(model), partial, load_target("cpu"))
+        partial.rename(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(exports: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT with 2 widths of s_cnn_small measured on cpu: tests copy it instead of measuring again."""
+    out = tmp_path_factory.mktemp("measured") / "out"
+    shutil.copytree(exports, out)
+    with pytest.raises(SystemExit) as done:
+        main(["profile", "--target", "cpu", *SMALL, "--widths", "0.25,1.0", "--out", str(out), *QUICK])
+    assert done.value.code == 0
+    return out
+
+
+def copy_out(exported: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(exported, out)
+    return out
+
+
+def test_profile_measures_each_width_and_stores_rows(exported: Path, capsys) -> None:
+    table = load_latency(exported)
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    assert sorted(table["width"]) == [0.25, 1.0]
+    assert set(table["target"]) == {"cpu"} and set(table["backend"]) == {"onnxruntime"}
+    assert set(table["status"]) == {"ok"} and not table["estimated"].any()
+    assert set(table["input_shape"]) == {"1x1x8x8"}
+    for _, row in table.iterrows():
+        config = model.config(row["width"])
+        cost = planner.count(model, config)
+        assert row["config_id"] == config.id
+        assert (row["macs"], row["params"]) == (cost.macs, cost.params)
+        assert json.loads(row["config"])["channels"] == config.channels
+        assert row["n"] >= 16 and 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"]
+    # The wide network does far more work; the table says so.
+    by_width = table.set_index("width")
+    assert by_width.loc[1.0, "macs"] > 4 * by_width.loc[0.25, "macs"]
+    # Exports are cached by configuration id: the pre-exported files were used, none written twice.
+    artifacts = sorted((exported / "artifacts").glob("*.onnx"))
+    assert len(artifacts) == len(model.widths)
+    assert set(table["config_id"]) <= {path.name.split("-")[1] for path in artifacts}
+
+
+def test_rerun_resumes_and_force_measures_again(exported: Path, tmp_path: Path, capsys) -> None:
+    out = copy_out(exported, tmp_path)
+    before = load_latency(out)
+    argv = ["profile", "--target", "cpu", *SMALL, "--widths", "0.25,1.0", "--out", str(out), *QUICK]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert list(load_latency(out)["run_id"]) == list(before["run_id"])  # nothing measured again
+    assert "0.25x" in stdout and "1x" in stdout
+
+    mtimes = {path: path.stat().st_mtime_ns for path in (out / "artifacts").glob("*.onnx")}
+    code, _, err = run_cli([*argv, "--force"], capsys)
+    assert code == 0, err
+    after = load_latency(out)
+    assert len(after) == 2 and not set(after["run_id"]) & set(before["run_id"])
+    assert {path: path.stat().st_mtime_ns for path in (out / "artifacts").glob("*.onnx")} == mtimes  # cached
+
+
+def test_a_second_target_appends_to_the_table(exported: Path, tmp_path: Path, capsys) -> None:
+    out = copy_out(exported, tmp_path)
+    before = load_latency(out)
+    argv = ["profile", "--target", "cpu", "--target", "openvino", *SMALL, "--widths", "0.25"]
+    code, _, err = run_cli([*argv, "--out", str(out), *QUICK], capsys)
+    assert code == 0, err
+    table = load_latency(out)
+    assert sorted(zip(table["target"], table["width"], strict=True)) == [
+        ("cpu", 0.25),
+        ("cpu", 1.0),
+        ("openvino-cpu", 0.25),
+    ]
+    old = table[table["run_id"].isin(before["run_id"])]
+    assert len(old) == 2  # the earlier rows are still there, untouched
+
+
+def test_per_layer_configuration_file(tmp_path: Path, capsys) -> None:
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    channels = dict(model.config(1.0).channels)
+    first = next(iter(channels))
+    channels[first] = 8
+    config = model.config_from_channels(channels)
+    path = config.save(tmp_path / "layers.json")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        ["profile", "--target", "cpu", *SMALL, "--config", str(path), "--out", str(out), *QUICK], capsys
+    )
+    assert code == 0, err
+    table = load_latency(out)
+    assert list(table["config_id"]) == [config.id]
+    assert math.isnan(table["width"].iloc[0])
+    assert f"layers:{config.id}" in stdout
+
+
+def test_checkpoint_gives_the_model_and_its_options(tmp_path: Path, capsys) -> None:
+    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    checkpoint = save_checkpoint(model, tmp_path / "small.pt")
+    out = tmp_path / "out"
+    argv = ["profile", "--target", "cpu", "--checkpoint", str(checkpoint), "--widths", "0.5"]
+    code, _, err = run_cli([*argv, "--out", str(out), *QUICK], capsys)
+    assert code == 0, err
+    table = load_latency(out)
+    assert list(table["model"]) == ["s_cnn_small"] and list(table["input_shape"]) == ["1x1x8x8"]
+    assert (out / "artifacts").glob(f"*-{weights_key(checkpoint)}.onnx")
+    assert len(list((out / "artifacts").glob(f"*-{weights_key(checkpoint)}.onnx"))) == 1
+
+    code, _, err = run_cli([*argv, "--model", "s_mobilenet_v2", "--out", str(out)], capsys)
+    assert code == 2 and "s_cnn_small" in err
+
+
+def test_target_input_shape_override(tmp_path: Path, capsys) -> None:
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "cpu16.toml").write_text(
+        'backend = "onnxruntime"\nthreads = 1\ninput_shape = [1, 1, 16, 16]\n'
+    )
+    out = tmp_path / "out"
+    argv = ["profile", "--target", "cpu16", "--targets-dir", str(targets), *SMALL, "--widths", "0.25"]
+    code, _, err = run_cli([*argv, "--out", str(out), *QUICK], capsys)
+    assert code == 0, err
+    table = load_latency(out)
+    assert list(table["input_shape"]) == ["1x1x16x16"]
+    small = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=16)
+    assert table["macs"].iloc[0] == planner.count(small, small.config(0.25)).macs
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "tpu-v9", *SMALL], "known targets: cpu"),
+        (["--target", "cpu", *SMALL, "--widths", "0.3"], "not one of s_cnn_small's trained widths"),
+        (["--target", "cpu", *SMALL, "--widths", "half"], "--widths takes numbers"),
+        (["--target", "cpu", "--model", "resnet9000"], "unknown model"),
+        (["--target", "cpu", "--target", "openvino", "--host", "pi@rpi", *SMALL], "--host names one device"),
+        (["--target", "cpu", *SMALL, "--checkpoint", "missing.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["profile", *argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_configuration_of_another_model_is_refused(tmp_path: Path) -> None:
+    other = planner.create_model("s_mobilenet_v1")
+    path = other.config(0.5).save(tmp_path / "v1.json")
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    with pytest.raises(planner.errors.PlannerError, match="not of s_cnn_small"):
+        configurations(model, config_files=[path])
+    assert [config.width for config in configurations(model)] == model.widths
