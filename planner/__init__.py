@@ -13,6 +13,7 @@ _LAZY = {
     "list_models": "planner.models",
     "SlimmableNetwork": "planner.models",
     "load_checkpoint": "planner.checkpoint",
+    "load_manifest": "planner.manifest",
     "save_checkpoint": "planner.checkpoint",
     "materialize": "planner.materialize",
     "WidthConfig": "planner.widths",

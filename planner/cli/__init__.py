@@ -25,7 +25,9 @@ COMMAND_MODULES = [
     "models",
     "targets",
     "profile",
+    "select",
     "train",
+    "demo",
 ]
 
 

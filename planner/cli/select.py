@@ -1,0 +1,429 @@
+"""`planner select`, `planner manifest`, `planner report`: from the results tables to what ships."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli import app
+from planner.errors import PlannerError
+from planner.pareto import METRICS, candidates, latency_bound, read_tables
+from planner.select import Budget, Proposal, Selection, describe_row, label, propose_width, select
+from planner.targets import Target, load_target
+from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms, parse_size_bytes
+
+DEFAULT_RESULTS_DIR = Path("out")  # where `planner profile` writes by default
+
+ResultsOption = Annotated[
+    Path,
+    typer.Option(
+        "--results", "--out", help="Directory holding latency and accuracy tables (profile's --out)."
+    ),
+]
+MaxLatencyOption = Annotated[
+    str | None,
+    typer.Option("--max-latency", help="Latency budget with a unit, e.g. 20ms (default: the target's)."),
+]
+MaxMemoryOption = Annotated[
+    str | None, typer.Option("--max-memory", help="Memory budget with a unit, e.g. 64MB or 1GiB.")
+]
+MetricOption = Annotated[
+    str, typer.Option("--metric", help="Latency statistic the budget applies to: p50, p90, p99.")
+]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Model, when the results hold several.")]
+EstimatesOption = Annotated[
+    bool, typer.Option("--allow-estimates", help="Also consider roofline estimates (never mixed silently).")
+]
+TargetsDirOption = Annotated[
+    Path | None, typer.Option("--targets-dir", help="Directory of extra <name>.toml targets.")
+]
+
+
+def budget_for(target: Target, max_latency: str | None, max_memory: str | None, metric: str) -> Budget:
+    """The budget from the flags, falling back to the target's default budgets."""
+    if metric not in METRICS:
+        raise PlannerError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
+    if max_latency is not None:
+        latency_ms = parse_duration_ms(max_latency)
+    elif target.budgets.max_latency_ms is not None:
+        latency_ms = target.budgets.max_latency_ms
+    else:
+        raise PlannerError(
+            f"target {target.name!r} has no default latency budget; give --max-latency, e.g. 20ms"
+        )
+    if max_memory is not None:
+        memory = parse_size_bytes(max_memory)
+    elif target.budgets.max_memory_mb is not None:
+        memory = int(target.budgets.max_memory_mb * 10**6)
+    else:
+        memory = None
+    return Budget(latency_ms, metric, memory)
+
+
+def select_for_target(
+    target: Target,
+    budget: Budget,
+    results_dir: Path,
+    model: str | None,
+    allow_estimates: bool,
+    tables: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> Selection:
+    latency, accuracy = tables if tables is not None else read_tables(results_dir)
+    table = candidates(
+        latency,
+        accuracy,
+        target.name,
+        metric=budget.metric,
+        model=model,
+        allow_estimates=allow_estimates,
+        results_dir=results_dir,
+    )
+    return select(table, budget)
+
+
+def measure_proposal(
+    proposal: Proposal,
+    selection: Selection,
+    target: Target,
+    results_dir: Path,
+    checkpoint: Path | None,
+    max_seconds: float | None = None,
+) -> Proposal:
+    """Profile the proposed width on the target (rows land in the results table like any other)."""
+    from planner.profile import build_model, profile_configs, weights_key
+    from profilers.jobs import Settings
+
+    settings = Settings() if max_seconds is None else Settings(max_seconds=max_seconds)
+    first = selection.candidates.iloc[0]
+    shape = {}
+    if checkpoint is None:  # rebuild at the measured input shape, e.g. 1x3x224x224
+        parts = str(first["input_shape"]).split("x")
+        if len(parts) != 4 or not all(part.isdigit() for part in parts):
+            raise PlannerError(
+                f"the results do not record the input shape of {first['model']}; pass --checkpoint "
+                "to measure the proposed width, or --no-measure"
+            )
+        shape = {"in_channels": int(parts[1]), "input_size": int(parts[2])}
+    network = build_model(first["model"], checkpoint, **shape)
+    config = network.config(proposal.width)
+    rows = profile_configs(
+        network, [config], [target], results_dir, settings=settings, weights=weights_key(checkpoint)
+    )
+    rows = rows[(rows["config_id"] == config.id) & (rows["status"] == "ok")]
+    if rows.empty:
+        raise PlannerError(f"measuring width {proposal.width:g} on {target.name} failed; see {results_dir}")
+    bound = float(latency_bound(rows, selection.budget.metric).iloc[-1])
+    return dataclasses.replace(proposal, config_id=config.id, measured_bound_ms=bound)
+
+
+def universal_proposal(selection: Selection) -> Proposal | None:
+    """For a universally slimmable model, the interpolated widest width that should fit."""
+    from planner.models import create_model, list_models
+
+    name = selection.candidates["model"].iloc[0]
+    if name not in list_models():
+        return None
+    model = create_model(name)
+    if not model.universal:
+        return None
+    return propose_width(selection.candidates, selection.budget, model.width_range)
+
+
+@app.command("select")
+def select_command(
+    target_name: Annotated[
+        str, typer.Option("--target", "-t", help="Target to select for (see planner targets).")
+    ],
+    max_latency: MaxLatencyOption = None,
+    max_memory: MaxMemoryOption = None,
+    metric: MetricOption = "p90",
+    results_dir: ResultsOption = DEFAULT_RESULTS_DIR,
+    model: ModelOption = None,
+    allow_estimates: EstimatesOption = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the choice as JSON.")] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure", help="US models: measure the proposed width before accepting it."
+        ),
+    ] = True,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="Weights to export a proposed width with.")
+    ] = None,
+    max_seconds: Annotated[
+        float | None, typer.Option("--max-seconds", help="Time limit for measuring a proposed width.")
+    ] = None,
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """The most accurate configuration whose latency upper bound fits the budget (exit 1 if none fits).
+
+    For a universally slimmable model the widest width predicted to fit (monotone interpolation over
+    the measured widths) is measured on the target and accepted only if it fits and has an accuracy.
+    """
+    if not measure and (checkpoint is not None or max_seconds is not None):
+        flag = "--checkpoint" if checkpoint is not None else "--max-seconds"
+        raise PlannerError(f"{flag} is only used to measure a proposed width; drop it or --no-measure")
+    if max_seconds is not None and not max_seconds > 0:
+        raise PlannerError(f"--max-seconds must be positive, got {max_seconds:g}")
+    target = load_target(target_name, targets_dir)
+    budget = budget_for(target, max_latency, max_memory, metric)
+    selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+    proposal = universal_proposal(selection)
+    if proposal is not None and measure:
+        Console(stderr=True).print(f"measuring the proposed width {proposal.width:g} on {target.name} ...")
+        proposal = measure_proposal(proposal, selection, target, results_dir, checkpoint, max_seconds)
+        selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+    if as_json:
+        typer.echo(json.dumps(selection_json(target, selection, proposal, results_dir), indent=2))
+    else:
+        print_selection(Console(), target, selection, proposal, results_dir)
+    if not selection.fits:
+        raise typer.Exit(1)
+
+
+def selection_json(
+    target: Target, selection: Selection, proposal: Proposal | None, results_dir: Path
+) -> dict[str, Any]:
+    choice, runner_up = selection.choice, selection.runner_up
+    return {
+        "target": target.name,
+        "backend": target.backend,
+        "device": target.device,
+        "precision": target.precision,
+        "model": selection.candidates["model"].iloc[0],
+        "budget": selection.budget.to_dict(),
+        "fits": selection.fits,
+        "choice": describe_row(choice) if choice is not None else None,
+        "runner_up": describe_row(runner_up) if runner_up is not None else None,
+        "fastest": describe_row(selection.fastest),
+        "ladder": [describe_row(row) for _, row in selection.ladder.iterrows()],
+        "proposal": _proposal_json(target, selection, proposal, results_dir),
+        "candidates": len(selection.candidates),
+        "unscored": int(selection.candidates.attrs.get("unscored", 0)),
+    }
+
+
+def _proposal_json(
+    target: Target, selection: Selection, proposal: Proposal | None, results_dir: Path
+) -> dict[str, Any] | None:
+    if proposal is None:
+        return None
+    return {
+        **proposal.to_dict(selection),
+        "commands": _measure_commands(target, selection, proposal, results_dir),
+    }
+
+
+def _measure_commands(
+    target: Target, selection: Selection, proposal: Proposal, results_dir: Path
+) -> list[str]:
+    """What a user still has to run before the proposal can be accepted."""
+    model, width = selection.candidates["model"].iloc[0], f"{proposal.width:g}"
+    status = proposal.status(selection)
+    commands = []
+    if status == "needs measurement":
+        commands.append(
+            f"planner profile --target {target.name} --model {model} --widths {width} --out {results_dir}"
+        )
+    if status in ("needs measurement", "measured: fits, needs accuracy"):
+        commands.append(
+            f"planner evaluate {model} --checkpoint CKPT --data DATA --widths {width} --out {results_dir}"
+        )
+    return commands
+
+
+def print_selection(
+    console: Console, target: Target, selection: Selection, proposal: Proposal | None, results_dir: Path
+) -> None:
+    model = selection.candidates["model"].iloc[0]
+    console.print(
+        f"[bold]{model}[/] on [bold]{target.name}[/] ({target.backend} {target.device} {target.precision}); "
+        f"budget: {selection.budget.describe()}; {len(selection.candidates)} measured configurations"
+    )
+    unscored = int(selection.candidates.attrs.get("unscored", 0))
+    if unscored:
+        console.print(f"[yellow]{unscored} measured configurations have no accuracy and were left out[/]")
+    rows = [("choice", selection.choice), ("runner-up", selection.runner_up)]
+    if not selection.fits:
+        console.print(
+            f"[red]nothing fits[/]: no configuration meets {selection.budget.describe()}; "
+            f"the fastest is {label(selection.fastest)}"
+        )
+        rows = [("fastest", selection.fastest)]
+    console.print(candidate_table(rows, selection.budget.metric))
+    if selection.fits and len(selection.ladder) > 1:
+        steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
+        console.print(f"ladder (fastest to most accurate): {steps}")
+    if proposal is not None:
+        measured = (
+            ""
+            if proposal.measured_bound_ms is None
+            else f", measured {format_ms(proposal.measured_bound_ms)}"
+        )
+        console.print(
+            f"proposal: width {proposal.width:g} (interpolated bound {format_ms(proposal.predicted_bound_ms)}"
+            f"{measured}): {proposal.status(selection)}"
+        )
+        for command in _measure_commands(target, selection, proposal, results_dir):
+            console.print(f"  {command}", soft_wrap=True, highlight=False)
+
+
+def candidate_table(rows: list[tuple[str, pd.Series | None]], metric: str) -> Table:
+    """choice / runner-up / fastest side by side, one line per number a budget is decided on."""
+    rows = [(name, row) for name, row in rows if row is not None]
+    bound = "p50 upper 95% bound" if metric == "p50" else f"{metric} (compared)"
+    lines = {
+        "configuration": lambda r: f"{label(r)} ({r['config_id']})",
+        "top-1 accuracy": lambda r: _number(r["accuracy"], "{:.2f}%"),
+        bound: lambda r: format_ms(r["bound_ms"]),
+        "p50 [95% CI]": lambda r: format_interval(r["p50_ms"], r["ci_low_ms"], r["ci_high_ms"]),
+        "p90 / p99": lambda r: f"{format_ms(r['p90_ms'])} / {format_ms(r['p99_ms'])}",
+        "memory": lambda r: format_bytes(r["memory_bytes"]),
+        "MACs / params": lambda r: (
+            f"{_number(r.get('macs'), '{:,.0f}')} / {_number(r.get('params'), '{:,.0f}')}"
+        ),
+        "inferences timed": lambda r: _number(r.get("n"), "{:.0f}"),
+    }
+    table = Table()
+    table.add_column("")
+    for name, row in rows:
+        table.add_column(name + (" (estimate)" if bool(row.get("estimated", False)) else ""))
+    for title, show in lines.items():
+        table.add_row(title, *(show(row) for _, row in rows))
+    return table
+
+
+def _number(value: Any, pattern: str = "{:.3g}") -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return pattern.format(value) if math.isfinite(value) else "-"
+
+
+@app.command("manifest")
+def manifest_command(
+    target_names: Annotated[
+        list[str], typer.Option("--target", "-t", help="Target to write a manifest for (repeatable).")
+    ],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="Trained weights to ship (the ones evaluated).")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Deployment directory: one folder per target.")
+    ] = Path("deploy"),
+    max_latency: MaxLatencyOption = None,
+    max_memory: MaxMemoryOption = None,
+    metric: MetricOption = "p90",
+    results_dir: Annotated[
+        Path, typer.Option("--results", help="Directory holding the latency and accuracy tables.")
+    ] = DEFAULT_RESULTS_DIR,
+    model: ModelOption = None,
+    allow_estimates: EstimatesOption = False,
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """Per target, the chosen configuration's artifact and a JSON manifest with the ladder to step down on."""
+    from planner.manifest import export_ladder, write_manifest
+
+    targets = [load_target(name, targets_dir) for name in target_names]
+    names = [target.name for target in targets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PlannerError(
+            f"target {repeated[0]!r} is given more than once (aliases count as the same target)"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PlannerError(f"--out {out_dir} is a file; give a directory")
+    tables = read_tables(results_dir)
+    selections = []
+    for target in targets:
+        budget = budget_for(target, max_latency, max_memory, metric)
+        selections.append(
+            (target, select_for_target(target, budget, results_dir, model, allow_estimates, tables))
+        )
+    console = Console()
+    missed = 0
+    for target, selection in selections:
+        if not selection.fits:
+            missed += 1
+            console.print(f"[red]{target.name}: nothing fits[/] {selection.budget.describe()}; fastest:")
+            console.print(candidate_table([("fastest", selection.fastest)], selection.budget.metric))
+            continue
+        exports = export_ladder(selection, target, checkpoint, results_dir)
+        path = write_manifest(
+            selection, target, exports.model, checkpoint, exports.onnx, out_dir / target.name
+        )
+        rungs = ", ".join(label(row) for _, row in selection.ladder.iterrows())
+        console.print(
+            f"{target.name}: {label(selection.choice)} -> {path} (ladder: {rungs})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if missed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_command(
+    target_names: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Targets to plot (default: every measured one)."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the plots and tables.")] = Path(
+        "report"
+    ),
+    results_dir: Annotated[
+        Path, typer.Option("--results", help="Directory holding the latency and accuracy tables.")
+    ] = DEFAULT_RESULTS_DIR,
+    max_latency: Annotated[
+        str | None, typer.Option("--max-latency", help="Budget line to draw (default: each target's).")
+    ] = None,
+    model: ModelOption = None,
+    allow_estimates: EstimatesOption = False,
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """Pareto plots per target (PNG and offline HTML) and a table of every configuration (CSV, Markdown)."""
+    from planner.report import Panel, write_report
+
+    latency, accuracy = read_tables(results_dir)
+    budget_ms = parse_duration_ms(max_latency) if max_latency is not None else None
+    explicit = bool(target_names)
+    names = [load_target(name, targets_dir).name for name in target_names] if explicit else None
+    if names is None:
+        names = sorted(latency.loc[latency["status"] == "ok", "target"].dropna().unique())
+    console = Console()
+    panels = []
+    for name in dict.fromkeys(names):
+        try:
+            table = candidates(
+                latency, accuracy, name, model=model, allow_estimates=allow_estimates, results_dir=results_dir
+            )
+        except PlannerError as error:
+            if explicit:
+                raise
+            console.print(f"[yellow]skipping {name}: {error}[/]")
+            continue
+        panels.append(
+            Panel(name, table, budget_ms if budget_ms is not None else _default_budget(name, targets_dir))
+        )
+    if not panels:
+        raise PlannerError(f"nothing to report in {results_dir}: no target has measured latency and accuracy")
+    models = sorted({panel.table["model"].iloc[0] for panel in panels})
+    paths = write_report(panels, out_dir, f"{', '.join(models)}: accuracy vs latency")
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+def _default_budget(name: str, targets_dir: Path | None) -> float | None:
+    try:
+        return load_target(name, targets_dir).budgets.max_latency_ms
+    except PlannerError:  # results of a target whose file is not here: plot without a budget line
+        return None

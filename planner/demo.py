@@ -1,0 +1,126 @@
+"""`planner demo`: the whole pipeline on this machine's CPU in one command, with no network.
+
+Trains s_cnn_small on scikit-learn's digits (shipped with scikit-learn), evaluates every width, profiles
+every width on ONNX Runtime and OpenVINO, selects under a budget in the middle of each target's measured
+range (so the budget actually excludes something), and writes the manifests and the Pareto report.
+Every stage is the same function the individual commands call. A re-run resumes: the checkpoint is
+reused and measured configurations are not measured again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from planner.errors import PlannerError
+from planner.manifest import export_ladder, write_manifest
+from planner.pareto import candidates, read_tables
+from planner.report import Panel, write_report
+from planner.select import Budget, Selection, select
+from planner.targets import load_target
+
+MODEL = "s_cnn_small"
+DATASET = "digits"
+TARGETS = ("cpu", "openvino-cpu")
+METRIC = "p90"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo put things, and what it chose per target."""
+
+    checkpoint: Path
+    results_dir: Path
+    selections: dict[str, Selection]
+    manifests: dict[str, Path]
+    report: list[Path]
+
+
+def middle_budget(table: pd.DataFrame) -> Budget:
+    """Halfway between the fastest and the slowest measured configuration: a budget that bites."""
+    latency = table["bound_ms"]
+    return Budget(float((latency.min() + latency.max()) / 2), METRIC)
+
+
+def run_demo(
+    out_dir: Path,
+    epochs: int = 6,
+    max_seconds: float = 8.0,
+    say: Callable[[str], None] = print,
+) -> DemoResult:
+    """Run every stage into `out_dir` (checkpoint, results/, deploy/<target>/, report/)."""
+    import torch
+
+    # The model is tiny: one intra-op thread trains it as fast as two, and several times faster when
+    # other processes compete for the cores (two spinning threads then wait on each other).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out_dir, epochs, max_seconds, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], None]) -> DemoResult:
+    import torch
+
+    import planner
+    from planner.data import load_dataset
+    from planner.evaluate import evaluate
+    from planner.profile import profile_configs, weights_key
+    from planner.results import accuracy_rows, checkpoint_digest, write_accuracy
+    from planner.train import train
+    from profilers.jobs import Settings
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = out_dir / "results"
+    checkpoint = out_dir / f"{MODEL}-{DATASET}.pt"
+    dataset = load_dataset(DATASET)
+    options = {"in_channels": dataset.in_channels, "num_classes": dataset.num_classes}
+    model = planner.create_model(MODEL, input_size=dataset.input_size, **options)
+    if checkpoint.is_file():
+        say(f"reusing the trained weights in {checkpoint}")
+        planner.load_checkpoint(model, checkpoint)
+    else:
+        say(f"training {MODEL} at widths {model.widths} on {DATASET} ({dataset.size('train')} images)")
+        torch.manual_seed(0)
+        result = train(model, dataset, epochs=epochs, seed=0)
+        say(f"  trained in {result.wall_s:.0f} s")
+        planner.save_checkpoint(model, checkpoint)
+    model.eval()
+
+    configs = [model.config(width) for width in model.widths]
+    say(f"evaluating {len(configs)} widths on the validation split ({dataset.size('val')} images)")
+    scores = evaluate(model, configs, dataset.batches("val", 256))
+    write_accuracy(results_dir, accuracy_rows(MODEL, scores, DATASET, "val", checkpoint_digest(checkpoint)))
+    say("  top-1: " + ", ".join(f"{score.config.label} {score.top1:.1f}%" for score in scores))
+
+    targets = [load_target(name) for name in TARGETS]
+    say(
+        f"profiling {len(configs)} widths on {', '.join(TARGETS)} "
+        f"(to a 95% CI of +-2%, at most {max_seconds:g} s each)"
+    )
+    settings = dataclasses.replace(Settings(), max_seconds=max_seconds)
+    profile_configs(model, configs, targets, results_dir, settings=settings, weights=weights_key(checkpoint))
+
+    latency, accuracy = read_tables(results_dir)
+    selections, manifests, panels = {}, {}, []
+    for target in targets:
+        table = candidates(
+            latency, accuracy, target.name, metric=METRIC, model=MODEL, results_dir=results_dir
+        )
+        selection = select(table, middle_budget(table))
+        if not selection.fits:  # the fastest configuration is always within the middle budget
+            raise PlannerError(f"no configuration fits {selection.budget.describe()} on {target.name}")
+        selections[target.name] = selection
+        exports = export_ladder(selection, target, checkpoint, results_dir)
+        manifests[target.name] = write_manifest(
+            selection, target, exports.model, checkpoint, exports.onnx, out_dir / "deploy" / target.name
+        )
+        panels.append(Panel(target.name, table, selection.budget.max_latency_ms))
+    report = write_report(panels, out_dir / "report", f"{MODEL} on {DATASET}: accuracy vs latency")
+    return DemoResult(checkpoint, results_dir, selections, manifests, report)

@@ -1,0 +1,208 @@
+"""The most accurate configuration under a budget, and the ladder of cheaper ones a runtime can step to.
+
+`select()` is a pure function of the candidates table (planner.pareto): a configuration fits when its
+latency bound (the upper 95% bound of the median for p50, the measured value for p90/p99) and its
+memory are within the budget. For a universally slimmable model, `propose_width()` interpolates the
+measured latencies over width (monotone PCHIP) to find the widest width that should fit; a proposal is
+only a prediction until that width is measured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import PchipInterpolator
+
+from planner.pareto import METRICS, pareto_mask
+from planner.units import format_ms
+
+# best first: most accurate, then fastest, then tightest bound, then smallest
+_PREFERENCE = {
+    "by": ["accuracy", "latency_ms", "bound_ms", "memory_bytes"],
+    "ascending": [False, True, True, True],
+}
+# width resolution of a proposal for a universally slimmable model
+WIDTH_STEP = 0.005
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a configuration may cost on the target: latency (ms, of `metric`) and optionally memory."""
+
+    max_latency_ms: float
+    metric: str = "p90"
+    max_memory_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "max_latency_ms": self.max_latency_ms,
+            "max_memory_bytes": self.max_memory_bytes,
+        }
+
+    def describe(self) -> str:
+        bound = "upper 95% bound of p50" if self.metric == "p50" else self.metric
+        text = f"{bound} <= {format_ms(self.max_latency_ms)}"
+        if self.max_memory_bytes is not None:
+            text += f", memory <= {self.max_memory_bytes / 2**20:.4g} MiB"
+        return text
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A width the interpolated latency says should fit; a prediction until `measured_bound_ms` is set."""
+
+    width: float
+    predicted_bound_ms: float
+    measured_widths: tuple[float, ...]
+    config_id: str | None = None
+    measured_bound_ms: float | None = None
+
+    def status(self, selection: Selection) -> str:
+        if self.measured_bound_ms is None:
+            return "needs measurement"
+        if self.measured_bound_ms > selection.budget.max_latency_ms:
+            return "measured: does not fit"
+        choice = selection.choice
+        if choice is not None and choice["config_id"] == self.config_id:
+            return "accepted"
+        if self.config_id not in set(selection.candidates["config_id"]):
+            return "measured: fits, needs accuracy"
+        return "measured: fits, not the most accurate"
+
+    def to_dict(self, selection: Selection) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "config_id": self.config_id,
+            "predicted_bound_ms": self.predicted_bound_ms,
+            "measured_bound_ms": self.measured_bound_ms,
+            "measured_widths": list(self.measured_widths),
+            "status": self.status(selection),
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of `select()`: rows of the candidates table, best first."""
+
+    budget: Budget
+    candidates: pd.DataFrame
+    fitting: pd.DataFrame
+    ladder: pd.DataFrame
+    fastest: pd.Series
+
+    @property
+    def fits(self) -> bool:
+        return not self.fitting.empty
+
+    @property
+    def choice(self) -> pd.Series | None:
+        return self.fitting.iloc[0] if self.fits else None
+
+    @property
+    def runner_up(self) -> pd.Series | None:
+        return self.fitting.iloc[1] if len(self.fitting) > 1 else None
+
+
+def fits_budget(table: pd.DataFrame, budget: Budget) -> pd.Series:
+    """Rows within the budget; a row whose memory was not measured cannot be shown to fit a memory budget."""
+    fits = table["bound_ms"] <= budget.max_latency_ms
+    if budget.max_memory_bytes is not None:
+        fits &= table["memory_bytes"].fillna(math.inf) <= budget.max_memory_bytes
+    return fits.fillna(False).astype(bool)
+
+
+def select(table: pd.DataFrame, budget: Budget) -> Selection:
+    """Pick from a candidates table (planner.pareto.candidates); ties in accuracy go to the lower latency."""
+    if table.empty:
+        raise ValueError("select() needs at least one candidate")
+    fitting = table[fits_budget(table, budget)]
+    fitting = fitting.sort_values(**_PREFERENCE, kind="stable").reset_index(drop=True)
+    fastest = table.sort_values(["bound_ms", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
+    return Selection(budget, table, fitting, ladder(fitting), fastest)
+
+
+def ladder(fitting: pd.DataFrame) -> pd.DataFrame:
+    """Configurations a runtime can step down to under load, fastest to most accurate.
+
+    The accuracy-latency Pareto front of the fitting configurations (memory is already a constraint),
+    so each rung is both slower and more accurate than the one below it; the top rung is the choice.
+    """
+    if fitting.empty:
+        return fitting
+    best_first = fitting.sort_values(**_PREFERENCE, kind="stable")
+    rungs = best_first[pareto_mask(best_first["accuracy"].to_numpy(), best_first["latency_ms"].to_numpy())]
+    rungs = rungs.drop_duplicates(["accuracy", "latency_ms"])
+    return rungs.iloc[::-1].reset_index(drop=True)
+
+
+def propose_width(table: pd.DataFrame, budget: Budget, width_range: tuple[float, float]) -> Proposal | None:
+    """The widest unmeasured width of a universally slimmable model whose interpolated bound fits.
+
+    Interpolates the latency bound of the measured uniform widths with PCHIP, which stays monotone
+    where the measurements are and never overshoots between them; it does not extrapolate past the
+    widest measured width. Returns None when no width wider than the widest fitting measured one is
+    predicted to fit (the measured choice is then already the best).
+    """
+    uniform = table[table["width"].notna()].groupby("width")["bound_ms"].max().sort_index()
+    low, high = width_range
+    uniform = uniform[(uniform.index >= low - 1e-9) & (uniform.index <= high + 1e-9)]
+    if len(uniform) < 2:
+        return None
+    widths = uniform.index.to_numpy(dtype=float)
+    curve = PchipInterpolator(widths, uniform.to_numpy(dtype=float), extrapolate=False)
+    measured_fit = widths[uniform.to_numpy() <= budget.max_latency_ms]
+    start = measured_fit.max() if measured_fit.size else widths[0]
+    grid = np.arange(math.ceil(start / WIDTH_STEP) * WIDTH_STEP, widths[-1] + 1e-9, WIDTH_STEP)
+    grid = grid[grid > start + 1e-9]
+    if grid.size == 0:
+        return None
+    predicted = curve(grid)
+    # widest width such that every width from the fitting one up to it is predicted to fit
+    over = np.flatnonzero(~(predicted <= budget.max_latency_ms))
+    last = (over[0] if over.size else grid.size) - 1
+    if last < 0:
+        return None
+    width = round(float(grid[last]), 6)
+    if any(abs(width - w) < 1e-9 for w in widths):
+        return None
+    return Proposal(width, float(predicted[last]), tuple(float(w) for w in widths))
+
+
+def describe_row(row: pd.Series) -> dict[str, Any]:
+    """A candidate as plain JSON-ready numbers (what `planner select --json` prints)."""
+
+    def number(key: str) -> float | int | None:
+        value = row.get(key)
+        if value is None or pd.isna(value):
+            return None
+        return int(value) if key in ("n", "macs", "params", "memory_bytes") else float(value)
+
+    width = row.get("width")
+    return {
+        "model": row["model"],
+        "config_id": row["config_id"],
+        "width": None if width is None or pd.isna(width) else float(width),
+        "accuracy_top1": number("accuracy"),
+        "latency_ms": number("latency_ms"),
+        "bound_ms": number("bound_ms"),
+        **{key: number(key) for key in ("p50_ms", "p90_ms", "p99_ms", "ci_low_ms", "ci_high_ms", "n")},
+        "memory_bytes": number("memory_bytes"),
+        "macs": number("macs"),
+        "params": number("params"),
+        "estimated": bool(row.get("estimated", False)),
+    }
+
+
+def label(row: pd.Series) -> str:
+    """How a person names a configuration: its width, or its id for a per-layer one."""
+    width = row.get("width")
+    return f"{float(width):g}x" if width is not None and not pd.isna(width) else f"layers:{row['config_id']}"

@@ -1,0 +1,59 @@
+"""`planner demo` end to end: train, evaluate, profile on two runtimes, select, deploy, report; resumable."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from planner.cli import main
+from planner.manifest import load_manifest
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.timeout(400)
+def test_demo_runs_the_whole_pipeline_and_resumes(capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, printed, err = run(capsys, "demo", "--out", out, "--epochs", "3", "--max-seconds", "3")
+    assert code == 0, err
+
+    latency = pd.read_parquet(out / "results" / "latency.parquet")
+    accuracy = pd.read_parquet(out / "results" / "accuracy.parquet")
+    assert set(latency["target"]) == {"cpu", "openvino-cpu"}
+    assert (latency["status"] == "ok").all() and not latency["estimated"].any()
+    assert sorted(accuracy.loc[accuracy["metric"] == "top1", "width"]) == [0.25, 0.5, 0.75, 1.0]
+    top1 = accuracy.loc[accuracy["metric"] == "top1", "value"]
+    assert top1.min() > 25 and top1.max() > 60  # ten classes: chance is 10%; digits is learnt fast
+
+    for target in ("cpu", "openvino-cpu"):
+        manifest = load_manifest(out / "deploy" / target / "manifest.json")
+        budget = manifest["budget"]["max_latency_ms"]
+        measured = latency[latency["target"] == target]
+        # the budget bites: halfway between the fastest and the slowest width, so the slowest is out
+        assert measured["p90_ms"].min() <= budget < measured["p90_ms"].max()
+        assert manifest["configuration"]["latency"]["p90_ms"] <= budget
+        assert all(rung["latency"]["p90_ms"] <= budget for rung in manifest["ladder"])
+        assert str(out / "deploy" / target / "manifest.json") in printed
+    with Image.open(out / "report" / "pareto.png") as image:
+        assert image.format == "PNG"
+    assert "Plotly.newPlot" in (out / "report" / "pareto.html").read_text()
+
+    code, printed, err = run(capsys, "demo", "--out", out, "--epochs", "3", "--max-seconds", "3")
+    assert code == 0, err
+    assert "reusing the trained weights" in printed
+    again = pd.read_parquet(out / "results" / "latency.parquet")
+    assert sorted(again["run_id"]) == sorted(latency["run_id"])  # nothing measured twice
+
+
+def test_demo_rejects_bad_options(capsys, tmp_path):
+    code, _, err = run(capsys, "demo", "--out", tmp_path, "--epochs", "0")
+    assert code == 2 and "--epochs" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, "demo", "--out", tmp_path / "file")
+    assert code == 2 and "is a file" in err
