@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "select",
     "train",
     "demo",
+    "legr",
 ]
 
 

@@ -1,0 +1,418 @@
+"""`planner lut build|check` (latency lookup tables), `planner legr learn|config` (LeGR per-layer widths)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli import app
+from planner.cli.targets import TargetsDirOption
+from planner.errors import PlannerError
+
+console = Console(stderr=True)
+lut_app = typer.Typer(
+    no_args_is_help=True, help="Latency lookup tables: per-layer latency measured on a target."
+)
+legr_app = typer.Typer(
+    no_args_is_help=True, help="LeGR: learned channel ranking -> per-layer widths for a budget."
+)
+app.add_typer(lut_app, name="lut")
+app.add_typer(legr_app, name="legr")
+
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name or alias.")]
+OutOption = Annotated[Path, typer.Option("--out", help="Results directory (tables go to OUT/lut/).")]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="Weights; planner checkpoints also give the model's options."),
+]
+InputSizeOption = Annotated[int | None, typer.Option(help="Input height and width (default: the model's).")]
+MaxSecondsOption = Annotated[
+    float | None, typer.Option(help="Time limit per measurement (default: 3 s per layer, 10 s per model).")
+]
+MinQueriesOption = Annotated[int | None, typer.Option(help="Inferences before a measurement may stop.")]
+
+
+def _settings(base, max_seconds: float | None, min_queries: int | None):
+    """The stage's profiler settings with the user's overrides (validated by the profiler)."""
+    overrides = {"max_seconds": max_seconds, "min_queries": min_queries}
+    return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def _model(name: str | None, checkpoint: Path | None, input_size: int | None = None):
+    from planner.profile import build_model
+
+    return build_model(name, checkpoint, input_size=input_size)
+
+
+def _target_model(model, target):
+    from planner.profile import model_for_target
+
+    return model_for_target(model, target)
+
+
+@lut_app.command("build")
+def lut_build(
+    target_name: TargetOption,
+    model_name: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
+    checkpoint: CheckpointOption = None,
+    input_size: InputSizeOption = None,
+    points: Annotated[int, typer.Option(help="Grid points per slimmable side of each layer.")] = 3,
+    calibration_samples: Annotated[
+        int, typer.Option(help="Random per-layer configurations measured (besides every trained width).")
+    ] = 2,
+    max_seconds: MaxSecondsOption = None,
+    min_queries: MinQueriesOption = None,
+    out: OutOption = Path("out"),
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """Measure each slimmable layer of a model on a target and write OUT/lut/<target>-<model>.json.
+
+    The whole configurations measured to calibrate the sum (every trained width and a few random ones)
+    are ordinary rows of OUT/latency.parquet.
+    """
+    import numpy as np
+
+    from planner.lut import END_TO_END_SETTINGS, LAYER_SETTINGS, build_table, random_configs, table_path
+    from planner.targets import load_target
+
+    if calibration_samples < 0:
+        raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
+    target = load_target(target_name, targets_dir)
+    model = _target_model(_model(model_name, checkpoint, input_size), target)
+    configs = [model.config(w) for w in model.widths]
+    configs += random_configs(model, calibration_samples, np.random.default_rng(0))
+    started = time.perf_counter()
+    table = build_table(
+        model,
+        target,
+        out,
+        points=points,
+        calibration_configs=configs,
+        layer_settings=_settings(LAYER_SETTINGS, max_seconds, min_queries),
+        end_to_end_settings=_settings(END_TO_END_SETTINGS, max_seconds, min_queries),
+        log=console.print,
+    )
+    path = table.save(table_path(out, target.name, model.name))
+    result = Table("configuration", "layer sum ms", "predicted ms", "measured ms")
+    for point in table.calibration.points:
+        predicted = table.calibration.scale * point["layer_sum_ms"] + table.calibration.offset_ms
+        result.add_row(
+            point["label"], f"{point['layer_sum_ms']:.3f}", f"{predicted:.3f}", f"{point['measured_ms']:.3f}"
+        )
+    Console().print(result)
+    typer.echo(
+        f"wrote {path}: {len(table.entries)} layer shapes, latency = {table.calibration.scale:.3f} x "
+        f"layer sum {table.calibration.offset_ms:+.3f} ms ({time.perf_counter() - started:.0f} s)"
+    )
+
+
+@lut_app.command("check")
+def lut_check(
+    target_name: TargetOption,
+    model_name: Annotated[str | None, typer.Option("--model", "-m", help="Model name.")] = None,
+    checkpoint: CheckpointOption = None,
+    input_size: InputSizeOption = None,
+    samples: Annotated[int, typer.Option(help="Random per-layer configurations to measure.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the random configurations.")] = 1,
+    lut: Annotated[
+        Path | None, typer.Option("--lut", help="Table (default: OUT/lut/<target>-<model>.json).")
+    ] = None,
+    max_seconds: MaxSecondsOption = None,
+    min_queries: MinQueriesOption = None,
+    out: OutOption = Path("out"),
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """Prediction error of a table against end-to-end measurements of random configurations."""
+    from planner.lut import END_TO_END_SETTINGS, LatencyTable, check_table, table_path, within
+    from planner.targets import load_target
+
+    target = load_target(target_name, targets_dir)
+    model = _target_model(_model(model_name, checkpoint, input_size), target)
+    table = LatencyTable.load(lut or table_path(out, target.name, model.name)).check(model, target)
+    settings = _settings(END_TO_END_SETTINGS, max_seconds, min_queries)
+    frame = check_table(table, model, target, out, samples=samples, seed=seed, settings=settings)
+    result = Table("configuration", "predicted ms", "measured ms", "error")
+    for _, row in frame.iterrows():
+        result.add_row(
+            row["config_id"],
+            f"{row['predicted_ms']:.3f}",
+            f"{row['measured_ms']:.3f}",
+            f"{row['error']:+.1%}",
+        )
+    Console().print(result)
+    errors = frame["error"]
+    typer.echo(
+        f"{len(frame)} configurations: {within(errors, 0.10):.0%} within +-10% of measured, "
+        f"median |error| {errors.abs().median():.1%}, max {errors.abs().max():.1%}"
+    )
+
+
+def _latency_table(model, target, lut: Path | None, out: Path):
+    from planner.lut import LatencyTable, table_path
+
+    path = lut or table_path(out, target.name, model.name)
+    if lut is None and not path.is_file():
+        raise PlannerError(
+            f"no latency table at {path}: build it with "
+            f"planner lut build --target {target.name} --model {model.name}"
+        )
+    return LatencyTable.load(path).check(model, target)
+
+
+@legr_app.command("learn")
+def legr_learn(
+    model_name: Annotated[str, typer.Argument(help="Model name.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="Trained weights (their filters are ranked).")
+    ],
+    data: Annotated[str, typer.Option("--data", help="Dataset: digits, an image directory or an .npz file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Coefficients JSON to write.")],
+    budget: Annotated[float, typer.Option(help="Learn at this share of the full model's cost.")] = 0.5,
+    target_name: Annotated[
+        str | None, typer.Option("--target", "-t", help="Rank against this target's latency table, not MACs.")
+    ] = None,
+    lut: Annotated[
+        Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
+    ] = None,
+    generations: Annotated[int, typer.Option(help="Children evaluated after the initial population.")] = 400,
+    population: Annotated[int, typer.Option(help="Population size.")] = 64,
+    sample: Annotated[int, typer.Option(help="Tournament sample size.")] = 16,
+    mutate: Annotated[float, typer.Option(help="Share of the layers a child changes.")] = 0.1,
+    finetune_steps: Annotated[
+        int, typer.Option(help="SGD steps at each candidate before scoring (tau).")
+    ] = 0,
+    calibration_batches: Annotated[int, typer.Option(help="BN calibration batches per candidate.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Batch size for calibration and validation.")] = 64,
+    granularity: Annotated[
+        int | None, typer.Option(help="Channel step (default: 8 for MobileNets, else 1).")
+    ] = None,
+    min_fraction: Annotated[float, typer.Option(help="Share of every layer always kept.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the one generator the search uses.")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads for the search (1 is fastest on a busy machine).")
+    ] = None,
+    out: OutOption = Path("out"),
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """Learn LeGR's per-layer affine coefficients by regularized evolution; reuse them for every budget."""
+    import numpy as np
+
+    from planner.data import load_dataset
+    from planner.legr import (
+        Fitness,
+        LearnedRanking,
+        SearchSettings,
+        WidthPlanner,
+        evolve,
+        file_sha256,
+        macs_cost,
+    )
+    from planner.targets import load_target
+
+    if not 0 < budget <= 1:
+        raise PlannerError(f"--budget is a share of the full model's cost in (0, 1], got {budget}")
+    settings = SearchSettings(population, sample, generations, mutate)
+    if threads is not None:
+        if threads < 1:
+            raise PlannerError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+    model = _model(model_name, checkpoint)
+    cost_info: dict = {"kind": "macs"}
+    cost = macs_cost(model)
+    if target_name is not None or lut is not None:
+        if target_name is None:
+            raise PlannerError("--lut needs --target (the table is checked against it)")
+        target = load_target(target_name, targets_dir)
+        table = _latency_table(model, target, lut, out)
+        cost, cost_info = (
+            table.predict_ms,
+            {"kind": "latency_ms", "target": target.name, "lut": table.fingerprint},
+        )
+    dataset = load_dataset(data, image_size=model.input_size)
+    if dataset.in_channels != model.in_channels:
+        raise PlannerError(
+            f"{data} has {dataset.in_channels}-channel images, {model.name} takes {model.in_channels}"
+        )
+    fitness = Fitness(
+        model,
+        dataset.batches("calibration", batch_size),
+        dataset.batches("val", batch_size),
+        calibration_batches,
+        finetune_steps,
+        dataset.batches("train", batch_size, shuffle=True, seed=seed) if finetune_steps else (),
+    )
+    planner = WidthPlanner(model, cost, granularity, min_fraction)
+    target_cost = budget * planner.full_cost()
+    if target_cost < planner.smallest_cost():
+        raise PlannerError(
+            f"--budget {budget:g} ({target_cost:g}) is below {model.name}'s smallest configuration "
+            f"({planner.smallest_cost():g}): raise it"
+        )
+    started = time.perf_counter()
+
+    def progress(generation: int, loss: float) -> None:
+        if generation % 50 == 0 or generation == settings.generations:
+            console.print(f"generation {generation}/{settings.generations}: best validation loss {loss:.4f}")
+
+    result = evolve(planner, target_cost, fitness, np.random.default_rng(seed), settings, progress)
+    wall_s = time.perf_counter() - started
+    info = {
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)},
+        "data": data,
+        "cost": cost_info,
+        "budget": {"share": budget, "value": target_cost},
+        "search": {
+            **dataclasses.asdict(settings),
+            "seed": seed,
+            "finetune_steps": finetune_steps,
+            "calibration_batches": calibration_batches,
+        },
+        "validation_loss": result.loss,
+        "config": result.config.to_dict(),
+        "evaluations": result.evaluations,
+        "distinct_configurations": len(fitness.cache),
+        "wall_s": round(wall_s, 2),
+        "history": result.history,
+    }
+    ranking = LearnedRanking(model.name, result.coefficients, planner.granularity, min_fraction, info)
+    ranking.save(output)
+    typer.echo(
+        f"wrote {output}: validation loss {result.loss:.4f} at {budget:g} of the full cost, "
+        f"{result.evaluations} candidates ({len(fitness.cache)} distinct configurations) in {wall_s:.0f} s"
+    )
+
+
+@legr_app.command("config")
+def legr_config(
+    model_name: Annotated[str, typer.Argument(help="Model name.")],
+    coefficients: Annotated[
+        Path, typer.Option("--coefficients", help="Coefficients from planner legr learn.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Width configuration JSON to write.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Weights (default: the ones the coefficients were learned on)."),
+    ] = None,
+    max_latency: Annotated[
+        str | None, typer.Option("--max-latency", help="Latency budget, e.g. 20ms.")
+    ] = None,
+    max_macs: Annotated[
+        float | None, typer.Option("--max-macs", help="MACs budget instead of latency.")
+    ] = None,
+    target_name: Annotated[
+        str | None, typer.Option("--target", "-t", help="Target of the latency budget.")
+    ] = None,
+    lut: Annotated[
+        Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Measure the result on the target.")
+    ] = True,
+    verify_rounds: Annotated[int, typer.Option(help="Re-plans when the measured p90 misses the budget.")] = 3,
+    out: OutOption = Path("out"),
+    targets_dir: TargetsDirOption = None,
+) -> None:
+    """The per-layer configuration for a budget: walk the learned ranking until the predicted cost fits.
+
+    A latency budget is predicted with the target's table, then verified by a real measurement (its row
+    goes to OUT/latency.parquet, so select, manifest and report see the configuration like a width).
+    """
+    from planner.counting import count
+    from planner.legr import LearnedRanking, file_sha256, macs_cost
+    from planner.targets import load_target
+    from planner.units import parse_duration_ms
+
+    if (max_latency is None) == (max_macs is None):
+        raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
+    if max_macs is not None and max_macs <= 0:
+        raise PlannerError(f"--max-macs must be positive, got {max_macs:g}")
+    if max_latency is not None and target_name is None:
+        raise PlannerError("--max-latency needs --target: latency is a property of a device")
+    ranking = LearnedRanking.load(coefficients)
+    checkpoint = checkpoint or _recorded_checkpoint(ranking, coefficients)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise PlannerError(f"checkpoint {checkpoint} does not exist")
+    recorded = (ranking.info.get("checkpoint") or {}).get("sha256")
+    if checkpoint is not None and recorded and file_sha256(checkpoint) != recorded:
+        console.print(f"note: {checkpoint} is not the checkpoint the coefficients were learned on")
+    model = _model(model_name, checkpoint)
+    if max_macs is not None:
+        planner = ranking.planner_for(model, macs_cost(model))
+        config = planner.config_for(ranking.coefficients, max_macs)
+        _write_config(config, output)
+        typer.echo(f"wrote {output} ({config.label}): {count(model, config).macs:,} MACs <= {max_macs:,.0f}")
+        return
+    budget_ms = parse_duration_ms(max_latency)
+    target = load_target(target_name, targets_dir)
+    model = _target_model(model, target)
+    table = _latency_table(model, target, lut, out)
+    planner = ranking.planner_for(model, table.predict_ms)
+    aim = budget_ms
+    config = planner.config_for(ranking.coefficients, aim)
+    measured = None
+    if verify:
+        for _ in range(max(1, verify_rounds)):
+            measured = _measure(model, config, target, out)
+            if measured["p90_ms"] <= budget_ms:
+                break
+            aim *= 0.98 * budget_ms / measured["p90_ms"]
+            try:
+                config = planner.config_for(ranking.coefficients, aim)
+            except PlannerError:
+                break
+        if measured["p90_ms"] > budget_ms:
+            raise PlannerError(
+                f"no configuration verified under {max_latency} on {target.name}: the last one measured "
+                f"p90 {measured['p90_ms']:.3f} ms (predicted {table.predict_ms(config):.3f} ms); "
+                "raise the budget"
+            )
+    _write_config(config, output)
+    line = f"wrote {output} ({config.label}): predicted {table.predict_ms(config):.3f} ms"
+    if measured is not None:
+        line += (
+            f", measured p50 {measured['p50_ms']:.3f} ms, p90 {measured['p90_ms']:.3f} ms <= {max_latency}"
+        )
+    typer.echo(line)
+
+
+def _recorded_checkpoint(ranking, coefficients: Path) -> Path | None:
+    recorded = (ranking.info.get("checkpoint") or {}).get("path")
+    if not recorded:
+        return None
+    if not Path(recorded).is_file():
+        raise PlannerError(
+            f"the checkpoint {coefficients} was learned on ({recorded}) is gone: give --checkpoint"
+        )
+    return Path(recorded)
+
+
+def _measure(model, config, target, out: Path) -> dict[str, float]:
+    from planner.profile import profile_configs
+
+    rows = profile_configs(model, [config], [target], out)
+    rows = rows[(rows["config_id"] == config.id) & (rows["status"] == "ok")]
+    if rows.empty:
+        raise PlannerError(f"measuring {config.label} on {target.name} failed; see {out}/latency.parquet")
+    row = rows.iloc[-1]
+    return {"p50_ms": float(row["p50_ms"]), "p90_ms": float(row["p90_ms"])}
+
+
+def _write_config(config, path: Path) -> None:
+    path = Path(path)
+    if path.parent and not path.parent.is_dir():
+        raise PlannerError(f"cannot write {path}: directory {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(config.to_json() + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,210 @@
+"""LeGR on slimmable networks: ranking, budget -> configuration, evolution, coefficients files, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import planner
+from planner.checkpoint import save_checkpoint
+from planner.cli import main
+from planner.counting import count
+from planner.data import load_dataset
+from planner.errors import PlannerError
+from planner.legr import (
+    Coefficients,
+    Fitness,
+    LearnedRanking,
+    SearchSettings,
+    WidthPlanner,
+    accuracy,
+    evolve,
+    filter_scores,
+    macs_cost,
+)
+from planner.widths import WidthConfig
+
+TINY = SearchSettings(population=6, sample=3, generations=6)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small batches on a shared 2-core machine: one torch thread is ~10x faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits-sized model and its checkpoint (the ranking needs weights, not accuracy)."""
+    model = planner.create_model("s_cnn_small")
+    path = save_checkpoint(model, tmp_path_factory.mktemp("legr") / "digits.pt")
+    return model, path
+
+
+def run(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def test_filter_scores_are_squared_l2_norms_of_output_filters():
+    model = planner.create_model("s_cnn_small")
+    scores = filter_scores(model)
+    weight = model.features[1][0].weight.detach().numpy()
+    np.testing.assert_allclose(scores["features.1.0"], (weight.reshape(64, -1) ** 2).sum(axis=1), rtol=1e-6)
+    assert "classifier.0" not in scores  # the classes are not slimmable
+
+
+def test_mobilenet_groups_sum_coupled_layers_and_ranking_respects_prefix_and_granularity():
+    model = planner.create_model("s_mobilenet_v2", input_size=32)
+    widths = WidthPlanner(model, macs_cost(model))
+    assert widths.granularity == 8
+    identity = Coefficients.identity(widths.layers)
+    groups = widths.group_scores(identity)
+    # a depthwise conv and the expansion feeding it are one group: the group sums both layers' scores
+    scores = filter_scores(model)
+    np.testing.assert_allclose(
+        groups["features.2.body.0"], scores["features.2.body.0"] + scores["features.2.body.3"]
+    )
+    order = widths.removal_order(identity)
+    seen: dict[str, int] = {}
+    for group, kept in order:
+        assert kept < seen.get(group, model.groups[group].max_channels), "removed out of prefix order"
+        assert kept % 8 == 0 or kept == widths.smallest[group]
+        seen[group] = kept
+    assert seen == widths.smallest  # walking the whole ranking leaves every group at its floor
+
+
+def test_budget_walk_meets_macs_budget_and_keeps_floor(trained):
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    identity = Coefficients.identity(widths.layers)
+    full = widths.full_cost()
+    previous = None
+    for share in (0.9, 0.6, 0.3):
+        config = widths.config_for(identity, share * full)
+        assert count(model, config).macs <= share * full
+        for name, kept in config.channels.items():
+            assert kept >= widths.smallest[name] >= 0.1 * model.groups[name].max_channels
+        if previous is not None:
+            assert all(config.channels[n] <= previous.channels[n] for n in config.channels)
+        previous = config
+    with pytest.raises(PlannerError, match="below the smallest possible configuration"):
+        widths.config_for(identity, 0.5 * widths.smallest_cost())
+    assert widths.config_for(identity, 2 * full) == model.config(1.0)  # a trained width keeps its id
+
+
+def test_coefficients_change_which_layers_lose_channels(trained):
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    identity = Coefficients.identity(widths.layers)
+    budget = 0.5 * widths.full_cost()
+    base = widths.config_for(identity, budget)
+    protect = "features.3.0"
+    kappa = np.array([1e6 if layer == protect else 0.0 for layer in widths.layers])
+    protected = widths.config_for(Coefficients(widths.layers, np.ones(len(kappa)), kappa), budget)
+    assert protected.channels[protect] == model.groups[protect].max_channels
+    assert protected.channels != base.channels
+
+
+def test_evolution_is_reproducible_and_really_random(trained, digits):
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    fitness = Fitness(model, digits.batches("calibration", 64), digits.batches("val", 128))
+    budget = 0.5 * widths.full_cost()
+    first = evolve(widths, budget, fitness, np.random.default_rng(3), TINY)
+    second = evolve(widths, budget, fitness, np.random.default_rng(3), TINY)
+    np.testing.assert_array_equal(first.coefficients.alpha, second.coefficients.alpha)
+    assert first.loss == second.loss and len(first.history) == TINY.generations
+    assert all(a >= b for a, b in zip(first.history, first.history[1:], strict=False))
+    # one generator drives the whole search: the random members differ (NNCF re-seeds and copies)
+    rng = np.random.default_rng(3)
+    drawn = [np.exp(rng.normal(0.0, 1.0, len(widths.layers))) for _ in range(2)]
+    assert not np.allclose(drawn[0], drawn[1])
+    assert count(model, first.config).macs <= budget
+    # the identity is in the initial population, so the result is never worse than plain L2 ranking
+    identity_loss = fitness(widths.config_for(Coefficients.identity(widths.layers), budget))
+    assert first.loss <= identity_loss
+    assert 0 < accuracy(model, digits.batches("val", 128)) <= 100
+
+
+def test_fitness_with_finetune_restores_the_weights(trained, digits):
+    model, _ = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fitness = Fitness(
+        model,
+        digits.batches("calibration", 64),
+        digits.batches("val", 128),
+        finetune_steps=2,
+        train=digits.batches("train", 64),
+    )
+    loss = fitness(model.config(0.5))
+    assert np.isfinite(loss)
+    for key, value in model.state_dict().items():
+        assert (value == before[key]).all(), key
+
+
+def test_learn_and_config_cli_with_macs(trained, tmp_path):
+    model, checkpoint = trained
+    coefficients = tmp_path / "coeffs.json"
+    code = run(
+        ["legr", "learn", "s_cnn_small", "--checkpoint", str(checkpoint), "--data", "digits",
+         "--generations", "4", "--population", "4", "--sample", "2", "--seed", "1", "-o", str(coefficients)]
+    )  # fmt: skip
+    assert code in (0, None)
+    saved = json.loads(coefficients.read_text())
+    assert saved["model"] == "s_cnn_small" and saved["search"]["generations"] == 4
+    assert set(saved["layers"]) == set(filter_scores(model))
+    ranking = LearnedRanking.load(coefficients)
+    macs = count(model, model.config(0.5)).macs
+    config_path = tmp_path / "config.json"
+    # the checkpoint is found from the coefficients file; the same coefficients serve every budget
+    for budget in (macs, 2 * macs):
+        assert run(["legr", "config", "s_cnn_small", "--coefficients", str(coefficients),
+                    "--max-macs", str(budget), "-o", str(config_path)]) in (0, None)  # fmt: skip
+        config = WidthConfig.load(config_path)
+        assert count(model, model.validate(config)).macs <= budget
+    assert ranking.coefficients.layers == WidthPlanner(model, macs_cost(model)).layers
+
+
+def test_config_budget_below_smallest_is_one_line_exit_2(trained, tmp_path, capsys):
+    model, checkpoint = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    path = LearnedRanking("s_cnn_small", Coefficients.identity(widths.layers), 1).save(tmp_path / "c.json")
+    capsys.readouterr()
+    code = run(["legr", "config", "s_cnn_small", "--coefficients", str(path), "--checkpoint", str(checkpoint),
+                "--max-macs", "1000", "-o", str(tmp_path / "x.json")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "smallest possible configuration" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x.json").exists()
+
+
+def test_bad_inputs_are_one_line_errors(trained, tmp_path, capsys):
+    _, checkpoint = trained
+    other = LearnedRanking("s_mobilenet_v2", Coefficients.identity(["a"]), 8).save(tmp_path / "m.json")
+    cases = [
+        ["legr", "config", "s_cnn_small", "--coefficients", str(other), "--checkpoint", str(checkpoint),
+         "--max-macs", "1e6", "-o", str(tmp_path / "x.json")],
+        ["legr", "config", "s_cnn_small", "--coefficients", str(tmp_path / "missing.json"),
+         "--max-macs", "1e6", "-o", str(tmp_path / "x.json")],
+        ["legr", "config", "s_cnn_small", "--coefficients", str(other), "--max-latency", "20ms",
+         "-o", str(tmp_path / "x.json")],
+        ["legr", "learn", "s_cnn_small", "--checkpoint", str(checkpoint), "--data", "digits",
+         "--budget", "1.5", "-o", str(tmp_path / "c.json")],
+        ["legr", "learn", "s_cnn_small", "--checkpoint", str(checkpoint), "--data", "digits",
+         "--sample", "100", "-o", str(tmp_path / "c.json")],
+    ]  # fmt: skip
+    for argv in cases:
+        capsys.readouterr()
+        assert run(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err

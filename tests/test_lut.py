@@ -1,0 +1,134 @@
+"""Latency lookup tables: built on the local CPU target with the profilers, checked, refused when foreign."""
+
+import json
+
+import numpy as np
+import pytest
+
+import planner
+from planner.checkpoint import save_checkpoint
+from planner.cli import main
+from planner.errors import PlannerError
+from planner.legr import Coefficients, LearnedRanking, WidthPlanner
+from planner.lut import Entry, LatencyTable, fit_calibration, layer_ops, table_path, write_layer_onnx
+from planner.targets import load_target
+from planner.widths import WidthConfig
+
+SIZE = 16
+QUICK = ["--max-seconds", "1", "--min-queries", "16"]  # measurements short enough for a test
+
+
+def run(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One small table, built through the CLI: 2 grid points per side, calibrated on the 2 trained widths."""
+    out = tmp_path_factory.mktemp("lut")
+    model = planner.create_model("s_cnn_small", widths=[0.5, 1.0], input_size=SIZE)
+    checkpoint = save_checkpoint(model, out / "model.pt")
+    code = run(["lut", "build", "--target", "cpu", "--model", "s_cnn_small", "--checkpoint", str(checkpoint),
+                "--points", "2", "--calibration-samples", "0", "--out", str(out), *QUICK])  # fmt: skip
+    assert code in (0, None)
+    return out, table_path(out, "cpu", "s_cnn_small"), model, checkpoint
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_built_table_names_target_model_and_runtime(built):
+    _, path, model, _ = built
+    data = json.loads(path.read_text())
+    assert data["target"]["name"] == "cpu" and data["target"]["backend"] == "onnxruntime"
+    assert data["model"] == "s_cnn_small" and data["input_shape"] == [1, 1, SIZE, SIZE]
+    assert data["runtime"] == "onnxruntime" and data["runtime_version"]
+    assert len(data["calibration"]["points"]) == len(model.widths)
+    assert {layer["path"] for layer in data["layers"]} == {op.path for op in layer_ops(model)}
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_prediction_grows_with_width(built):
+    _, path, model, _ = built
+    table = LatencyTable.load(path).check(model, load_target("cpu"))
+    narrow, wide = (table.layer_sum_ms(model.config(w).channels) for w in (model.widths[0], model.widths[-1]))
+    assert 0 < narrow < wide
+    assert table.predict_ms(model.config(1.0)) > table.predict_ms(model.config(model.widths[0]))
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_table_of_another_target_or_model_version_is_refused(built, capsys):
+    out, path, model, checkpoint = built
+    table = LatencyTable.load(path)
+    with pytest.raises(PlannerError, match="measured on target 'cpu'"):
+        table.check(model, load_target("openvino-cpu"))
+    with pytest.raises(PlannerError, match="another version"):
+        table.check(planner.create_model("s_cnn_small", widths=[0.5, 1.0], input_size=8))
+    cases = [
+        ["lut", "check", "--target", "openvino-cpu", "--checkpoint", str(checkpoint),
+         "--lut", str(path), "--out", str(out)],
+        ["lut", "check", "--target", "cpu", "--checkpoint", str(checkpoint), "--input-size", "8",
+         "--lut", str(path), "--out", str(out)],
+    ]  # fmt: skip
+    for argv in cases:
+        capsys.readouterr()
+        assert run(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: latency table") and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_check_reports_error_against_measurements(built, capsys):
+    out, _, _, checkpoint = built
+    capsys.readouterr()
+    code = run(["lut", "check", "--target", "cpu", "--checkpoint", str(checkpoint), "--samples", "1",
+                "--out", str(out), *QUICK])  # fmt: skip
+    assert code in (0, None)
+    assert "1 configurations:" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_legr_config_for_a_latency_budget(built, tmp_path, capsys):
+    out, path, model, checkpoint = built
+    widths = WidthPlanner(model, LatencyTable.load(path).predict_ms)
+    coefficients = LearnedRanking("s_cnn_small", Coefficients.identity(widths.layers), 1).save(
+        tmp_path / "c.json"
+    )
+    base = ["legr", "config", "s_cnn_small", "--coefficients", str(coefficients),
+            "--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out)]  # fmt: skip
+    # between the smallest and the full model: planned from the table alone
+    middle = (widths.smallest_cost() + widths.full_cost()) / 2
+    planned = tmp_path / "planned.json"
+    assert run([*base, "--max-latency", f"{middle}ms", "--no-verify", "-o", str(planned)]) in (0, None)
+    config = WidthConfig.load(planned)
+    assert widths.cost(config.channels) <= middle and config.channels != model.config(1.0).channels
+    # a generous budget gives the full model, verified by its measurement in OUT (taken by the build)
+    verified = tmp_path / "verified.json"
+    assert run([*base, "--max-latency", "10s", "-o", str(verified)]) in (0, None)
+    assert "measured p50" in capsys.readouterr().out
+    # below the smallest configuration: one line, exit 2
+    assert run([*base, "--max-latency", "1ns", "-o", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "below the smallest possible configuration" in err and len(err.splitlines()) == 1
+
+
+def test_layer_onnx_runs_with_the_grid_shapes(tmp_path):
+    import onnxruntime
+
+    model = planner.create_model("s_mobilenet_v2", input_size=32)
+    op = next(op for op in layer_ops(model) if op.depthwise)
+    cin, cout = op.grid()[0]
+    path = write_layer_onnx(op, cin, cout, tmp_path / "layer.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"input": np.ones((1, cin, op.size, op.size), np.float32)})
+    assert output.shape == (1, cout, op.size // op.stride, op.size // op.stride)
+    assert output.min() >= 0 and output.max() <= 6  # ReLU6 follows MobileNet's depthwise conv
+
+
+def test_interpolation_and_calibration_fit():
+    entry = Entry((8, 16), (4, 12), np.array([[1.0, 3.0], [2.0, 6.0]]))
+    assert entry.at(8, 4) == 1.0 and entry.at(16, 12) == 6.0
+    assert entry.at(12, 8) == pytest.approx((1 + 3 + 2 + 6) / 4)
+    scale, offset = fit_calibration([1.0, 2.0, 4.0], [2.5, 4.5, 8.5])
+    assert scale == pytest.approx(2.0) and offset == pytest.approx(0.5)
+    assert fit_calibration([3.0], [4.0]) == (1.0, 1.0)
