@@ -29,8 +29,13 @@ from planner.models.s_mobilenet_v2 import BLOCK_SETTING, TAIL_CHANNELS
 from profilers import Job, Settings, run_jobs
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1, relu: bool = True) -> list[nn.Module]:
-    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(
+    cin: int, cout: int, kernel: int, stride: int, groups: int = 1, relu: bool = True
+) -> list[nn.Module]:
+    layers = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     return layers + ([nn.ReLU6(inplace=True)] if relu else [])
 
 
@@ -39,7 +44,9 @@ class NativeBlock(nn.Module):
         super().__init__()
         hidden = cin * expand
         layers = _conv_bn(cin, hidden, 1, 1) if expand != 1 else []
-        layers += _conv_bn(hidden, hidden, 3, stride, groups=hidden) + _conv_bn(hidden, cout, 1, 1, relu=False)
+        layers += _conv_bn(hidden, hidden, 3, stride, groups=hidden) + _conv_bn(
+            hidden, cout, 1, 1, relu=False
+        )
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 

@@ -99,9 +99,14 @@ def _fold_batch_norms(module: nn.Module) -> None:
 def materialize(model: SlimmableNetwork, config: WidthConfig, fold_bn: bool = False) -> DenseNetwork:
     """A dense eval-mode copy of `model` at `config`; the slimmable model is left as it was.
 
-    Calibrated BN statistics are used when `config` is the active, calibrated configuration.
+    BN statistics: the trained ones of a trained width; else the calibration stored for `config` in
+    `model.calibrations`, or the active configuration's own calibration.
     """
+    from planner.calibrate import apply_calibration
+
     previous = model.active_config
+    if config.id in model.calibrations:
+        apply_calibration(model, model.calibrations[config.id])
     model.set_config(config)
     try:
         features = _densify(copy.deepcopy(model.features))

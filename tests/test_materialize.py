@@ -96,3 +96,22 @@ def test_calibration_replaces_borrowed_statistics_for_a_per_layer_config():
     with torch.no_grad():
         conv_out = model.features[0][0](x)
     assert torch.allclose(after, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
+
+
+def test_export_uses_the_statistics_a_calibrate_checkpoint_carries(tmp_path):
+    from planner.calibrate import calibrate, save_calibrated_checkpoint
+    from planner.profile import build_model
+
+    model = planner.create_model("s_cnn_small").eval()
+    config = model.config_from_channels({g: c - 4 for g, c in model.config(1.0).channels.items()})
+    batches = [torch.randn(32, 1, 8, 8) * 2 + 1 for _ in range(3)]
+    calibration = calibrate(model, config, batches, num_batches=3)
+    path = save_calibrated_checkpoint(model, tmp_path / "calibrated.pt", [calibration])
+
+    rebuilt = build_model(checkpoint=path)
+    assert config.id in rebuilt.calibrations
+    dense = materialize(rebuilt, config)
+    stored = calibration.mean["features.0.1"]
+    assert torch.allclose(dense.features[0][1].running_mean, stored)
+    borrowed = materialize(planner.create_model("s_cnn_small"), config).features[0][1].running_mean
+    assert not torch.allclose(borrowed, stored)

@@ -20,42 +20,6 @@ WidthsOption = Annotated[
 ]
 
 
-def build_model(
-    name: str,
-    checkpoint: Path | None = None,
-    num_classes: int | None = None,
-    input_size: int | None = None,
-    in_channels: int | None = None,
-):
-    """Create a model, rebuilt from a checkpoint's options (and loaded) when one is given."""
-    from planner.checkpoint import check_state_dict, read_checkpoint
-    from planner.models import create_model
-
-    options: dict = {}
-    state = None
-    if checkpoint is not None:
-        saved = read_checkpoint(checkpoint)
-        state = saved["model"]
-        info = saved["planner"]
-        if info.get("name") not in (None, name):
-            raise PlannerError(f"checkpoint {checkpoint} holds {info['name']!r}, not {name!r}")
-        options = {k: info[k] for k in ("widths", "num_classes", "input_size", "in_channels") if k in info}
-    given = {"num_classes": num_classes, "input_size": input_size, "in_channels": in_channels}
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key in options and options[key] != value:
-            raise PlannerError(
-                f"--{key.replace('_', '-')} {value} does not match the checkpoint ({options[key]})"
-            )
-        options[key] = value
-    model = create_model(name, **options)
-    if state is not None:
-        check_state_dict(model, state)
-        model.load_state_dict(state)
-    return model.eval()
-
-
 def resolve_config(model, width: float | None, config_file: Path | None):
     """The configuration a command was asked for: `--width` or `--config FILE` (exactly one)."""
     from planner.widths import WidthConfig
@@ -100,6 +64,7 @@ def info_command(
 ) -> None:
     """Channels, MACs and params of each width (the reference's counting convention)."""
     from planner.counting import count, layer_channels
+    from planner.profile import build_model
 
     model = build_model(model_name, num_classes=num_classes, input_size=input_size)
     rows = []
@@ -152,10 +117,13 @@ def export_command(
     """Write one configuration as a single-file, static-shape ONNX holding only its sliced weights."""
     from planner.counting import count
     from planner.export import export_onnx
+    from planner.profile import build_model
 
-    model = build_model(model_name, checkpoint, num_classes, input_size, in_channels)
+    model = build_model(
+        model_name, checkpoint, num_classes=num_classes, input_size=input_size, in_channels=in_channels
+    )
     config = resolve_config(model, width, config_file)
-    if model.needs_calibration(config) and config.width is None:
+    if model.needs_calibration(config) and config.id not in model.calibrations:
         console.print(
             "[yellow]note:[/] this per-layer configuration has no trained BN statistics; it borrows the "
             "nearest width's until calibrated (planner calibrate)",
