@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from planner.cli import app
+from planner.cli import app, parse_widths
 from planner.cli.targets import TargetsDirOption
 from planner.errors import PlannerError
 from planner.targets import load_target
@@ -79,7 +79,7 @@ def profile_command(
     model = stage.build_model(
         model_name, checkpoint, in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )
-    configs = stage.configurations(model, _parse_widths(widths), config_files)
+    configs = stage.configurations(model, parse_widths(widths), config_files)
     if estimate:
         rows, skipped = stage.estimate_configs(model, configs, targets, out)
         for key in skipped:
@@ -118,19 +118,6 @@ def profile_command(
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
-
-
-def _parse_widths(values: list[str] | None) -> list[float] | None:
-    if not values:
-        return None
-    widths = []
-    for value in values:
-        for part in value.split(","):
-            try:
-                widths.append(float(part))
-            except ValueError:
-                raise PlannerError(f"--widths takes numbers such as 0.5,1.0; got {part!r}") from None
-    return widths
 
 
 def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:

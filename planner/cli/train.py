@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.cli import app
+from planner.cli import app, parse_widths
 from planner.errors import PlannerError
 
 if TYPE_CHECKING:
@@ -48,19 +48,6 @@ InputSizeOption = Annotated[
     int | None, typer.Option(help="Input height and width (default: checkpoint, then data).")
 ]
 BatchesOption = Annotated[int, typer.Option("--calibration-batches", help="Batches for BN calibration.")]
-
-
-def _parse_widths(values: list[str] | None) -> list[float] | None:
-    if not values:
-        return None
-    widths = []
-    for value in values:
-        for part in value.split(","):
-            try:
-                widths.append(float(part))
-            except ValueError:
-                raise PlannerError(f"--widths takes numbers such as 0.5,1.0; got {part!r}") from None
-    return widths
 
 
 def _build(
@@ -183,7 +170,7 @@ def train_command(
     _set_threads(threads)
     dataset = _load(data, None, input_size)
     torch.manual_seed(seed)
-    model = _build(model_name, dataset, None, in_channels, num_classes, input_size, _parse_widths(widths))
+    model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
     shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
     console.print(
         f"training {model.name} at widths {shown} on {dataset.name} ({dataset.size('train')} images, "
@@ -246,7 +233,7 @@ def evaluate_command(
     saved = read_checkpoint(checkpoint)
     dataset = _load(data, saved, input_size)
     model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
-    configs = _configs(model, _parse_widths(widths), config_files)
+    configs = _configs(model, parse_widths(widths), config_files)
     batches = dataset.batches(split, batch_size)
     calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
     results = evaluate(
@@ -307,7 +294,7 @@ def calibrate_command(
     saved = read_checkpoint(checkpoint)
     dataset = _load(data, saved, input_size)
     model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
-    configs = _configs(model, _parse_widths(widths), config_files)
+    configs = _configs(model, parse_widths(widths), config_files)
     calibration = dataset.batches("calibration", batch_size, shuffle=True)
     done = [calibrate(model, config, calibration, batches) for config in configs]
     path = save_calibrated_checkpoint(model, output, done, extra=saved["planner"])
