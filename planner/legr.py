@@ -22,7 +22,6 @@ population is a set of copies).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -395,14 +394,6 @@ def evolve(
         if progress is not None:
             progress(generation + 1, best[1])
     return SearchResult(best[0], best[1], best[2], history, evaluations)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ down to a cheaper width when the device is loaded without re-planning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from planner.errors import PlannerError
 from planner.select import Selection, label
 from planner.targets import Target
 from planner.widths import WidthConfig
+from profilers.jobs import file_digest
 
 if TYPE_CHECKING:
     from planner.models.base import SlimmableNetwork
@@ -48,14 +48,6 @@ def schema() -> dict[str, Any]:
     """The manifest JSON Schema shipped with planner."""
     text = resources.files("planner").joinpath("schemas/manifest.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -92,7 +84,7 @@ def write_manifest(
     """
     if not selection.fits:
         raise PlannerError(f"nothing fits the budget on {target.name}; no manifest written")
-    checkpoint_sha = sha256_file(checkpoint)
+    checkpoint_sha = file_digest(checkpoint)
     _check_accuracy_checkpoint(selection.ladder, checkpoint, checkpoint_sha)
     out_dir.mkdir(parents=True, exist_ok=True)
     rungs = [
@@ -240,7 +232,7 @@ def _artifact(kind: str, directory: Path, files: list[tuple[str, Path]]) -> dict
         {
             "role": role,
             "path": path.relative_to(base).as_posix(),
-            "sha256": sha256_file(path),
+            "sha256": file_digest(path),
             "bytes": path.stat().st_size,
         }
         for role, path in files
@@ -327,7 +319,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
                 )
             if not file.is_file():
                 raise PlannerError(f"manifest {path}: artifact {entry['path']} is missing")
-            if sha256_file(file) != entry["sha256"]:
+            if file_digest(file) != entry["sha256"]:
                 raise PlannerError(
                     f"manifest {path}: artifact {entry['path']} does not match its sha256 "
                     "(changed or corrupt); rebuild it with planner manifest"

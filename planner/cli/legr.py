@@ -211,10 +211,10 @@ def legr_learn(
         SearchSettings,
         WidthPlanner,
         evolve,
-        file_sha256,
         macs_cost,
     )
     from planner.targets import load_target
+    from profilers.jobs import file_digest
 
     if not 0 < budget <= 1:
         raise PlannerError(f"--budget is a share of the full model's cost in (0, 1], got {budget}")
@@ -266,7 +266,7 @@ def legr_learn(
     result = evolve(planner, target_cost, fitness, np.random.default_rng(seed), settings, progress)
     wall_s = time.perf_counter() - started
     info = {
-        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint)},
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_digest(checkpoint)},
         "data": data,
         "cost": cost_info,
         "budget": {"share": budget, "value": target_cost},
@@ -327,9 +327,10 @@ def legr_config(
     goes to OUT/latency.parquet, so select, manifest and report see the configuration like a width).
     """
     from planner.counting import count
-    from planner.legr import LearnedRanking, file_sha256, macs_cost
+    from planner.legr import LearnedRanking, macs_cost
     from planner.targets import load_target
     from planner.units import parse_duration_ms
+    from profilers.jobs import file_digest
 
     if (max_latency is None) == (max_macs is None):
         raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
@@ -342,7 +343,7 @@ def legr_config(
     if checkpoint is not None and not checkpoint.is_file():
         raise PlannerError(f"checkpoint {checkpoint} does not exist")
     recorded = (ranking.info.get("checkpoint") or {}).get("sha256")
-    if checkpoint is not None and recorded and file_sha256(checkpoint) != recorded:
+    if checkpoint is not None and recorded and file_digest(checkpoint) != recorded:
         console.print(f"note: {checkpoint} is not the checkpoint the coefficients were learned on")
     model = _model(model_name, checkpoint)
     if max_macs is not None:
