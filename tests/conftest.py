@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +26,18 @@ def randomize_batch_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Mod
 @pytest.fixture
 def randomize():
     return randomize_batch_norms
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every width of s_cnn_small exported once per test session (shared by the profiling test files)."""
+    from planner.profile import build_model, configurations, export_artifacts
+    from planner.targets import load_target
+
+    out = tmp_path_factory.getbasetemp() / "s_cnn_small-8x8-exports"
+    if not out.is_dir():
+        partial = tmp_path_factory.mktemp("exporting")
+        model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+        export_artifacts(model, configurations(model), partial, load_target("cpu"))
+        partial.rename(out)
+    return out

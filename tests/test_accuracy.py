@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import run_cli
 
-from planner.cli import main
 from planner.evaluate import ConfigAccuracy
 from planner.models import create_model
 from planner.results import COLUMNS, accuracy_rows, load_accuracy, write_accuracy
@@ -16,13 +16,6 @@ from planner.results import COLUMNS, accuracy_rows, load_accuracy, write_accurac
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CSV = REPO / "results" / "reference_imagenet_accuracy.csv"
 REFERENCE_JSON = Path("/work/shared/reference/slimmable_results.json")
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 def test_reference_csv_holds_the_papers_top1(tmp_path: Path) -> None:

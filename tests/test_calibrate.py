@@ -9,23 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from planner.calibrate import apply_calibration, calibrate, stored_calibrations
 from planner.checkpoint import read_checkpoint, save_checkpoint
-from planner.cli import main
 from planner.data import load_dataset
 from planner.evaluate import evaluate
 from planner.models import create_model
 from planner.train import train
 
 PER_LAYER = {"features.0.0": 8, "features.1.0": 64, "features.2.0": 16, "features.3.0": 128}
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

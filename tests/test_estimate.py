@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from torch import nn
 
 import planner
-from planner.cli import main
 from planner.errors import PlannerError
 from planner.estimate import DEFAULT_LAYER_OVERHEAD_US, estimate_layers, estimate_rows
 from planner.profile import build_model
@@ -17,13 +17,6 @@ from planner.targets import load_target
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 def test_a_layer_takes_the_slower_of_compute_and_memory_plus_overhead() -> None:

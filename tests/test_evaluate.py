@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from planner.checkpoint import save_checkpoint
-from planner.cli import main
 from planner.data import load_dataset
 from planner.errors import PlannerError
 from planner.evaluate import evaluate
@@ -18,13 +18,6 @@ from planner.models import create_model
 from planner.results import load_accuracy
 
 PER_LAYER = {"features.0.0": 8, "features.1.0": 64, "features.2.0": 16, "features.3.0": 128}
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

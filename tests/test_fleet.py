@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import fresh_out, run_cli
 
-from planner.cli import main
 from planner.errors import PlannerError
-from planner.profile import build_model, configurations, export_artifacts, profile_configs
+from planner.profile import build_model, profile_configs
 from planner.targets import load_target
 from profilers.jobs import Settings
 from profilers.results import load_latency
@@ -47,31 +46,6 @@ def targets_dir(tmp_path: Path) -> Path:
             f'backend = "onnxruntime"\nthreads = 1\n[connection]\nkind = "ssh"\nuser = "lab"\n# {name}\n'
         )
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every width of s_cnn_small exported once per test session (shared by the profiling test files)."""
-    out = tmp_path_factory.getbasetemp() / "s_cnn_small-8x8-exports"
-    if not out.is_dir():
-        partial = tmp_path_factory.mktemp("exporting")
-        model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-        export_artifacts(model, configurations(model), partial, load_target("cpu"))
-        partial.rename(out)
-    return out
-
-
-def fresh_out(exports: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
-    shutil.copytree(exports, out)
-    return out
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 def test_two_targets_profile_on_their_nodes_in_one_call(

@@ -8,35 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 import planner
 from planner.checkpoint import save_checkpoint
 from planner.cli import main
-from planner.profile import build_model, configurations, export_artifacts, weights_key
-from planner.targets import load_target
+from planner.profile import build_model, configurations, weights_key
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
 QUICK = ["--max-seconds", "0.3", "--min-queries", "16"]
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every width of s_cnn_small exported once per test session (shared by the profiling test files)."""
-    out = tmp_path_factory.getbasetemp() / "s_cnn_small-8x8-exports"
-    if not out.is_dir():
-        partial = tmp_path_factory.mktemp("exporting")
-        model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-        export_artifacts(model, configurations(model), partial, load_target("cpu"))
-        partial.rename(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
-from planner.cli import main
 from planner.errors import PlannerError
 from planner.targets import list_targets, load_target, parse_host
 
@@ -20,13 +20,6 @@ SHIPPED = {
     "jetson-agx-orin",
     "raspberry-pi-5",
 }
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 @pytest.fixture(autouse=True)

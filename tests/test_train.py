@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import run_cli
 
 from planner.checkpoint import read_checkpoint
-from planner.cli import main
 from planner.data import load_dataset
 from planner.errors import PlannerError
 from planner.evaluate import evaluate
 from planner.models import create_model
 from planner.train import iteration_widths, soft_cross_entropy, train
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(argv)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
