@@ -8,6 +8,8 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from profilers import Job
@@ -91,3 +93,20 @@ def benchmark_app(onnx: Path, seconds: float) -> tuple[float, str, int | None]:
         " ".join(["benchmark_app", *command[1:]]),
         int(threads.group(1)) if threads else None,
     )
+
+
+@contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` processes that spin on the CPU for the duration: another tenant, reproducibly."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def report_name(stem: str, busy: int) -> str:
+    """Results file stem: runs beside busy processes are kept apart from the quiet ones."""
+    return f"{stem}_busy{busy}" if busy else stem

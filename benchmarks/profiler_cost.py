@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from profiler_common import RESULTS, command_line, conditions, export_widths
+from profiler_common import RESULTS, busy_processes, command_line, conditions, export_widths, report_name
 
 from profilers import Settings, run_jobs
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=2, help="independent runs, each from a cold cache")
     parser.add_argument("--work", type=Path, default=Path("/tmp/planner-profiler-bench"))
+    parser.add_argument("--busy", type=int, default=0, help="CPU-spinning processes running alongside")
     arguments = parser.parse_args()
     before = conditions()
     jobs = export_widths(arguments.work / "exports")
@@ -37,28 +38,29 @@ def main() -> None:
     ]
     baseline_s = BENCHMARK_APP_SECONDS * len(all_jobs)
     summaries, rows = [], []
-    for run in range(arguments.runs):
-        cache = arguments.work / "cost-cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        started = time.perf_counter()
-        table = run_jobs(
-            all_jobs, arguments.work / "cost" / f"run{run}", Settings(cache_dir=cache), force=True
-        )
-        wall_s = time.perf_counter() - started
-        half_width = (table["ci_high_ms"] - table["ci_low_ms"]) / 2 / table["p50_ms"] * 100
-        summaries.append(
-            {
-                "run": run,
-                "wall_s": wall_s,
-                "speedup": baseline_s / wall_s,
-                "converged": int(table["converged"].sum()),
-                "jobs": len(table),
-                "max_ci_half_width_pct": half_width.max(),
-                "queries": int(table["n"].sum()),
-            }
-        )
-        rows.append(table.assign(run=run, ci_half_width_pct=half_width))
-        print(summaries[-1], flush=True)
+    with busy_processes(arguments.busy):
+        for run in range(arguments.runs):
+            cache = arguments.work / "cost-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            started = time.perf_counter()
+            table = run_jobs(
+                all_jobs, arguments.work / "cost" / f"run{run}", Settings(cache_dir=cache), force=True
+            )
+            wall_s = time.perf_counter() - started
+            half_width = (table["ci_high_ms"] - table["ci_low_ms"]) / 2 / table["p50_ms"] * 100
+            summaries.append(
+                {
+                    "run": run,
+                    "wall_s": wall_s,
+                    "speedup": baseline_s / wall_s,
+                    "converged": int(table["converged"].sum()),
+                    "jobs": len(table),
+                    "max_ci_half_width_pct": half_width.max(),
+                    "queries": int(table["n"].sum()),
+                }
+            )
+            rows.append(table.assign(run=run, ci_half_width_pct=half_width))
+            print(summaries[-1], flush=True)
     detail = pd.concat(rows, ignore_index=True)
     columns = [
         "run",
@@ -75,7 +77,7 @@ def main() -> None:
         "status",
     ]
     RESULTS.mkdir(exist_ok=True)
-    detail[columns].to_csv(RESULTS / "profiler_cost.csv", index=False)
+    detail[columns].to_csv(RESULTS / f"{report_name('profiler_cost', arguments.busy)}.csv", index=False)
     runs = "\n".join(
         f"| {s['run']} | {s['wall_s']:.1f} | {baseline_s:.0f} | {s['speedup']:.1f}x "
         f"| {s['converged']}/{s['jobs']} "
@@ -94,7 +96,7 @@ def main() -> None:
 
 Command: `{command_line()}`
 
-Conditions: {before}
+Conditions: {before} CPU-spinning processes alongside: {arguments.busy}.
 
 4 widths of S-MobileNetV2 (224x224) x 2 backends (onnxruntime, openvino), threads={arguments.threads}, default
 settings (95% CI of the median within +-2%, >= 64 queries, <= 30 s measuring per job), each run from a cold
@@ -113,7 +115,7 @@ Per job:
 |---|---|---|---|---|---|---|---|
 {jobs_table}
 """
-    (RESULTS / "profiler_cost.md").write_text(report)
+    (RESULTS / f"{report_name('profiler_cost', arguments.busy)}.md").write_text(report)
     print(report)
 
 

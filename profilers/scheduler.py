@@ -2,9 +2,13 @@
 
 Drift on a shared CPU (frequency, other tenants, thermal) is slow compared with a burst, so running the
 jobs in interleaved rounds (order reshuffled every round) spreads it over all of them alike instead of
-penalising whichever ran during a bad minute; only one worker runs at a time. A job is done when the
-confidence interval of its median is tight enough, after a minimum count, or when its time is up; the
-jobs of a group keep taking turns until every one is done, so all their samples share one time window.
+penalising whichever ran during a bad minute; only one worker runs at a time. Within a group, the jobs of
+one series (same model, target, backend, device, precision and batch) are also compared with the
+series' reference, its largest model: one ratio of burst medians per round, in which the drift cancels,
+so the ranking of the widths holds even when absolute medians swing between runs.
+
+A job stops when the confidence interval of its median, and of its ratio to the reference, is tight
+enough (after a minimum count), or when its time is up; the reference stays until its series is done.
 Every request has a timeout; a worker that crashes or hangs is killed and only its own row says so.
 """
 
@@ -30,10 +34,13 @@ import pandas as pd
 from profilers.backends import get_backend
 from profilers.environment import environment
 from profilers.errors import ProfilerError
-from profilers.jobs import Job, Settings
+from profilers.jobs import KEY_COLUMNS, Job, Settings
 from profilers.modelfile import ModelFile
 from profilers.results import LatencyStore, load_latency, row_key
-from profilers.stats import Summary, converged
+from profilers.stats import Ratio, Summary, converged
+
+# Rounds shared with the reference before a job's ratio may count as converged.
+MIN_RATIO_ROUNDS = 8
 
 
 class WorkerFailed(Exception):
@@ -153,7 +160,7 @@ class ProgressEvent:
     pid: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs are compared as objects, not by their samples
 class _Measurement:
     job: Job
     index: int
@@ -161,11 +168,42 @@ class _Measurement:
     worker: WorkerHandle | None = None
     ready: dict[str, Any] = field(default_factory=dict)
     samples_ns: list[int] = field(default_factory=list)
+    round_medians_ms: dict[int, float] = field(default_factory=dict)
+    reference: _Measurement | None = None  # the largest model of this job's series in the group
     setup_s: float = 0.0  # worker start to ready: build (if not cached), load, first inference, warm-up
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
+
+    def ratio(self, confidence: float) -> Ratio | None:
+        if self.reference is None:
+            return None
+        if self.reference is self:
+            return Ratio(1.0, 1.0, 1.0, len(self.round_medians_ms))
+        return Ratio.paired(self.round_medians_ms, self.reference.round_medians_ms, confidence)
+
+    def converged(self, settings: Settings) -> bool:
+        """Its median's interval is tight, and so is its ratio's, unless it has no live reference."""
+        if not converged(self.samples_ms(), settings.ci_rel, settings.confidence, settings.min_queries):
+            return False
+        if self.reference is self or self.reference is None or self.reference.worker is None:
+            return True
+        ratio = self.ratio(settings.confidence)
+        return ratio is not None and ratio.within(settings.ci_rel, MIN_RATIO_ROUNDS)
+
+
+def _assign_references(group: list[_Measurement]) -> None:
+    """Each series' reference is its member with the most weight bytes (the widest configuration)."""
+    series: dict[tuple, list[_Measurement]] = {}
+    for measurement in group:
+        identity = measurement.job.identity()
+        key = tuple(identity[column] for column in KEY_COLUMNS if column != "config_id")
+        series.setdefault(key, []).append(measurement)
+    for members in series.values():
+        reference = max(members, key=lambda m: m.model.weight_bytes)
+        for measurement in members:
+            measurement.reference = reference
 
 
 def validate(jobs: Sequence[Job]) -> dict[int, ModelFile]:
@@ -257,6 +295,8 @@ def _measure_group(
                 )
             )
             active.append(measurement)
+        _assign_references(active)
+        round_index = 0
         while active:
             for position in rng.permutation(len(active)):
                 measurement = active[position]
@@ -275,28 +315,38 @@ def _measure_group(
                     continue
                 measurement.measure_s += time.perf_counter() - began
                 measurement.samples_ns.extend(reply["times_ns"])
+                if reply["times_ns"]:
+                    measurement.round_medians_ms[round_index] = float(np.median(reply["times_ns"])) / 1e6
+            round_index += 1
             active = [measurement for measurement in active if measurement.worker is not None]
-            verdicts = {
-                id(measurement): converged(
-                    measurement.samples_ms(), settings.ci_rel, settings.confidence, settings.min_queries
-                )
-                for measurement in active
-            }
-            # Every job stays in the rounds until all have stopped, so all samples cover the same stretch
-            # of time: a job that left early would miss a later change of load that the others saw.
-            if not all(verdicts[id(m)] or m.measure_s >= settings.max_seconds for m in active):
-                continue
-            for measurement in active:
+            verdicts = {id(m): m.converged(settings) for m in active}
+            leaving = [
+                m
+                for m in active
+                if m.reference is not m and (verdicts[id(m)] or m.measure_s >= settings.max_seconds)
+            ]
+            # A reference stays while its series still measures: their ratios need it in every round.
+            staying = [m for m in active if m not in leaving]
+            leaving += [
+                m
+                for m in staying
+                if m.reference is m
+                and (verdicts[id(m)] or m.measure_s >= settings.max_seconds)
+                and not any(other.reference is m and other is not m for other in staying)
+            ]
+            for measurement in leaving:
                 try:
                     closing = measurement.worker.close(settings.timeout_s)
                 except WorkerFailed as failure:
                     finish(measurement, _failed_row(measurement, failure, run_id))
+                    measurement.worker = None
                     continue
                 row = _ok_row(measurement, closing, verdicts[id(measurement)], run_id, settings)
                 finish(measurement, row)
                 if measurement.worker.log_path.stat().st_size == 0:
                     measurement.worker.log_path.unlink()  # nothing to read: keep logs/ for what went wrong
-            active = []
+                measurement.worker = None
+            active = [measurement for measurement in active if measurement not in leaving]
     finally:
         for measurement in group:
             if measurement.worker is not None and measurement.worker.alive:
@@ -327,12 +377,18 @@ def _ok_row(
 ) -> dict[str, Any]:
     ready = measurement.ready
     summary = Summary.of(measurement.samples_ms(), measurement.job.batch, settings.confidence)
+    ratio = measurement.ratio(settings.confidence)
     return {
         **_base_row(measurement, run_id),
         "status": "ok",
         "error": "",
         "converged": is_converged,
         **vars(summary),
+        "ref_config_id": measurement.reference.job.identity()["config_id"],
+        "ratio_to_ref": ratio.value if ratio else math.nan,
+        "ratio_ci_low": ratio.low if ratio else math.nan,
+        "ratio_ci_high": ratio.high if ratio else math.nan,
+        "rounds": len(measurement.round_medians_ms),
         "first_ms": ready["first_ms"],
         "peak_rss_bytes": closing["peak_rss_bytes"],
         "artifact_bytes": ready["artifact_bytes"],

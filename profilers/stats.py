@@ -2,12 +2,14 @@
 
 Latency distributions on a shared CPU are skewed with long tails, so no normal approximation: the interval
 is a pair of order statistics whose coverage follows from the binomial distribution of how many samples
-fall below the true median.
+fall below the true median. The same interval serves the paired ratio of two jobs: one ratio per round of
+their burst medians, so a slow drift of the machine's speed, which moves both alike, cancels out.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +49,37 @@ def converged(samples_ms: np.ndarray, ci_rel: float, confidence: float, min_quer
         return False
     median = float(np.median(samples_ms))
     return low >= median * (1 - ci_rel) and high <= median * (1 + ci_rel)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """latency(job) / latency(reference): the median of the per-round ratios and its confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    rounds: int
+
+    @classmethod
+    def paired(
+        cls, rounds: Mapping[int, float], reference_rounds: Mapping[int, float], confidence: float = 0.95
+    ) -> Ratio | None:
+        """From two jobs' burst medians keyed by round; None when they never shared a round."""
+        shared = sorted(set(rounds) & set(reference_rounds))
+        if not shared:
+            return None
+        ratios = np.array([rounds[r] / reference_rounds[r] for r in shared])
+        low, high = median_ci(ratios, confidence)
+        return cls(float(np.median(ratios)), low, high, len(shared))
+
+    def within(self, ci_rel: float, min_rounds: int) -> bool:
+        """At least min_rounds, and the interval lies within value * (1 +- ci_rel)."""
+        return (
+            self.rounds >= min_rounds
+            and not math.isnan(self.low)
+            and self.low >= self.value * (1 - ci_rel)
+            and self.high <= self.value * (1 + ci_rel)
+        )
 
 
 @dataclass(frozen=True)

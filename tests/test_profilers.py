@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
-from profilers.stats import converged, median_ci, median_ci_indices
+from profilers.stats import Ratio, converged, median_ci, median_ci_indices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,6 +129,17 @@ def test_stopping_rule_needs_the_minimum_count_and_a_tight_interval():
     assert not converged(wide, ci_rel=0.02, confidence=0.95, min_queries=64)
 
 
+def test_paired_ratio_cancels_a_drift_that_moves_both_jobs_alike():
+    rng = np.random.default_rng(3)
+    speed = np.linspace(1.0, 1.8, 40)  # the machine slows down by 80% during the run
+    small = {r: 1.0 * speed[r] * rng.normal(1, 0.005) for r in range(40)}
+    large = {r: 4.0 * speed[r] * rng.normal(1, 0.005) for r in range(40)}
+    ratio = Ratio.paired(small, large)
+    assert ratio.rounds == 40 and ratio.low <= 0.25 <= ratio.high
+    assert ratio.within(ci_rel=0.02, min_rounds=8) and not ratio.within(ci_rel=0.02, min_rounds=41)
+    assert Ratio.paired({0: 1.0}, {1: 4.0}) is None  # never in the same round: no ratio
+
+
 # --- measuring ----------------------------------------------------------------------------------------
 
 
@@ -159,6 +170,11 @@ def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp
     for backend in ("onnxruntime", "openvino"):  # 64 channels cost ~40x the MACs of 8
         rows = table[table["backend"] == backend].set_index("config_id")
         assert rows.loc["wide", "p50_ms"] > rows.loc["narrow", "p50_ms"]
+        # Each backend's series is compared with its largest model, round by round.
+        assert set(rows["ref_config_id"]) == {"wide"}
+        assert rows.loc["wide", "ratio_to_ref"] == 1.0
+        assert 0 < rows.loc["narrow", "ratio_ci_low"] <= rows.loc["narrow", "ratio_to_ref"] < 1
+        assert rows.loc["narrow", "rounds"] <= rows.loc["wide", "rounds"]  # the reference stays to the end
 
     on_disk = load_latency(tmp_path)
     assert len(on_disk) == 4 and (tmp_path / "latency.csv").exists()
