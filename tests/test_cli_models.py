@@ -19,6 +19,8 @@ def test_models_lists_the_zoo():
     assert result.returncode == 0
     for name in ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50", "us_mobilenet_v2", "s_cnn_small"):
         assert name in result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if "us_cnn_small" in line]
+    assert "0.25 … 1 (any)" in line
 
 
 def test_info_json_has_channels_macs_and_params_per_width():

@@ -12,7 +12,9 @@ from planner.export import export_onnx
 from planner.materialize import materialize
 
 
-@pytest.mark.parametrize(("name", "width"), [("s_cnn_small", 0.25), ("s_mobilenet_v2", 0.35)])
+@pytest.mark.parametrize(
+    ("name", "width"), [("s_cnn_small", 0.25), ("s_mobilenet_v2", 0.35), ("us_cnn_small", 0.4)]
+)
 def test_onnx_matches_torch_and_holds_only_the_sliced_weights(tmp_path, name, width, randomize):
     model = randomize(planner.create_model(name)).eval()
     config = model.config(width)

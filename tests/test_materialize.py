@@ -15,6 +15,7 @@ MODELS = [
     ("s_mobilenet_v2", {"input_size": 64}),
     ("s_resnet50", {"input_size": 64}),
     ("us_mobilenet_v2", {"input_size": 64}),
+    ("us_cnn_small", {}),
 ]
 DENSE_LEAVES = (
     nn.Conv2d,

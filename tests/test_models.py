@@ -5,6 +5,7 @@ import torch
 
 import planner
 from planner.checkpoint import save_checkpoint
+from planner.counting import count
 from planner.errors import PlannerError
 
 REFERENCE_SHAPES = {
@@ -44,9 +45,14 @@ REFERENCE_SHAPES = {
 
 
 def test_registry_lists_every_model():
-    assert {"s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50", "us_mobilenet_v2", "s_cnn_small"} <= set(
-        planner.list_models()
-    )
+    assert {
+        "s_mobilenet_v1",
+        "s_mobilenet_v2",
+        "s_resnet50",
+        "us_mobilenet_v2",
+        "s_cnn_small",
+        "us_cnn_small",
+    } <= set(planner.list_models())
     assert planner.list_models("s_mobilenet*") == ["s_mobilenet_v1", "s_mobilenet_v2"]
 
 
@@ -72,6 +78,29 @@ def test_small_cnn_takes_8_to_32_pixel_inputs():
         assert model(torch.zeros(2, 1, size, size)).shape == (2, 10)
     with pytest.raises(PlannerError, match="8x8 to 32x32"):
         planner.create_model("s_cnn_small", input_size=64)
+
+
+def test_us_cnn_small_is_the_small_cnn_at_any_width_and_per_layer_mix():
+    s_model, us = planner.create_model("s_cnn_small"), planner.create_model("us_cnn_small")
+    assert us.universal and us.width_range == (0.25, 1.0) and len(us.widths) == 31
+    assert list(us.groups) == list(s_model.groups)
+    for width in s_model.widths:
+        assert us.config(width).channels == s_model.config(width).channels
+        assert count(us, us.config(width)) == count(s_model, s_model.config(width))
+    assert us.config(0.6).channels == {
+        "features.0.0": 24,
+        "features.1.0": 40,
+        "features.2.0": 40,
+        "features.3.0": 80,
+    }
+    mix = us.config_from_channels(
+        {"features.0.0": 9, "features.1.0": 64, "features.2.0": 17, "features.3.0": 33}
+    )
+    us.set_config(mix)
+    assert us.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert us.needs_calibration(mix) and not us.needs_calibration(us.config(0.6))
+    with pytest.raises(PlannerError, match=r"outside us_cnn_small's range \[0.25, 1\]"):
+        us.config(0.2)
 
 
 def test_set_width_changes_the_computation():

@@ -14,8 +14,16 @@ from planner.checkpoint import read_checkpoint
 from planner.data import load_dataset
 from planner.errors import PlannerError
 from planner.evaluate import evaluate
+from planner.lut import allowed_counts, random_configs
 from planner.models import create_model
-from planner.train import iteration_widths, soft_cross_entropy, train
+from planner.train import (
+    PER_LAYER,
+    iteration_configs,
+    iteration_widths,
+    per_layer_domains,
+    soft_cross_entropy,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +75,84 @@ def test_us_model_sandwich_takes_max_min_and_two_seeded_random_tracked_widths() 
     assert len({tuple(w) for w in draws}) > 5
     again = [iteration_widths(model, torch.Generator().manual_seed(s)) for s in range(20)]
     assert again == draws
+
+
+def test_per_layer_sandwich_takes_max_min_and_two_seeded_per_layer_configs() -> None:
+    model = create_model("us_cnn_small")
+    domains = per_layer_domains(model)
+    assert domains == {n: allowed_counts(model, g, 1) for n, g in model.groups.items()}
+    draws = [iteration_configs(model, torch.Generator().manual_seed(s), domains) for s in range(20)]
+    for members in draws:
+        assert [key for key, _ in members] == [1.0, PER_LAYER, PER_LAYER, 0.25]
+        assert members[0][1] == model.config(1.0) and members[-1][1] == model.config(0.25)
+        for _, config in members[1:3]:
+            assert config.width is None
+            assert all(count in domains[group] for group, count in config.channels.items())
+    randoms = {config.id: config for members in draws for _, config in members[1:3]}
+    assert len(randoms) == 40  # every draw is a new mix
+    # each group is drawn on its own: a mix is not a uniform width (its layers keep different shares)
+    shares = [
+        {round(c / model.groups[g].max_channels, 2) for g, c in config.channels.items()}
+        for config in randoms.values()
+    ]
+    assert sum(len(s) > 1 for s in shares) >= 38
+    again = [iteration_configs(model, torch.Generator().manual_seed(s), domains) for s in range(20)]
+    assert again == draws
+
+
+@pytest.fixture(scope="module")
+def per_layer_trained(digits, single_thread):
+    torch.manual_seed(0)
+    model = create_model("us_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    result = train(model, digits, epochs=2, batch_size=64, seed=0, per_layer=True)
+    return model, result
+
+
+def test_per_layer_training_makes_per_layer_mixes_accurate(per_layer_trained, digits) -> None:
+    model, result = per_layer_trained
+    assert [list(losses) for losses in result.epoch_losses] == [[1.0, PER_LAYER, 0.25]] * 2
+    first, last = result.epoch_losses
+    assert all(last[key] < first[key] for key in first)
+    mixes = random_configs(model, 6, np.random.default_rng(0))
+    scores = evaluate(model, mixes, digits.batches("val", 512), digits.batches("calibration", 64))
+    assert all(s.calibrated for s in scores)
+    assert all(s.top1 > 80 for s in scores), [s.top1 for s in scores]  # chance is 10%
+
+
+def test_per_layer_training_leaves_every_tracked_width_usable_without_calibration(
+    per_layer_trained, digits
+) -> None:
+    """The tracked widths between the two ends never run in per-layer training: their statistics are
+    re-estimated after it, so evaluating them needs no calibration data."""
+    model, _ = per_layer_trained
+    configs = [model.config(w) for w in (0.25, 0.5, 0.625, 0.8, 1.0)]
+    scores = evaluate(model, configs, digits.batches("val", 512))
+    assert not any(s.calibrated for s in scores)
+    assert all(s.top1 > 80 for s in scores), [s.top1 for s in scores]
+
+
+def test_per_layer_training_repeats_exactly_with_a_seed(tmp_path: Path, single_thread) -> None:
+    dataset = load_dataset(_tiny_npz(tmp_path / "tiny.npz"), image_size=16)
+
+    def run(seed: int):
+        torch.manual_seed(0)
+        model = create_model("us_cnn_small", num_classes=3, input_size=16, in_channels=1)
+        train(model, dataset, epochs=2, batch_size=7, lr=0.05, seed=seed, per_layer=True, granularity=4)
+        return model.state_dict()
+
+    first, second, other = run(0), run(0), run(1)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_per_layer_training_refuses_what_it_cannot_do(digits) -> None:
+    with pytest.raises(PlannerError, match="universally slimmable"):
+        train(create_model("s_cnn_small"), digits, epochs=1, per_layer=True)
+    us = create_model("us_cnn_small")
+    with pytest.raises(PlannerError, match="at least 1 channel"):
+        train(us, digits, epochs=1, per_layer=True, granularity=0)
+    with pytest.raises(PlannerError, match="per-layer training only"):
+        train(us, digits, epochs=1, granularity=8)
 
 
 def test_inplace_distillation_loss_is_cross_entropy_against_the_soft_target() -> None:
@@ -139,6 +225,32 @@ def test_train_command_writes_a_reference_layout_checkpoint(tmp_path: Path, caps
         8,
     )
     assert "top-1" in out and "0.5x" in out
+
+
+def test_train_command_per_layer(tmp_path: Path, capsys, single_thread) -> None:
+    output = tmp_path / "us.pt"
+    argv = ["train", "us_cnn_small", "--data", "digits", "--epochs", "1", "--per-layer", "-o", str(output)]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "per-layer random" in err and "per-layer:" in err  # the progress bar's loss of the mixes
+    info = read_checkpoint(output)["planner"]
+    assert info["name"] == "us_cnn_small" and info["per_layer"] == {"granularity": 1}
+    assert "top-1" in out and "0.25x" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["s_cnn_small", "--per-layer"], "needs a universally slimmable model"),
+        (["us_cnn_small", "--per-layer", "--granularity", "0"], "granularity must be at least 1"),
+        (["us_cnn_small", "--granularity", "8"], "per-layer training only"),
+    ],
+)
+def test_train_command_bad_per_layer_options_exit_2(argv, message, tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["train", *argv, "--data", "digits", "-o", str(tmp_path / "x.pt")], capsys)
+    assert code == 2
+    assert err.strip().startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.parametrize(

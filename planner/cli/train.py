@@ -155,6 +155,19 @@ def train_command(
             "them (results/train_digits.md); raise it for large models on an idle machine."
         ),
     ] = 1,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="US models: the sandwich's two random members are per-layer random configurations "
+            "(each layer's channels drawn independently), so per-layer searches such as LeGR pick "
+            "trained mixes.",
+        ),
+    ] = False,
+    granularity: Annotated[
+        int | None,
+        typer.Option(help="Channel step of the --per-layer configurations (default: the model's, as LeGR)."),
+    ] = None,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
@@ -164,17 +177,20 @@ def train_command(
 
     from planner.checkpoint import save_checkpoint
     from planner.evaluate import evaluate
-    from planner.train import check_settings, train
+    from planner.lut import default_granularity
+    from planner.train import check_model, check_settings, train
 
-    check_settings(epochs, batch_size, lr)
+    check_settings(epochs, batch_size, lr, per_layer, granularity)
     _set_threads(threads)
     dataset = _load(data, None, input_size)
     torch.manual_seed(seed)
     model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
+    check_model(model, per_layer)
     shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
     console.print(
         f"training {model.name} at widths {shown} on {dataset.name} ({dataset.size('train')} images, "
-        f"{dataset.num_classes} classes, {dataset.in_channels}x{dataset.input_size}x{dataset.input_size})",
+        f"{dataset.num_classes} classes, {dataset.in_channels}x{dataset.input_size}x{dataset.input_size})"
+        + (", per-layer random sandwich members" if per_layer else ""),
         highlight=False,
     )
     columns = (
@@ -188,11 +204,27 @@ def train_command(
         task = progress.add_task("train", total=epochs * steps, epoch=f"1/{epochs}", losses="")
 
         def show(step) -> None:
-            losses = "loss " + " ".join(f"{w:g}x:{loss:.3f}" for w, loss in list(step.losses.items())[:4])
+            shown = list(step.losses.items())[:4]
+            losses = "loss " + " ".join(
+                f"{w:g}x:{loss:.3f}" if isinstance(w, float) else f"{w}:{loss:.3f}" for w, loss in shown
+            )
             progress.update(task, advance=1, epoch=f"{step.epoch + 1}/{epochs}", losses=losses)
 
-        result = train(model, dataset, epochs, batch_size, lr, weight_decay, seed, on_step=show)
+        result = train(
+            model,
+            dataset,
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            seed,
+            on_step=show,
+            per_layer=per_layer,
+            granularity=granularity,
+        )
     extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    if per_layer:
+        extra["per_layer"] = {"granularity": granularity or default_granularity(model)}
     path = save_checkpoint(model, output, extra=extra)
     console.print(f"wrote {path} ({result.steps} steps in {result.wall_s:.1f} s)", highlight=False)
     if dataset.size("val"):
