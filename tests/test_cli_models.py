@@ -70,6 +70,10 @@ def test_export_of_a_per_layer_config_file(tmp_path):
             ["export", "s_cnn_small", "--width", "0.5", "--checkpoint", "/no/ckpt.pt", "-o", "a.onnx"],
             "does not exist",
         ),
+        # Usage errors that typer finds before any command runs get the same one line.
+        (["select"], "Missing option '--target'"),
+        (["train", "s_cnn_small", "--epochs", "x"], "Invalid value for '--epochs'"),
+        (["nosuch"], "No such command 'nosuch'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(args, message):

@@ -51,15 +51,31 @@ def _register_commands() -> None:
         import_module(f"planner.cli.{module}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2.
+# typer re-exports only BadParameter of click's usage errors; its base class is click's UsageError.
+_UsageError = typer.BadParameter.__mro__[1]
 
-    typer reports its own usage errors (exit 2) in standalone mode; ours are raised as PlannerError or
-    ProfilerError from inside a command.
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: bad input becomes one line on stderr and exit code 2, never a traceback.
+
+    Usage errors (a missing option, a value of the wrong type) come from typer; ours are raised as
+    PlannerError or ProfilerError from inside a command. Ctrl-C exits 130.
     """
     _register_commands()
     try:
-        app(args=argv)
+        code = app(args=argv, prog_name="planner", standalone_mode=False)
+    except _UsageError as error:
+        message = error.format_message()
+        if message.startswith("Usage:"):  # a command group without arguments: its help is the answer
+            typer.echo(message, err=True)
+        else:
+            where = error.ctx.command_path if error.ctx is not None else "planner"
+            typer.echo(f"error: {message} (see {where} --help)", err=True)
+        sys.exit(2)
     except (PlannerError, ProfilerError) as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
