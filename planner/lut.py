@@ -47,7 +47,7 @@ LAYER_SETTINGS = Settings(
 )
 END_TO_END_SETTINGS = Settings(ci_rel=0.03, min_queries=48, max_seconds=10.0, warmup_s=0.5)
 # Channel step of the configurations a model is planned in (TF-slim's rounding for MobileNets).
-GRANULARITY = {"s_mobilenet_v1": 8, "s_mobilenet_v2": 8, "us_mobilenet_v2": 8}
+GRANULARITY = {"s_mobilenet_v1": 8, "s_mobilenet_v2": 8, "us_mobilenet_v2": 8, "us_cnn_small": 8}
 _OPSET = 17
 _IR_VERSION = 8
 
@@ -300,11 +300,15 @@ class Entry:
 
 @dataclass(frozen=True)
 class Calibration:
-    """`measured = scale * layer_sum + offset_ms`, fitted on end-to-end measurements."""
+    """`measured = scale * layer_sum + offset_ms`, fitted on end-to-end measurements.
+
+    `anchor_ms`: the full width's latency at the time of the fit (None in tables that predate it).
+    """
 
     scale: float = 1.0
     offset_ms: float = 0.0
     points: tuple[dict[str, Any], ...] = ()
+    anchor_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -335,6 +339,25 @@ class LatencyTable:
         """Predicted latency (the table's metric, ms) of a configuration or its channel counts."""
         counts = channels.channels if isinstance(channels, WidthConfig) else channels
         return self.calibration.scale * self.layer_sum_ms(counts) + self.calibration.offset_ms
+
+    def reanchored(self, anchor_ms: float) -> LatencyTable:
+        """The table rescaled to the machine's speed now, given the full width's latency measured now.
+
+        A shared or throttled machine drifts by several percent between the build and later use; every
+        prediction is scaled by anchor_ms / the full width's latency at the build. Unchanged for a table
+        that predates the anchor.
+        """
+        built = self.calibration.anchor_ms
+        if not built:
+            return self
+        factor = anchor_ms / built
+        calibration = replace(
+            self.calibration,
+            scale=self.calibration.scale * factor,
+            offset_ms=self.calibration.offset_ms * factor,
+            anchor_ms=anchor_ms,
+        )
+        return replace(self, calibration=calibration)
 
     def check(self, model: SlimmableNetwork, target: Target | None = None) -> LatencyTable:
         """Refuse a table measured for another target or another version of the model; return self."""
@@ -370,6 +393,7 @@ class LatencyTable:
                 "scale": self.calibration.scale,
                 "offset_ms": self.calibration.offset_ms,
                 "points": list(self.calibration.points),
+                "anchor_ms": self.calibration.anchor_ms,
             },
             "layers": list(self.layers),
             "entries": {
@@ -420,7 +444,10 @@ class LatencyTable:
                 layers=tuple(dict(layer) for layer in data["layers"]),
                 entries=entries,
                 calibration=Calibration(
-                    float(calibration["scale"]), float(calibration["offset_ms"]), tuple(calibration["points"])
+                    float(calibration["scale"]),
+                    float(calibration["offset_ms"]),
+                    tuple(calibration["points"]),
+                    float(calibration["anchor_ms"]) if calibration.get("anchor_ms") else None,
                 ),
                 metric=str(data.get("metric", METRIC)),
                 created=str(data.get("created", "")),
@@ -529,6 +556,52 @@ def measure_configs(
     return dict(zip(measured["config_id"], measured[METRIC].astype(float), strict=True))
 
 
+def measure_anchored(
+    model: SlimmableNetwork,
+    configs: Sequence[WidthConfig],
+    target: Target,
+    out_dir: Path,
+    settings: Settings = END_TO_END_SETTINGS,
+) -> pd.DataFrame:
+    """End-to-end latency of whole configurations, corrected for the machine's drift during the run.
+
+    The profiler interleaves at most `max_workers` jobs, so a long list is measured group after group,
+    and a slow minute moves one group's medians alike (measured here: one group of 8 ran 40% slow in a
+    50-configuration check). So every group is measured beside the widest uniform width (the anchor), and
+    a configuration's latency is its paired per-round ratio to the anchor times the anchor's median p50 over
+    all groups. Columns: config_id, p50_ms (as measured), anchored_ms; the first row is the anchor's (its
+    median p50 over the groups). Rows land in the table's work dir.
+    """
+    from planner.profile import export_artifacts, make_jobs
+    from profilers.scheduler import run_jobs
+
+    anchor = model.config(model.widths[-1])
+    others = list({c.id: c for c in configs if c.id != anchor.id}.values())
+    anchor_job, *jobs = make_jobs(export_artifacts(model, [anchor, *others], out_dir, target), target)
+    size = max(1, settings.max_workers - 1)
+    groups = []
+    for start in range(0, max(1, len(jobs)), size):
+        chunk = jobs[start : start + size]
+        # A directory per set of jobs: a re-run resumes it, another set never shares its anchor row.
+        digest = hashlib.sha256(" ".join(j.identity()["config_id"] for j in chunk).encode()).hexdigest()
+        directory = work_dir(out_dir, target.name, model.name) / "anchored" / digest[:12]
+        groups.append(_ok_rows(run_jobs([anchor_job, *chunk], directory, settings)))
+    rows = pd.concat(groups, ignore_index=True)
+    anchor_rows = rows[rows["config_id"] == anchor.id]
+    if anchor_rows.empty:
+        raise PlannerError(f"measuring {model.name} at its full width failed on {target.name}")
+    level = float(anchor_rows["p50_ms"].median())
+    paired = rows[(rows["ref_config_id"] == anchor.id) & (rows["config_id"] != anchor.id)]
+    frame = pd.DataFrame(
+        {
+            "config_id": [anchor.id, *paired["config_id"]],
+            "p50_ms": [level, *paired["p50_ms"].astype(float)],
+            "anchored_ms": [level, *(paired["ratio_to_ref"].astype(float) * level)],
+        }
+    )
+    return frame
+
+
 def fit_calibration(sums_ms: Sequence[float], measured_ms: Sequence[float]) -> tuple[float, float]:
     """Least-squares `measured = scale * sum + offset`; only an offset when the sums do not vary."""
     x, y = np.asarray(sums_ms, float), np.asarray(measured_ms, float)
@@ -596,7 +669,9 @@ def build_table(
         entries=entries,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    measured = measure_configs(model, calibration_configs, target, out_dir, end_to_end_settings)
+    anchored = measure_anchored(model, calibration_configs, target, Path(out_dir), end_to_end_settings)
+    measured = dict(zip(anchored["config_id"], anchored["anchored_ms"], strict=True))
+    anchor_ms = float(anchored["anchored_ms"].iloc[0])
     used = [c for c in calibration_configs if c.id in measured]
     if not used:
         raise PlannerError(f"no end-to-end measurement of {model.name} succeeded on {target.name}")
@@ -606,7 +681,7 @@ def build_table(
         {"config_id": c.id, "label": c.label, "layer_sum_ms": s, "measured_ms": measured[c.id]}
         for c, s in zip(used, sums, strict=True)
     )
-    return replace(table, calibration=Calibration(scale, offset, points_used))
+    return replace(table, calibration=Calibration(scale, offset, points_used, anchor_ms))
 
 
 def check_table(
@@ -621,21 +696,28 @@ def check_table(
 ) -> pd.DataFrame:
     """Prediction against end-to-end measurement on random per-layer configurations.
 
-    Columns: config_id, predicted_ms, measured_ms, error (relative, signed).
+    The table is first re-anchored (`LatencyTable.reanchored`) on the full width measured with them.
+    Columns: config_id, predicted_ms (re-anchored), built_predicted_ms (the table as built), measured_ms
+    (drift-corrected, see `measure_anchored`), p50_ms (as measured), error (relative, signed: predicted_ms
+    against measured_ms).
     """
     if samples < 1:
         raise PlannerError(f"--samples must be at least 1, got {samples}")
     table.check(model, target)
     configs = random_configs(model, samples, np.random.default_rng(seed), granularity)
-    measured = measure_configs(model, configs, target, out_dir, settings)
+    measured = measure_anchored(model, configs, target, Path(out_dir), settings)
+    now = table.reanchored(float(measured["anchored_ms"].iloc[0]))
+    measured = measured.set_index("config_id")
     rows = [
         {
             "config_id": c.id,
-            "predicted_ms": table.predict_ms(c),
-            "measured_ms": measured[c.id],
+            "predicted_ms": now.predict_ms(c),
+            "built_predicted_ms": table.predict_ms(c),
+            "measured_ms": measured.loc[c.id, "anchored_ms"],
+            "p50_ms": measured.loc[c.id, "p50_ms"],
         }
         for c in configs
-        if c.id in measured
+        if c.id in measured.index
     ]
     if not rows:
         raise PlannerError(f"no end-to-end measurement of {model.name} succeeded on {target.name}")

@@ -1,6 +1,8 @@
 """Latency lookup tables: built on the local CPU target with the profilers, checked, refused when foreign."""
 
+import dataclasses
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +12,17 @@ from planner.checkpoint import save_checkpoint
 from planner.cli import main
 from planner.errors import PlannerError
 from planner.legr import Coefficients, LearnedRanking, WidthPlanner
-from planner.lut import Entry, LatencyTable, fit_calibration, layer_ops, table_path, write_layer_onnx
+from planner.lut import (
+    END_TO_END_SETTINGS,
+    Calibration,
+    Entry,
+    LatencyTable,
+    fit_calibration,
+    layer_ops,
+    measure_anchored,
+    table_path,
+    write_layer_onnx,
+)
 from planner.targets import load_target
 from planner.widths import WidthConfig
 
@@ -112,6 +124,18 @@ def test_legr_config_for_a_latency_budget(built, tmp_path, capsys):
     assert "below the smallest possible configuration" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow  # measures whole models with the profilers
+def test_anchored_measurement_puts_every_group_beside_the_full_width(tmp_path):
+    model = planner.create_model("s_cnn_small", widths=[0.25, 0.5, 1.0], input_size=SIZE)
+    configs = [model.config(0.25), model.config(0.5)]
+    settings = dataclasses.replace(END_TO_END_SETTINGS, max_workers=2, max_seconds=1, min_queries=16)
+    frame = measure_anchored(model, configs, load_target("cpu"), tmp_path, settings)
+    assert list(frame["config_id"]) == [model.config(1.0).id, *(c.id for c in configs)]  # the anchor first
+    assert (frame["anchored_ms"] > 0).all() and (frame["p50_ms"] > 0).all()
+    # one configuration per group (max_workers 2): each group ran its own copy of the full width
+    assert len(list((tmp_path / "lut" / "cpu-s_cnn_small" / "anchored").iterdir())) == 2
+
+
 def test_layer_onnx_runs_with_the_grid_shapes(tmp_path):
     import onnxruntime
 
@@ -123,6 +147,16 @@ def test_layer_onnx_runs_with_the_grid_shapes(tmp_path):
     (output,) = session.run(None, {"input": np.ones((1, cin, op.size, op.size), np.float32)})
     assert output.shape == (1, cout, op.size // op.stride, op.size // op.stride)
     assert output.min() >= 0 and output.max() <= 6  # ReLU6 follows MobileNet's depthwise conv
+
+
+def test_reanchoring_scales_predictions_by_the_full_widths_drift():
+    entry = Entry((8,), (8,), np.array([[1.0]]))
+    layer = {"path": "a", "entry": "e", "in_group": None, "out_group": None, "in_fixed": 8, "out_fixed": 8}
+    layers = (layer,)
+    table = LatencyTable({}, "m", "f", (1,), "onnxruntime", "1", layers, {"e": entry}, Calibration(2.0, 0.5))
+    assert table.reanchored(9.0).predict_ms({}) == table.predict_ms({}) == 2.5  # no anchor: unchanged
+    anchored = replace(table, calibration=Calibration(2.0, 0.5, (), anchor_ms=3.0))
+    assert anchored.reanchored(3.3).predict_ms({}) == pytest.approx(2.5 * 1.1)  # 10% slower now
 
 
 def test_interpolation_and_calibration_fit():

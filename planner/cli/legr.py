@@ -129,7 +129,11 @@ def lut_check(
     out: OutOption = Path("out"),
     targets_dir: TargetsDirOption = None,
 ) -> None:
-    """Prediction error of a table against end-to-end measurements of random configurations."""
+    """Prediction error of a table against end-to-end measurements of random configurations.
+
+    The configurations are measured in groups beside the full width, whose latency now also rescales the
+    table to the machine's current speed (see docs/ARCHITECTURE.md, latency tables).
+    """
     from planner.lut import END_TO_END_SETTINGS, LatencyTable, check_table, table_path, within
     from planner.targets import load_target
 
