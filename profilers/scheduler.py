@@ -320,20 +320,7 @@ def _measure_group(
             round_index += 1
             active = [measurement for measurement in active if measurement.worker is not None]
             verdicts = {id(m): m.converged(settings) for m in active}
-            leaving = [
-                m
-                for m in active
-                if m.reference is not m and (verdicts[id(m)] or m.measure_s >= settings.max_seconds)
-            ]
-            # A reference stays while its series still measures: their ratios need it in every round.
-            staying = [m for m in active if m not in leaving]
-            leaving += [
-                m
-                for m in staying
-                if m.reference is m
-                and (verdicts[id(m)] or m.measure_s >= settings.max_seconds)
-                and not any(other.reference is m and other is not m for other in staying)
-            ]
+            leaving = _stopping(active, verdicts, settings)
             for measurement in leaving:
                 try:
                     closing = measurement.worker.close(settings.timeout_s)
@@ -351,6 +338,24 @@ def _measure_group(
         for measurement in group:
             if measurement.worker is not None and measurement.worker.alive:
                 measurement.worker.kill()
+
+
+def _stopping(
+    active: list[_Measurement], verdicts: dict[int, bool], settings: Settings
+) -> list[_Measurement]:
+    """The jobs that stop after this round: converged or out of time. A reference stops only once the
+    rest of its series has, because their ratios need it in every round."""
+
+    def done(m: _Measurement) -> bool:
+        return verdicts[id(m)] or m.measure_s >= settings.max_seconds
+
+    leaving = [m for m in active if m.reference is not m and done(m)]
+    staying = [m for m in active if m not in leaving]
+    return leaving + [
+        m
+        for m in staying
+        if m.reference is m and done(m) and not any(o.reference is m and o is not m for o in staying)
+    ]
 
 
 def _base_row(measurement: _Measurement, run_id: str) -> dict[str, Any]:

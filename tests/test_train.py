@@ -80,7 +80,7 @@ def test_us_model_sandwich_takes_max_min_and_two_seeded_random_tracked_widths() 
 def test_per_layer_sandwich_takes_max_min_and_two_seeded_per_layer_configs() -> None:
     model = create_model("us_cnn_small")
     domains = per_layer_domains(model)
-    assert domains == {n: allowed_counts(model, g, 1) for n, g in model.groups.items()}
+    assert domains == {n: allowed_counts(model, g, 8) for n, g in model.groups.items()}  # its planning step
     draws = [iteration_configs(model, torch.Generator().manual_seed(s), domains) for s in range(20)]
     for members in draws:
         assert [key for key, _ in members] == [1.0, PER_LAYER, PER_LAYER, 0.25]
@@ -234,7 +234,7 @@ def test_train_command_per_layer(tmp_path: Path, capsys, single_thread) -> None:
     assert code == 0, err
     assert "per-layer random" in err and "per-layer:" in err  # the progress bar's loss of the mixes
     info = read_checkpoint(output)["planner"]
-    assert info["name"] == "us_cnn_small" and info["per_layer"] == {"granularity": 1}
+    assert info["name"] == "us_cnn_small" and info["per_layer"] == {"granularity": 8}
     assert "top-1" in out and "0.25x" in out
 
 
