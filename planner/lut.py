@@ -84,6 +84,15 @@ def random_configs(
     ]
 
 
+def calibration_widths(model: SlimmableNetwork, count: int = 4) -> list[float]:
+    """Uniform widths whose end-to-end latency calibrates a table: the trained widths of an S-Net; for a
+    US-Net, `count` of its tracked widths spread over the range (it tracks dozens)."""
+    if not model.universal or len(model.widths) <= count:
+        return list(model.widths)
+    picks = np.linspace(0, len(model.widths) - 1, count).round().astype(int)
+    return [model.widths[i] for i in sorted(set(picks))]
+
+
 def model_fingerprint(model: SlimmableNetwork) -> str:
     """Hash of what a layer's latency depends on: layer shapes, groups, strides, the input size."""
     layers = [
@@ -625,7 +634,7 @@ def build_table(
 ) -> LatencyTable:
     """Measure the layers of `model` on `target`, calibrate on end-to-end runs, return the table.
 
-    The calibration configurations default to every trained width plus two random per-layer ones.
+    The calibration configurations default to `calibration_widths` plus two random per-layer ones.
     """
     say = log or (lambda line: None)
     if target.is_remote:
@@ -642,7 +651,7 @@ def build_table(
     entries, rows = measure_layers(ops, target, model.name, directory, layer_settings)
     if calibration_configs is None:
         rng = np.random.default_rng(0)
-        calibration_configs = [model.config(w) for w in model.widths] + random_configs(
+        calibration_configs = [model.config(w) for w in calibration_widths(model)] + random_configs(
             model, 2, rng, granularity
         )
     say(f"measuring {len(calibration_configs)} whole configurations to calibrate the sum")

@@ -17,6 +17,7 @@ from planner.lut import (
     Calibration,
     Entry,
     LatencyTable,
+    calibration_widths,
     fit_calibration,
     layer_ops,
     measure_anchored,
@@ -157,6 +158,14 @@ def test_reanchoring_scales_predictions_by_the_full_widths_drift():
     assert table.reanchored(9.0).predict_ms({}) == table.predict_ms({}) == 2.5  # no anchor: unchanged
     anchored = replace(table, calibration=Calibration(2.0, 0.5, (), anchor_ms=3.0))
     assert anchored.reanchored(3.3).predict_ms({}) == pytest.approx(2.5 * 1.1)  # 10% slower now
+
+
+def test_a_us_model_calibrates_on_four_uniform_widths_not_all_it_tracks():
+    assert calibration_widths(planner.create_model("s_cnn_small")) == [0.25, 0.5, 0.75, 1.0]
+    us = planner.create_model("us_cnn_small")
+    assert len(us.widths) == 31
+    picked = calibration_widths(us)
+    assert len(picked) == 4 and picked[0] == 0.25 and picked[-1] == 1.0
 
 
 def test_interpolation_and_calibration_fit():

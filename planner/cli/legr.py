@@ -65,7 +65,7 @@ def lut_build(
     input_size: InputSizeOption = None,
     points: Annotated[int, typer.Option(help="Grid points per slimmable side of each layer.")] = 3,
     calibration_samples: Annotated[
-        int, typer.Option(help="Random per-layer configurations measured (besides every trained width).")
+        int, typer.Option(help="Random per-layer configurations measured (besides the uniform widths).")
     ] = 2,
     max_seconds: MaxSecondsOption = None,
     min_queries: MinQueriesOption = None,
@@ -74,19 +74,26 @@ def lut_build(
 ) -> None:
     """Measure each slimmable layer of a model on a target and write OUT/lut/<target>-<model>.json.
 
-    The whole configurations measured to calibrate the sum (every trained width and a few random ones)
-    are ordinary rows of OUT/latency.parquet.
+    The whole configurations that calibrate the sum (the trained widths, four for a US model, and a few
+    random ones) are measured beside the full width, under OUT/lut/<target>-<model>/anchored/.
     """
     import numpy as np
 
-    from planner.lut import END_TO_END_SETTINGS, LAYER_SETTINGS, build_table, random_configs, table_path
+    from planner.lut import (
+        END_TO_END_SETTINGS,
+        LAYER_SETTINGS,
+        build_table,
+        calibration_widths,
+        random_configs,
+        table_path,
+    )
     from planner.targets import load_target
 
     if calibration_samples < 0:
         raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)
-    configs = [model.config(w) for w in model.widths]
+    configs = [model.config(w) for w in calibration_widths(model)]
     configs += random_configs(model, calibration_samples, np.random.default_rng(0))
     started = time.perf_counter()
     table = build_table(
