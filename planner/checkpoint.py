@@ -14,6 +14,7 @@ import torch
 
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
+from profilers.files import replacing
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -87,10 +88,9 @@ def save_checkpoint(
     path = Path(path)
     state = {f"module.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     info = {**build_options(model), **(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save({"model": state, "planner": info}, tmp)
-        tmp.replace(path)
+        with replacing(path) as tmp:
+            torch.save({"model": state, "planner": info}, tmp)
     except OSError as error:
         raise PlannerError(f"cannot write checkpoint {path}: {error.strerror}") from None
     return path

@@ -19,6 +19,7 @@ from planner.errors import PlannerError
 from planner.materialize import materialize
 from planner.models.base import SlimmableNetwork
 from planner.widths import WidthConfig
+from profilers.files import replacing
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -56,22 +57,17 @@ def export_onnx(
     path = _writable(Path(path))
     dense = materialize(model, config, fold_bn=fold_bn)
     example = torch.zeros(dense.input_shape)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        with _quiet():
-            torch.onnx.export(
-                dense,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamo=True,
-                external_data=False,
-                optimize=True,
-            )
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, _quiet():
+        torch.onnx.export(
+            dense,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+        )
     return path
 
 
@@ -80,10 +76,6 @@ def export_program(model: SlimmableNetwork, config: WidthConfig, path: str | Pat
     path = _writable(Path(path))
     dense = materialize(model, config)
     program = torch.export.export(dense, (torch.zeros(dense.input_shape),))
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
+    with replacing(path) as tmp:
         torch.export.save(program, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from planner.errors import PlannerError
 from planner.lut import MIN_FRACTION, allowed_counts, default_granularity
 from planner.models.base import SLICED_LAYERS, SlimmableNetwork
 from planner.widths import WidthConfig
+from profilers.files import replacing
 
 COEFFICIENTS_FORMAT = 1
 Cost = Callable[[Mapping[str, int]], float]
@@ -420,12 +420,8 @@ class LearnedRanking:
         path = Path(path)
         if path.parent and not path.parent.is_dir():
             raise PlannerError(f"cannot write {path}: directory {path.parent} does not exist")
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
+        with replacing(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from planner.models.base import SlimmableNetwork
 from planner.models.ops import ChannelGroup, SlimmableConv2d, SlimmableLinear, _CalibratedBatchNorm
 from planner.targets import Target
 from planner.widths import WidthConfig
+from profilers.files import replacing
 from profilers.jobs import Job, Settings
 
 LUT_FORMAT = 1
@@ -276,18 +276,9 @@ def write_layer_onnx(op: LayerOp, cin: int, cout: int, path: Path) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
     model.ir_version = _IR_VERSION
-    _atomic_write(path, model.SerializeToString())
+    with replacing(path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -419,7 +410,8 @@ class LatencyTable:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod

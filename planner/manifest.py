@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +28,7 @@ from planner.errors import PlannerError
 from planner.select import Selection, label
 from planner.targets import Target
 from planner.widths import WidthConfig
+from profilers.files import replacing
 from profilers.jobs import file_digest
 
 if TYPE_CHECKING:
@@ -209,9 +208,8 @@ def build_artifact(onnx: Path, target: Target, directory: Path) -> dict[str, Any
 
 
 def _copy(source: Path, destination: Path) -> Path:
-    tmp = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, destination)
+    with replacing(destination) as tmp:
+        shutil.copyfile(source, tmp)
     return destination
 
 
@@ -274,13 +272,8 @@ def _integer(value: Any) -> int | None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:

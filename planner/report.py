@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from planner.errors import PlannerError
 from planner.pareto import front_mask, pareto_mask
 from planner.select import label
 from planner.units import format_ms
+from profilers.files import replacing
 
 PNG_NAME = "pareto.png"
 HTML_NAME = "pareto.html"
@@ -216,11 +216,6 @@ def write_report(panels: list[Panel], out_dir: Path, title: str) -> list[Path]:
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write through a temporary file in the same directory, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
+    with replacing(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -15,7 +15,6 @@ documented in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
+from profilers.files import replacing
 from profilers.jobs import file_digest
 
 COLUMNS = [
@@ -104,15 +104,6 @@ def load_accuracy(out_dir: str | Path) -> pd.DataFrame:
         raise PlannerError(f"cannot read accuracy table {path}: {str(error).splitlines()[0]}") from None
 
 
-def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_accuracy(out_dir: str | Path, rows: pd.DataFrame) -> Path:
     """Upsert `rows` into OUT/accuracy.parquet and accuracy.csv; return the parquet path."""
     out = Path(out_dir)
@@ -129,8 +120,10 @@ def write_accuracy(out_dir: str | Path, rows: pd.DataFrame) -> Path:
             kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")
             parts = [frame for frame in (kept, new) if len(frame)] or [_empty()]
             table = _normalised(pd.concat(parts, ignore_index=True))
-            _replace(out / PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
-            _replace(out / CSV, lambda tmp: table.to_csv(tmp, index=False))
+            with replacing(out / PARQUET) as tmp:
+                table.to_parquet(tmp, index=False)
+            with replacing(out / CSV) as tmp:
+                table.to_csv(tmp, index=False)
     except OSError as error:
         raise PlannerError(f"cannot write the accuracy table in {out}: {error.strerror}") from None
     return out / PARQUET

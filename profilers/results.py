@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from profilers.files import replacing
 from profilers.jobs import KEY_COLUMNS
 
 PARQUET = "latency.parquet"
@@ -120,17 +120,6 @@ def row_key(row: dict[str, Any] | pd.Series) -> tuple:
     return tuple(str(row[c]) if c != "batch" else int(row[c]) for c in KEY_COLUMNS)
 
 
-def _write_atomically(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 class LatencyStore:
     """The results directory of one run: which keys are measured, and adding rows as they finish."""
 
@@ -163,5 +152,7 @@ class LatencyStore:
                 table = _conform(pd.concat([table, new], ignore_index=True)) if len(table) else new
             else:
                 table = new
-            _write_atomically(self.out_dir / PARQUET, lambda p: table.to_parquet(p, index=False))
-            _write_atomically(self.out_dir / CSV, lambda p: table.to_csv(p, index=False))
+            with replacing(self.out_dir / PARQUET) as tmp:
+                table.to_parquet(tmp, index=False)
+            with replacing(self.out_dir / CSV) as tmp:
+                table.to_csv(tmp, index=False)

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
+from profilers.files import replacing
 from profilers.stats import Ratio, converged, median_ci, median_ci_indices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -388,6 +389,18 @@ def test_backends_command_lists_what_is_installed(capsys):
     assert listing["openvino"]["installed"] and "CPU" in listing["openvino"]["devices"]
     if not _has_tensorrt():
         assert not listing["tensorrt"]["installed"] and "pip install tensorrt" in listing["tensorrt"]["note"]
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "table.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and sorted(tmp_path.iterdir()) == [path]
+    with replacing(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and sorted(tmp_path.iterdir()) == [path]
 
 
 def test_load_latency_of_an_empty_directory_has_the_schema(tmp_path):

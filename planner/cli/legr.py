@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +14,7 @@ from rich.table import Table
 from planner.cli import app
 from planner.cli.targets import TargetsDirOption
 from planner.errors import PlannerError
+from profilers.files import replacing
 
 console = Console(stderr=True)
 lut_app = typer.Typer(
@@ -422,9 +422,5 @@ def _write_config(config, path: Path) -> None:
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise PlannerError(f"cannot write {path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:
         tmp.write_text(config.to_json() + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
