@@ -11,6 +11,7 @@ is counted with integer arithmetic, fast enough for large searches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -80,12 +81,19 @@ def _trace(model: SlimmableNetwork) -> list[_Layer]:
         elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
             records.append(_Layer("pool", last_out[0], last_out[0], in_area=x.shape[2] * x.shape[3]))
 
-    previous = model.active_config
-    was_training = model.training
+    counted = (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+    forward_at_full_width(model, [m for m in model.modules() if isinstance(m, counted)], hook)
+    model._counting_trace = records
+    return records
+
+
+def forward_at_full_width(model: SlimmableNetwork, modules: list[nn.Module], hook: Callable) -> None:
+    """One forward pass of a zero input at the widest width, with `hook` as a forward hook on `modules`:
+    how the shapes each layer sees are read. The model's configuration and mode are restored."""
+    previous, was_training = model.active_config, model.training
     model.set_width(model.widths[-1])
     model.eval()
-    counted = (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, counted)]
+    handles = [module.register_forward_hook(hook) for module in modules]
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -96,8 +104,6 @@ def _trace(model: SlimmableNetwork) -> list[_Layer]:
         model.train(was_training)
         if previous is not None:
             model.set_config(previous)
-    model._counting_trace = records
-    return records
 
 
 def count(model: SlimmableNetwork, config: WidthConfig) -> Cost:

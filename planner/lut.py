@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from planner.counting import forward_at_full_width
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
 from planner.models.ops import ChannelGroup, SlimmableConv2d, SlimmableLinear, _CalibratedBatchNorm
@@ -183,27 +184,14 @@ def layer_ops(
 ) -> list[LayerOp]:
     """Every sliced layer with its shape (from one forward pass at the widest width) and its grid."""
     granularity = granularity or default_granularity(model)
+    sliced = (SlimmableConv2d, SlimmableLinear)
+    layers = {m: path for path, m in model.named_modules() if isinstance(m, sliced)}
     sizes: dict[str, int] = {}
-    handles = []
-    for path, module in model.named_modules():
-        if isinstance(module, (SlimmableConv2d, SlimmableLinear)):
 
-            def hook(m, inputs, output, path=path):
-                sizes[path] = inputs[0].shape[-1]
+    def record_size(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        sizes[layers[module]] = inputs[0].shape[-1]
 
-            handles.append(module.register_forward_hook(hook))
-    previous, was_training = model.active_config, model.training
-    model.set_width(model.widths[-1])
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, model.in_channels, model.input_size, model.input_size))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-        if previous is not None:
-            model.set_config(previous)
+    forward_at_full_width(model, list(layers), record_size)
     activations = _activation_after(model)
     ops = []
     for path, m in model.named_modules():
