@@ -91,12 +91,7 @@ class Job:
     def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> Job:
         if not isinstance(data, dict):
             raise ProfilerError(f"a job must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProfilerError(
-                f"unknown job field(s) {', '.join(unknown)}: allowed are {', '.join(sorted(known))}"
-            )
+        _reject_unknown_fields(cls, data, "job field")
         if "onnx" not in data:
             raise ProfilerError("a job needs an 'onnx' path")
         onnx = Path(data["onnx"])
@@ -178,16 +173,19 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProfilerError(
-                f"unknown setting(s) {', '.join(unknown)}: allowed are {', '.join(sorted(known))}"
-            )
+        _reject_unknown_fields(cls, data, "setting")
         try:
             return cls(**data)
         except TypeError as error:
             raise ProfilerError(f"malformed settings: {error}") from None
+
+
+def _reject_unknown_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """A misspelled key in a jobs file is an error naming the allowed ones, not silently ignored."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ProfilerError(f"unknown {what}(s) {', '.join(unknown)}: allowed are {', '.join(sorted(known))}")
 
 
 def load_jobs_file(path: Path) -> tuple[list[Job], Settings | None]:
