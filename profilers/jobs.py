@@ -115,6 +115,8 @@ class Settings:
         warmup_s: warm-up time after the first inference (time, not a count: fast and slow models alike).
         burst_size: inferences per turn of a worker in a round; a turn also ends after burst_seconds.
         burst_seconds: upper bound on one turn, so slow models still interleave finely.
+        burst_min_seconds: a turn runs more than burst_size inferences if they take less than this, so a
+            microsecond model's burst median is not 16 samples of timer and scheduling jitter.
         burst_warmup: untimed inferences at the start of each turn (caches go cold while others run).
         timeout_s: a worker that does not answer a request within this is killed (row status `timeout`).
         build_timeout_s: the same for building the artifact and opening the session.
@@ -130,6 +132,7 @@ class Settings:
     warmup_s: float = 1.0
     burst_size: int = 16
     burst_seconds: float = 0.25
+    burst_min_seconds: float = 0.005
     burst_warmup: int = 1
     timeout_s: float = 60.0
     build_timeout_s: float = 900.0
@@ -146,6 +149,7 @@ class Settings:
             "warmup_s": self.warmup_s >= 0,
             "burst_size": self.burst_size >= 1,
             "burst_seconds": self.burst_seconds > 0,
+            "burst_min_seconds": 0 <= self.burst_min_seconds <= self.burst_seconds,
             "burst_warmup": self.burst_warmup >= 0,
             "timeout_s": self.timeout_s > 0,
             "build_timeout_s": self.build_timeout_s > 0,

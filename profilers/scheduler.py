@@ -176,6 +176,13 @@ class _Measurement:
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
 
+    def turn_count(self, settings: Settings) -> int:
+        """burst_size inferences, or as many as fill burst_min_seconds at the last burst's median."""
+        if not self.round_medians_ms:
+            return settings.burst_size
+        last_ms = self.round_medians_ms[max(self.round_medians_ms)]
+        return max(settings.burst_size, math.ceil(settings.burst_min_seconds * 1000 / last_ms))
+
     def ratio(self, confidence: float) -> Ratio | None:
         if self.reference is None:
             return None
@@ -302,7 +309,7 @@ def _measure_group(
                 measurement = active[position]
                 request = {
                     "cmd": "burst",
-                    "count": settings.burst_size,
+                    "count": measurement.turn_count(settings),
                     "seconds": settings.burst_seconds,
                     "warmup": settings.burst_warmup,
                 }

@@ -182,6 +182,12 @@ def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp
     assert len(pd.read_csv(tmp_path / "latency.csv")) == 4
 
 
+def test_a_fast_model_runs_more_than_burst_size_per_turn(models, fast, tmp_path):
+    # The narrow model takes tens of microseconds: 8 inferences would be a turn of well under 5 ms.
+    (row,) = run_jobs([job(models["narrow"])], tmp_path, fast).itertuples()
+    assert row.n / row.rounds > fast.burst_size
+
+
 def test_rerun_skips_measured_jobs_and_force_measures_again(models, fast, tmp_path):
     jobs = [job(models["narrow"]), job(models["mid"])]
     first = run_jobs(jobs, tmp_path, fast)
