@@ -6,6 +6,11 @@
 Sources:
 - `digits`: scikit-learn's handwritten digits (1,797 8x8 grey images shipped with scikit-learn, no
   download), split deterministically (stratified, fixed seed) into train 70%, val 20%, calibration 10%.
+- `digits-distorted`: a harder digits on which width matters (~94% at 0.25x vs ~96% at 1x, where plain
+  digits gives ~98% at every width): each image of each `digits` split three times, randomly rotated
+  (up to 30 degrees), scaled (up to 15%), shifted (up to 1/8 of the side) and with Gaussian noise
+  (sigma 0.1), drawn by a fixed-seed generator per split. Copies stay in their original's split, so
+  nothing of a validation image is trained on.
 - a directory of class sub-folders of images (ImageFolder layout, read with Pillow), or one with
   `train/`, `val/` and optionally `calibration/` sub-folders that each hold such class folders.
 - an `.npz` file with `x` and `y`, or with explicit splits `x_train`/`y_train`, `x_val`/`y_val`,
@@ -30,6 +35,8 @@ from planner.errors import PlannerError
 SPLITS = ("train", "val", "calibration")
 SPLIT_FRACTIONS = {"val": 0.2, "calibration": 0.1}
 SPLIT_SEED = 0
+DISTORTED_COPIES = 3
+DISTORTION = {"degrees": 30.0, "scale": 0.15, "shift": 0.125, "noise": 0.1}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -78,9 +85,13 @@ def load_dataset(source: str | Path, image_size: int | None = None) -> Dataset:
     """Read `digits`, an image directory or an `.npz` file; images are resized to `image_size` if given."""
     if str(source) == "digits":
         return _digits(image_size)
+    if str(source) == "digits-distorted":
+        return _distorted(_digits(image_size))
     path = Path(source)
     if not path.exists():
-        raise PlannerError(f"dataset {path} does not exist (give a directory, an .npz file or 'digits')")
+        raise PlannerError(
+            f"dataset {path} does not exist (give a directory, an .npz file, 'digits' or 'digits-distorted')"
+        )
     if path.is_dir():
         return _image_folder(path, image_size)
     if path.suffix == ".npz":
@@ -95,6 +106,35 @@ def _digits(image_size: int | None) -> Dataset:
     x = digits.images[:, None].astype(np.float32) / 16.0
     classes = tuple(str(int(c)) for c in digits.target_names)
     return Dataset("digits", classes, _split(_resized(_as_tensor(x), image_size), digits.target))
+
+
+def _distorted(dataset: Dataset) -> Dataset:
+    splits = {
+        name: _distort(x.repeat(DISTORTED_COPIES, 1, 1, 1), y.repeat(DISTORTED_COPIES), seed)
+        for seed, (name, (x, y)) in enumerate(dataset.splits.items())
+    }
+    return Dataset("digits-distorted", dataset.classes, splits)
+
+
+def _distort(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random rotation, scale and shift per image (one affine resampling), then Gaussian noise."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=generator) * 2 - 1
+
+    n = len(x)
+    angle = uniform(n) * np.radians(DISTORTION["degrees"])
+    zoom = 1 + uniform(n) * DISTORTION["scale"]
+    shift = uniform(n, 2) * 2 * DISTORTION["shift"]  # affine_grid's coordinates span [-1, 1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
+    )
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    moved = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    noisy = moved + DISTORTION["noise"] * torch.randn(moved.shape, generator=generator)
+    return noisy.clamp(0.0, 1.0), y
 
 
 def _split(x: torch.Tensor, y: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

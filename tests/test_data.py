@@ -46,6 +46,29 @@ def test_digits_resized_for_a_larger_input() -> None:
     assert load_dataset("digits", image_size=16).input_size == 16
 
 
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = (
+        a.flatten(1) - a.flatten(1).mean(1, keepdim=True),
+        b.flatten(1) - b.flatten(1).mean(1, keepdim=True),
+    )
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def test_digits_distorted_holds_three_changed_copies_of_each_image_in_its_own_split() -> None:
+    plain, distorted = load_dataset("digits", image_size=16), load_dataset("digits-distorted", image_size=16)
+    again = load_dataset("digits-distorted", image_size=16)
+    for split, (images, labels) in plain.splits.items():
+        copies, copy_labels = distorted.splits[split]
+        assert torch.equal(copy_labels, labels.repeat(3))
+        assert torch.equal(copies, again.splits[split][0])
+        assert copies.min() >= 0 and copies.max() <= 1
+        originals = images.repeat(3, 1, 1, 1)
+        own = _correlation(originals, copies)
+        assert own.max() < 0.99  # every copy is changed
+        assert own.mean() > _correlation(originals.roll(1, 0), copies).mean() + 0.1  # ... and still its digit
+        assert not torch.equal(copies[: len(images)], copies[len(images) : 2 * len(images)])
+
+
 def test_npz_with_x_and_y_is_split_and_keeps_its_labels(tmp_path: Path) -> None:
     x = np.random.default_rng(0).integers(0, 256, size=(200, 12, 12, 3), dtype=np.uint8)
     y = np.arange(200) % 4

@@ -29,7 +29,10 @@ app.add_typer(accuracy_app, name="accuracy")
 
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Registered model name.")]
 DataOption = Annotated[
-    str, typer.Option("--data", "-d", help="'digits', an image-folder directory or an .npz file (x, y).")
+    str,
+    typer.Option(
+        "--data", "-d", help="'digits', 'digits-distorted', an image-folder directory or an .npz file (x, y)."
+    ),
 ]
 WidthsOption = Annotated[
     list[str] | None, typer.Option("--widths", "-w", help="Widths, e.g. 0.25,0.5,1.0 (repeatable).")
