@@ -130,6 +130,14 @@ class WidthPlanner:
         # sigma_l of LeGR's initial kappa: the spread of each layer's scores
         self.score_spread = np.array([float(np.std(self.scores[layer])) or 1.0 for layer in self.layers])
 
+    def standardized(self) -> Coefficients:
+        """The transform that gives every layer's scores mean 0 and spread 1, so the ranking thins the
+        layers about equally: raw squared norms are not comparable across layers (their scale follows
+        each layer's fan-in and training), and the identity thins the layer of smallest norms first.
+        """
+        mean = np.array([float(np.mean(self.scores[layer])) for layer in self.layers])
+        return Coefficients(self.layers, 1.0 / self.score_spread, -mean / self.score_spread)
+
     def group_scores(self, coefficients: Coefficients) -> dict[str, np.ndarray]:
         """Per group, each channel's summed transformed score over the group's member layers."""
         if coefficients.layers != self.layers:
@@ -200,6 +208,65 @@ class WidthPlanner:
             if uniform.channels == channels:
                 return uniform
         return self.model.config_from_channels(channels)
+
+
+@dataclass(frozen=True)
+class MeasuredPlan:
+    """A configuration planned for a budget and the measurement that decided it."""
+
+    config: WidthConfig
+    measured: float
+    fits: bool
+    plans: int  # distinct configurations measured
+
+
+def plan_measured(
+    planner: WidthPlanner,
+    coefficients: Coefficients,
+    budget: float,
+    measure: Callable[[WidthConfig], float],
+    max_plans: int = 6,
+) -> MeasuredPlan:
+    """The configuration for `budget` when the planner's cost is only a prediction (a latency table):
+    the measurement decides, the prediction guides.
+
+    The aim starts at the budget and moves by budget / measured (2% under it after a miss) until a
+    fitting and a missing aim bracket the budget, then bisects. Channels only grow with the aim along one
+    ranking, so the fitting plan of the largest aim is kept: a table that over-predicts does not waste
+    the budget, one that under-predicts does not break it. At most `max_plans` distinct configurations
+    are measured; with none fitting, the last one measured is returned with `fits=False`.
+    """
+    if max_plans < 1:
+        raise PlannerError(f"at least one plan must be measured, got {max_plans}")
+    aim, fitting_aim, missing_aim = budget, 0.0, math.inf
+    measured: dict[str, float] = {}
+    best = last = None
+    for _ in range(4 * max_plans):
+        try:
+            config = planner.config_for(coefficients, aim)
+        except PlannerError:
+            if last is None:
+                raise  # the budget itself is below the smallest configuration
+            break  # the aim fell below the smallest configuration after misses
+        if config.id not in measured:
+            if len(measured) == max_plans:
+                break
+            measured[config.id] = measure(config)
+        last = (config, measured[config.id])
+        if last[1] <= budget:
+            fitting_aim, best = aim, last
+            if config.channels == planner.full:
+                break  # nothing wider to try
+        else:
+            missing_aim = aim
+        if fitting_aim and missing_aim < math.inf:
+            if missing_aim / fitting_aim < 1.001:
+                break
+            aim = (fitting_aim + missing_aim) / 2
+        else:
+            aim *= budget / last[1] * (1.0 if last[1] <= budget else 0.98)
+    config, value = best or last
+    return MeasuredPlan(config, value, best is not None, len(measured))
 
 
 def macs_cost(model: SlimmableNetwork) -> Cost:
@@ -346,10 +413,11 @@ def evolve(
 ) -> SearchResult:
     """Learn the coefficients: aging evolution over (alpha, kappa), fitness at one budget (lower is better).
 
-    The initial population is the identity plus random transforms `alpha = exp(N(0, 1))`,
-    `kappa = N(0, sigma_l)`; a child changes `mutate` of the layers of the best of a random sample,
-    `alpha *= exp(N(0, step))` with a step that decays over the generations, `kappa += N(0, sigma_l)`;
-    the oldest member dies. `rng` is used throughout and never re-seeded.
+    The initial population is the identity, the standardized transform (about uniform thinning, a start
+    LeGR lacks) and random transforms `alpha = exp(N(0, 1))`, `kappa = N(0, sigma_l)`; a child changes
+    `mutate` of the layers of the best of a random sample, `alpha *= exp(N(0, step))` with a step that
+    decays over the generations, `kappa += N(0, sigma_l)`; the oldest member dies. `rng` is used
+    throughout and never re-seeded.
     """
     settings = settings or SearchSettings()
     layers = planner.layers
@@ -366,6 +434,8 @@ def evolve(
     for index in range(settings.population):
         if index == 0:
             member = Coefficients.identity(layers)
+        elif index == 1:
+            member = planner.standardized()
         else:
             member = Coefficients(layers, np.exp(rng.normal(0.0, 1.0, count)), rng.normal(0.0, spread))
         loss, config = score(member)

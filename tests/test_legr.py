@@ -22,6 +22,7 @@ from planner.legr import (
     evolve,
     filter_scores,
     macs_cost,
+    plan_measured,
 )
 from planner.widths import WidthConfig
 
@@ -116,6 +117,61 @@ def test_coefficients_change_which_layers_lose_channels(trained):
     assert protected.channels != base.channels
 
 
+@pytest.mark.parametrize("device_over_table", [0.6, 1.5])
+def test_measured_plan_uses_the_budget_the_table_misjudges(trained, device_over_table):
+    """A device measuring 0.6x (or 1.5x) the table's prediction: the table-only plan wastes (or breaks)
+    the budget; the measured plan fits and is at least as wide as any fitting plan it measured."""
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    identity = Coefficients.identity(widths.layers)
+    budget = 0.5 * widths.full_cost()
+    measured = []
+
+    def device(config: WidthConfig) -> float:
+        return device_over_table * widths.cost(config.channels)
+
+    def measure(config: WidthConfig) -> float:
+        measured.append(device(config))
+        return measured[-1]
+
+    plan = plan_measured(widths, identity, budget, measure, max_plans=6)
+    table_only = widths.config_for(identity, budget)
+    assert plan.fits and plan.measured <= budget and 1 <= plan.plans == len(measured) <= 6
+    assert plan.measured == max(m for m in measured if m <= budget)
+    if device_over_table < 1:  # the table-only plan left budget unused; the measured one takes it
+        assert widths.cost(plan.config.channels) > widths.cost(table_only.channels)
+        assert plan.measured > 0.9 * budget
+    else:  # the table-only plan measured over budget
+        assert device(table_only) > budget
+
+
+def test_measured_plan_that_never_fits_says_so(trained):
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    identity = Coefficients.identity(widths.layers)
+    budget = 0.5 * widths.full_cost()
+    plan = plan_measured(widths, identity, budget, lambda config: 2 * widths.full_cost(), max_plans=3)
+    assert not plan.fits and plan.plans <= 3
+    with pytest.raises(PlannerError, match="below the smallest possible configuration"):
+        plan_measured(widths, identity, 0.5 * widths.smallest_cost(), lambda config: 0.0)
+
+
+def test_standardized_transform_thins_layers_more_evenly_than_raw_norms(trained):
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    budget = 0.4 * widths.full_cost()
+
+    def kept_shares(coefficients: Coefficients) -> np.ndarray:
+        config = widths.config_for(coefficients, budget)
+        return np.array([config.channels[n] / model.groups[n].max_channels for n in config.channels])
+
+    raw, standardized = kept_shares(Coefficients.identity(widths.layers)), kept_shares(widths.standardized())
+    assert standardized.max() - standardized.min() < raw.max() - raw.min()
+    transformed = widths.group_scores(widths.standardized())
+    for scores in transformed.values():
+        assert abs(scores.mean()) < 1e-6 and abs(scores.std() - 1) < 1e-6
+
+
 def test_evolution_is_reproducible_and_really_random(trained, digits):
     model, _ = trained
     widths = WidthPlanner(model, macs_cost(model))
@@ -131,9 +187,11 @@ def test_evolution_is_reproducible_and_really_random(trained, digits):
     drawn = [np.exp(rng.normal(0.0, 1.0, len(widths.layers))) for _ in range(2)]
     assert not np.allclose(drawn[0], drawn[1])
     assert count(model, first.config).macs <= budget
-    # the identity is in the initial population, so the result is never worse than plain L2 ranking
+    # the identity and the standardized transform are in the initial population, so the result is never
+    # worse than plain L2 ranking or than thinning every layer about equally
     identity_loss = fitness(widths.config_for(Coefficients.identity(widths.layers), budget))
-    assert first.loss <= identity_loss
+    standardized_loss = fitness(widths.config_for(widths.standardized(), budget))
+    assert first.loss <= min(identity_loss, standardized_loss)
     assert 0 < accuracy(model, digits.batches("val", 128)) <= 100
 
 

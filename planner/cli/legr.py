@@ -183,7 +183,10 @@ def legr_learn(
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="Trained weights (their filters are ranked).")
     ],
-    data: Annotated[str, typer.Option("--data", help="Dataset: digits, an image directory or an .npz file.")],
+    data: Annotated[
+        str,
+        typer.Option("--data", help="Dataset: digits, digits-distorted, an image directory or an .npz file."),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Coefficients JSON to write.")],
     budget: Annotated[float, typer.Option(help="Learn at this share of the full model's cost.")] = 0.5,
     target_name: Annotated[
@@ -328,17 +331,21 @@ def legr_config(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Measure the result on the target.")
     ] = True,
-    verify_rounds: Annotated[int, typer.Option(help="Re-plans when the measured p90 misses the budget.")] = 3,
+    plans: Annotated[
+        int, typer.Option(help="Configurations measured at most while the plan is fitted to the budget.")
+    ] = 6,
     out: OutOption = Path("out"),
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """The per-layer configuration for a budget: walk the learned ranking until the predicted cost fits.
 
-    A latency budget is predicted with the target's table, then verified by a real measurement (its row
-    goes to OUT/latency.parquet, so select, manifest and report see the configuration like a width).
+    A latency budget is planned with the target's table, then fitted by real measurements: the plan
+    grows while its measured p90 is under the budget and shrinks while it is over (up to --plans
+    measurements), so the table's error neither wastes nor breaks the budget. The rows go to
+    OUT/latency.parquet, so select, manifest and report see the configuration like a width.
     """
     from planner.counting import count
-    from planner.legr import LearnedRanking, macs_cost
+    from planner.legr import LearnedRanking, macs_cost, plan_measured
     from planner.targets import load_target
     from planner.units import parse_duration_ms
     from profilers.jobs import file_digest
@@ -368,30 +375,29 @@ def legr_config(
     model = _target_model(model, target)
     table = _latency_table(model, target, lut, out)
     planner = ranking.planner_for(model, table.predict_ms)
-    aim = budget_ms
-    config = planner.config_for(ranking.coefficients, aim)
-    measured = None
+    measured: dict[str, dict[str, float]] = {}
     if verify:
-        for _ in range(max(1, verify_rounds)):
-            measured = _measure(model, config, target, out)
-            if measured["p90_ms"] <= budget_ms:
-                break
-            aim *= 0.98 * budget_ms / measured["p90_ms"]
-            try:
-                config = planner.config_for(ranking.coefficients, aim)
-            except PlannerError:
-                break
-        if measured["p90_ms"] > budget_ms:
+
+        def p90_ms(config) -> float:
+            measured[config.id] = _measure(model, config, target, out)
+            return measured[config.id]["p90_ms"]
+
+        plan = plan_measured(planner, ranking.coefficients, budget_ms, p90_ms, plans)
+        config = plan.config
+        if not plan.fits:
             raise PlannerError(
                 f"no configuration verified under {max_latency} on {target.name}: the last one measured "
-                f"p90 {measured['p90_ms']:.3f} ms (predicted {table.predict_ms(config):.3f} ms); "
-                "raise the budget"
+                f"p90 {plan.measured:.3f} ms (predicted {table.predict_ms(config):.3f} ms); raise the budget"
             )
+    else:
+        config = planner.config_for(ranking.coefficients, budget_ms)
     _write_config(config, output)
     line = f"wrote {output} ({config.label}): predicted {table.predict_ms(config):.3f} ms"
-    if measured is not None:
+    if verify:
+        row = measured[config.id]
         line += (
-            f", measured p50 {measured['p50_ms']:.3f} ms, p90 {measured['p90_ms']:.3f} ms <= {max_latency}"
+            f", measured p50 {row['p50_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms <= {max_latency} "
+            f"({plan.plans} measured)"
         )
     typer.echo(line)
 
