@@ -118,11 +118,14 @@ def test_legr_config_for_a_latency_budget(built, tmp_path, capsys):
     # a generous budget gives the full model, verified by its measurement in OUT (taken by the build)
     verified = tmp_path / "verified.json"
     assert run([*base, "--max-latency", "10s", "-o", str(verified)]) in (0, None)
-    assert "measured p50" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "measured p50" in said and "(1 measured)" in said  # the full model fits: nothing wider to try
     # below the smallest configuration: one line, exit 2
     assert run([*base, "--max-latency", "1ns", "-o", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "below the smallest possible configuration" in err and len(err.splitlines()) == 1
+    assert run([*base, "--max-latency", "10s", "--plans", "0", "-o", str(tmp_path / "x.json")]) == 2
+    assert "at least one plan must be measured" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # measures whole models with the profilers
