@@ -7,8 +7,9 @@ wall time of the evolution with LUT-predicted latency.
 2. Build its latency table on the `cpu` target (onnxruntime CPU, one thread by default) and measure the
    uniform widths: every 0.125 step for the US model (each step changes the 8-channel rounding of some
    layer), the trained widths for the S-Net. Latency depends on the structure only: this is done once.
-3. Per training seed: learn LeGR coefficients once (regularized evolution, LUT latency as the cost,
-   fitness = validation loss on the first half of the val split after BN calibration), timed: (c).
+3. Per training seed: learn LeGR coefficients once, at 50% of the full model's predicted latency as
+   `planner legr learn` does (`--learn-at`; regularized evolution, LUT latency as the cost, fitness =
+   validation loss on the first half of the val split after BN calibration), timed: (c).
 4. For three latency budgets (the measured p50 of 0.5x and 0.75x, and a tight one halfway between 0.25x
    and 0.5x), plan a configuration with the coefficients, measuring the plans (the table guides, the
    measurement decides). Every compared configuration, uniform or LeGR, has its BN statistics calibrated
@@ -79,6 +80,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--plans", type=int, default=6, help="measured plans per budget at most")
     parser.add_argument("--image-size", type=int, default=16, help="digits upscaled from 8x8")
+    parser.add_argument(
+        "--learn-at",
+        default="0.5",
+        help="budget the coefficients are learned at: a share of the full model's predicted latency (0.5: "
+        "legr learn's default) or 'middle', the middle of the three compared budgets (0.5x's latency; "
+        "LeGR's own scripts learn inside the range they evaluate)",
+    )
     parser.add_argument("--generations", type=int, default=400)
     parser.add_argument("--population", type=int, default=64)
     parser.add_argument("--sample", type=int, default=16)
@@ -113,6 +121,12 @@ class Bench:
         self.search_val = [(images[:half], labels[:half])]
         self.report_val = [(images[half:], labels[half:])]
         self.calibration = self.dataset.batches("calibration", 64)
+
+    def learn_budget(self, full_cost: float) -> float:
+        """The latency the coefficients are learned at (they are then reused for every budget)."""
+        if self.args.learn_at == "middle":
+            return self.budgets["0.5x's latency"]
+        return float(self.args.learn_at) * full_cost
 
 
 @dataclass
@@ -164,7 +178,7 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
     widths = WidthPlanner(model, bench.table.predict_ms, args.granularity)
     fitness = Fitness(model, bench.calibration, bench.search_val)
     settings = SearchSettings(args.population, args.sample, args.generations)
-    learn_budget = 0.5 * widths.full_cost()
+    learn_budget = bench.learn_budget(widths.full_cost())
     started = time.perf_counter()
     result = evolve(widths, learn_budget, fitness, np.random.default_rng(seed), settings)
     evolve_s = time.perf_counter() - started
@@ -174,7 +188,10 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
         model.name,
         result.coefficients,
         widths.granularity,
-        info={"cost": {"kind": "latency_ms", "target": bench.target.name}, "budget": {"share": 0.5}},
+        info={
+            "cost": {"kind": "latency_ms", "target": bench.target.name},
+            "budget": {"share": learn_budget / widths.full_cost()},
+        },
     )
 
     def measure(config: WidthConfig) -> float:
@@ -232,6 +249,18 @@ def main() -> None:
     args = parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.learn_at != "middle":
+        try:
+            share = float(args.learn_at)
+        except ValueError:
+            share = 0.0
+        if not 0 < share <= 1:
+            raise SystemExit(f"--learn-at takes 'middle' or a share in (0, 1], got {args.learn_at!r}")
+    learned_at = (
+        "the middle budget (0.5x's measured latency)"
+        if args.learn_at == "middle"
+        else f"{float(args.learn_at):.0%} of the full model's predicted latency"
+    )
     torch.set_num_threads(1)  # small batches on a shared 2-core machine
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +379,7 @@ def main() -> None:
         "## (c) evolution wall time with LUT-predicted latency",
         "",
         f"- population {settings.population}, sample {settings.sample}, {settings.generations} generations, "
-        f"mutate {settings.mutate:.0%} of the layers, learned at 50% of the full model's predicted latency",
+        f"mutate {settings.mutate:.0%} of the layers, learned at {learned_at}",
     ]
     for seed, run in zip(seeds, runs, strict=True):
         lines.append(
