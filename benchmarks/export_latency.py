@@ -23,7 +23,7 @@ from torch import nn
 
 import planner
 from planner.counting import count
-from planner.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from planner.export import export_module, export_onnx
 from planner.models.ops import make_divisible
 from planner.models.s_mobilenet_v2 import BLOCK_SETTING, TAIL_CHANNELS
 from profilers import Job, Settings, run_jobs
@@ -81,20 +81,6 @@ def zero_dropped_channels(model: planner.SlimmableNetwork, width: float) -> None
                 norm.bn[-1].bias[keep[norm.group.name] :] = 0
 
 
-def export_plain(module: nn.Module, path: Path) -> Path:
-    torch.onnx.export(
-        module,
-        (torch.zeros(1, 3, 224, 224),),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamo=True,
-        external_data=False,
-        optimize=True,
-    )
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -114,7 +100,9 @@ def main() -> None:
         zero_dropped_channels(zeroed, width)
         files = {
             "sliced": export_onnx(model, config, work / f"sliced-{width}.onnx"),
-            "native": export_plain(native_mobilenet_v2(width), work / f"native-{width}.onnx"),
+            "native": export_module(
+                native_mobilenet_v2(width), torch.zeros(1, 3, 224, 224), work / f"native-{width}.onnx"
+            ),
             "zeroed": export_onnx(zeroed, zeroed.config(1.0), work / f"zeroed-{width}.onnx"),
         }
         for variant, path in files.items():

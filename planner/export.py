@@ -54,12 +54,17 @@ def export_onnx(
     model: SlimmableNetwork, config: WidthConfig, path: str | Path, fold_bn: bool = False
 ) -> Path:
     """Write `config` of `model` as ONNX at `path` (written atomically: a temp file, then renamed)."""
-    path = _writable(Path(path))
     dense = materialize(model, config, fold_bn=fold_bn)
-    example = torch.zeros(dense.input_shape)
+    return export_module(dense, torch.zeros(dense.input_shape), path)
+
+
+def export_module(module: torch.nn.Module, example: torch.Tensor, path: str | Path) -> Path:
+    """Write any module as planner's ONNX (single file, fixed names, atomic), so a network built another
+    way is exported exactly like a sliced configuration."""
+    path = _writable(Path(path))
     with replacing(path) as tmp, _quiet():
         torch.onnx.export(
-            dense,
+            module,
             (example,),
             str(tmp),
             input_names=[INPUT_NAME],
