@@ -64,6 +64,19 @@ from planner.train import train
 from planner.widths import WidthConfig
 
 
+def learn_at(value: str) -> str | float:
+    """`--learn-at`: 'middle' or a share of the full model's predicted latency in (0, 1]."""
+    if value == "middle":
+        return value
+    try:
+        share = float(value)
+    except ValueError:
+        share = 0.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"takes 'middle' or a share in (0, 1], got {value!r}")
+    return share
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["us_cnn_small", "s_cnn_small"], default="us_cnn_small")
@@ -82,7 +95,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=16, help="digits upscaled from 8x8")
     parser.add_argument(
         "--learn-at",
-        default="0.5",
+        type=learn_at,
+        default=0.5,
         help="budget the coefficients are learned at: a share of the full model's predicted latency (0.5: "
         "legr learn's default) or 'middle', the middle of the three compared budgets (0.5x's latency; "
         "LeGR's own scripts learn inside the range they evaluate)",
@@ -126,7 +140,7 @@ class Bench:
         """The latency the coefficients are learned at (they are then reused for every budget)."""
         if self.args.learn_at == "middle":
             return self.budgets["0.5x's latency"]
-        return float(self.args.learn_at) * full_cost
+        return self.args.learn_at * full_cost
 
 
 @dataclass
@@ -249,17 +263,10 @@ def main() -> None:
     args = parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.learn_at != "middle":
-        try:
-            share = float(args.learn_at)
-        except ValueError:
-            share = 0.0
-        if not 0 < share <= 1:
-            raise SystemExit(f"--learn-at takes 'middle' or a share in (0, 1], got {args.learn_at!r}")
     learned_at = (
         "the middle budget (0.5x's measured latency)"
         if args.learn_at == "middle"
-        else f"{float(args.learn_at):.0%} of the full model's predicted latency"
+        else f"{args.learn_at:.0%} of the full model's predicted latency"
     )
     torch.set_num_threads(1)  # small batches on a shared 2-core machine
     args.work.mkdir(parents=True, exist_ok=True)
