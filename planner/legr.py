@@ -201,6 +201,16 @@ class WidthPlanner:
                 low = middle
         return self._config(self.channels_after(order, high))
 
+    def uniform_for(self, budget: float) -> WidthConfig:
+        """The widest of the model's uniform widths whose cost meets `budget`: what a plan must beat."""
+        fitting = [w for w in self.model.widths if self.cost(self.model.config(w).channels) <= budget]
+        if not fitting:
+            raise PlannerError(
+                f"budget {budget:g} is below {self.model.name}'s narrowest uniform width "
+                f"{self.model.widths[0]:g}x ({self.cost(self.model.config(self.model.widths[0]).channels):g})"
+            )
+        return self.model.config(max(fitting))
+
     def _config(self, channels: dict[str, int]) -> WidthConfig:
         """A trained width when the channels are exactly one (its trained BN statistics, its id)."""
         for width in self.model.widths:
@@ -221,8 +231,7 @@ class MeasuredPlan:
 
 
 def plan_measured(
-    planner: WidthPlanner,
-    coefficients: Coefficients,
+    plan_for: Callable[[float], WidthConfig],
     budget: float,
     measure: Callable[[WidthConfig], float],
     max_plans: int = 6,
@@ -230,20 +239,23 @@ def plan_measured(
     """The configuration for `budget` when the planner's cost is only a prediction (a latency table):
     the measurement decides, the prediction guides.
 
-    The aim starts at the budget and moves by budget / measured (2% under it after a miss) until a
-    fitting and a missing aim bracket the budget, then bisects. Channels only grow with the aim along one
-    ranking, so the fitting plan of the largest aim is kept: a table that over-predicts does not waste
-    the budget, one that under-predicts does not break it. At most `max_plans` distinct configurations
-    are measured; with none fitting, the last one measured is returned with `fits=False`.
+    `plan_for(aim)` is the widest configuration predicted to cost at most `aim` along one ordering: the
+    learned ranking (`partial(planner.config_for, coefficients)`) or the uniform widths
+    (`planner.uniform_for`). The aim starts at the budget and moves by budget / measured (2% under it
+    after a miss) until a fitting and a missing aim bracket the budget, then bisects. Channels only grow
+    with the aim, so the fitting plan of the largest aim is kept: a table that over-predicts does not
+    waste the budget, one that under-predicts does not break it. At most `max_plans` distinct
+    configurations are measured; with none fitting, the last one measured is returned with `fits=False`.
     """
     if max_plans < 1:
         raise PlannerError(f"at least one plan must be measured, got {max_plans}")
+    widest = plan_for(math.inf).id
     aim, fitting_aim, missing_aim = budget, 0.0, math.inf
     measured: dict[str, float] = {}
     best = last = None
     for _ in range(4 * max_plans):
         try:
-            config = planner.config_for(coefficients, aim)
+            config = plan_for(aim)
         except PlannerError:
             if last is None:
                 raise  # the budget itself is below the smallest configuration
@@ -255,7 +267,7 @@ def plan_measured(
         last = (config, measured[config.id])
         if last[1] <= budget:
             fitting_aim, best = aim, last
-            if config.channels == planner.full:
+            if config.id == widest:
                 break  # nothing wider to try
         else:
             missing_aim = aim
@@ -267,6 +279,18 @@ def plan_measured(
             aim *= budget / last[1] * (1.0 if last[1] <= budget else 0.98)
     config, value = best or last
     return MeasuredPlan(config, value, best is not None, len(measured))
+
+
+def prefer_uniform(
+    plan: WidthConfig, uniform: WidthConfig, fitness: Callable[[WidthConfig], float]
+) -> WidthConfig:
+    """The plan only where its fitness (validation loss) beats the uniform width of the same budget.
+
+    One learned ranking serves every budget, and away from the budget it was learned at it can cut a
+    layer the uniform width keeps (results/legr_digits_distorted.md: at 0.5x's latency). A tie goes to
+    the uniform width: it has trained BN statistics and needs no per-layer configuration.
+    """
+    return plan if fitness(plan) < fitness(uniform) else uniform
 
 
 def macs_cost(model: SlimmableNetwork) -> Cost:

@@ -1,6 +1,7 @@
 """LeGR on slimmable networks: ranking, budget -> configuration, evolution, coefficients files, CLI."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from planner.legr import (
     filter_scores,
     macs_cost,
     plan_measured,
+    prefer_uniform,
 )
 from planner.widths import WidthConfig
 
@@ -134,7 +136,7 @@ def test_measured_plan_uses_the_budget_the_table_misjudges(trained, device_over_
         measured.append(device(config))
         return measured[-1]
 
-    plan = plan_measured(widths, identity, budget, measure, max_plans=6)
+    plan = plan_measured(partial(widths.config_for, identity), budget, measure, max_plans=6)
     table_only = widths.config_for(identity, budget)
     assert plan.fits and plan.measured <= budget and 1 <= plan.plans == len(measured) <= 6
     assert plan.measured == max(m for m in measured if m <= budget)
@@ -150,10 +152,35 @@ def test_measured_plan_that_never_fits_says_so(trained):
     widths = WidthPlanner(model, macs_cost(model))
     identity = Coefficients.identity(widths.layers)
     budget = 0.5 * widths.full_cost()
-    plan = plan_measured(widths, identity, budget, lambda config: 2 * widths.full_cost(), max_plans=3)
+    never = 2 * widths.full_cost()
+    plan = plan_measured(partial(widths.config_for, identity), budget, lambda config: never, max_plans=3)
     assert not plan.fits and plan.plans <= 3
     with pytest.raises(PlannerError, match="below the smallest possible configuration"):
-        plan_measured(widths, identity, 0.5 * widths.smallest_cost(), lambda config: 0.0)
+        plan_measured(partial(widths.config_for, identity), 0.5 * widths.smallest_cost(), lambda config: 0.0)
+
+
+def test_uniform_rival_is_the_widest_width_that_fits_and_fits_by_measurement(trained):
+    model, _ = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    cost = {w: widths.cost(model.config(w).channels) for w in model.widths}
+    assert widths.uniform_for(cost[0.75]) == model.config(0.75)
+    assert widths.uniform_for(cost[0.75] - 1) == model.config(0.5)
+    with pytest.raises(PlannerError, match="below s_cnn_small's narrowest uniform width 0.25x"):
+        widths.uniform_for(cost[0.25] - 1)
+    # a device 1.3x slower than the table: 0.75x's predicted cost only fits 0.5x, found by measuring
+    plan = plan_measured(widths.uniform_for, cost[0.75], lambda config: 1.3 * widths.cost(config.channels))
+    assert plan.fits and plan.config == model.config(0.5)
+
+
+def test_a_plan_must_beat_the_uniform_width_to_be_kept(trained):
+    model, _ = trained
+    plan, uniform = (
+        model.config_from_channels({**model.config(0.5).channels, "features.0.0": 8}),
+        model.config(0.5),
+    )
+    for plan_loss, kept in ((0.1, plan), (0.2, uniform), (0.3, uniform)):  # a tie goes to the uniform width
+        losses = {plan.id: plan_loss, uniform.id: 0.2}
+        assert prefer_uniform(plan, uniform, lambda config, losses=losses: losses[config.id]) == kept
 
 
 def test_standardized_transform_thins_layers_more_evenly_than_raw_norms(trained):
@@ -232,6 +259,26 @@ def test_learn_and_config_cli_with_macs(trained, tmp_path):
         config = WidthConfig.load(config_path)
         assert count(model, model.validate(config)).macs <= budget
     assert ranking.coefficients.layers == WidthPlanner(model, macs_cost(model)).layers
+
+
+def test_config_with_data_keeps_the_plan_only_if_its_validation_loss_is_lower(
+    trained, digits, tmp_path, capsys
+):
+    model, checkpoint = trained
+    widths = WidthPlanner(model, macs_cost(model))
+    identity = Coefficients.identity(widths.layers)
+    path = LearnedRanking("s_cnn_small", identity, 1).save(tmp_path / "c.json")
+    base = ["legr", "config", "s_cnn_small", "--coefficients", str(path), "--checkpoint", str(checkpoint),
+            "--data", "digits", "-o", str(tmp_path / "config.json")]  # fmt: skip
+    fitness = Fitness(model, digits.batches("calibration", 64), digits.batches("val", 64))
+    budget = widths.cost(model.config(0.75).channels) - 1  # the rival is 0.5x
+    plan = widths.config_for(identity, budget)
+    capsys.readouterr()
+    assert run([*base, "--max-macs", str(budget)]) in (0, None)
+    said = capsys.readouterr().out
+    expected = plan if fitness(plan) < fitness(model.config(0.5)) else model.config(0.5)
+    assert WidthConfig.load(tmp_path / "config.json") == expected
+    assert f"plan {fitness(plan):.4f}, uniform 0.5x {fitness(model.config(0.5)):.4f}" in said
 
 
 def test_config_budget_below_smallest_is_one_line_exit_2(trained, tmp_path, capsys):

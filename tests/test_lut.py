@@ -120,6 +120,11 @@ def test_legr_config_for_a_latency_budget(built, tmp_path, capsys):
     assert run([*base, "--max-latency", "10s", "-o", str(verified)]) in (0, None)
     said = capsys.readouterr().out
     assert "measured p50" in said and "(1 measured)" in said  # the full model fits: nothing wider to try
+    # with --data the widest uniform width is fitted too (from the measurements in OUT): the plan itself
+    assert run([*base, "--max-latency", "10s", "--data", "digits", "-o", str(verified)]) in (0, None)
+    said = capsys.readouterr().out
+    assert "the plan is the uniform width 1x" in said and "(1 measured)" in said
+    assert WidthConfig.load(verified) == model.config(1.0)
     # below the smallest configuration: one line, exit 2
     assert run([*base, "--max-latency", "1ns", "-o", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()

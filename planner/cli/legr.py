@@ -51,6 +51,33 @@ def _model(name: str | None, checkpoint: Path | None, input_size: int | None = N
     return build_model(name, checkpoint, input_size=input_size)
 
 
+def _fitness(
+    model,
+    data: str,
+    calibration_batches: int = 5,
+    batch_size: int = 64,
+    finetune_steps: int = 0,
+    seed: int = 0,
+):
+    """LeGR's fitness on `data`: validation loss after BN calibration (and an optional short fine-tune)."""
+    from planner.data import load_dataset
+    from planner.legr import Fitness
+
+    dataset = load_dataset(data, image_size=model.input_size)
+    if dataset.in_channels != model.in_channels:
+        raise PlannerError(
+            f"{data} has {dataset.in_channels}-channel images, {model.name} takes {model.in_channels}"
+        )
+    return Fitness(
+        model,
+        dataset.batches("calibration", batch_size),
+        dataset.batches("val", batch_size),
+        calibration_batches,
+        finetune_steps,
+        dataset.batches("train", batch_size, shuffle=True, seed=seed) if finetune_steps else (),
+    )
+
+
 def _target_model(model, target):
     from planner.profile import model_for_target
 
@@ -218,9 +245,7 @@ def legr_learn(
     """Learn LeGR's per-layer affine coefficients by regularized evolution; reuse them for every budget."""
     import numpy as np
 
-    from planner.data import load_dataset
     from planner.legr import (
-        Fitness,
         LearnedRanking,
         SearchSettings,
         WidthPlanner,
@@ -251,19 +276,7 @@ def legr_learn(
             table.predict_ms,
             {"kind": "latency_ms", "target": target.name, "lut": table.fingerprint},
         )
-    dataset = load_dataset(data, image_size=model.input_size)
-    if dataset.in_channels != model.in_channels:
-        raise PlannerError(
-            f"{data} has {dataset.in_channels}-channel images, {model.name} takes {model.in_channels}"
-        )
-    fitness = Fitness(
-        model,
-        dataset.batches("calibration", batch_size),
-        dataset.batches("val", batch_size),
-        calibration_batches,
-        finetune_steps,
-        dataset.batches("train", batch_size, shuffle=True, seed=seed) if finetune_steps else (),
-    )
+    fitness = _fitness(model, data, calibration_batches, batch_size, finetune_steps, seed)
     planner = WidthPlanner(model, cost, granularity, min_fraction)
     target_cost = budget * planner.full_cost()
     if target_cost < planner.smallest_cost():
@@ -334,6 +347,14 @@ def legr_config(
     plans: Annotated[
         int, typer.Option(help="Configurations measured at most while the plan is fitted to the budget.")
     ] = 6,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Also fit the widest uniform width to the budget and keep the plan only if its "
+            "validation loss on this dataset is lower.",
+        ),
+    ] = None,
     out: OutOption = Path("out"),
     targets_dir: TargetsDirOption = None,
 ) -> None:
@@ -341,11 +362,15 @@ def legr_config(
 
     A latency budget is planned with the target's table, then fitted by real measurements: the plan
     grows while its measured p90 is under the budget and shrinks while it is over (up to --plans
-    measurements), so the table's error neither wastes nor breaks the budget. The rows go to
-    OUT/latency.parquet, so select, manifest and report see the configuration like a width.
+    measurements), so the table's error neither wastes nor breaks the budget. With --data the widest
+    uniform width is fitted the same way and written instead when the plan's validation loss (LeGR's
+    fitness, after BN calibration) is not lower. The rows go to OUT/latency.parquet, so select, manifest
+    and report see the configuration like a width.
     """
+    from functools import partial
+
     from planner.counting import count
-    from planner.legr import LearnedRanking, macs_cost, plan_measured
+    from planner.legr import LearnedRanking, macs_cost, plan_measured, prefer_uniform
     from planner.targets import load_target
     from planner.units import parse_duration_ms
     from profilers.jobs import file_digest
@@ -364,9 +389,34 @@ def legr_config(
     if checkpoint is not None and recorded and file_digest(checkpoint) != recorded:
         console.print(f"note: {checkpoint} is not the checkpoint the coefficients were learned on")
     model = _model(model_name, checkpoint)
+    fitness = None
+    if data is not None:  # the loss the coefficients were learned with
+        learned = ranking.info.get("search") or {}
+        fitness = _fitness(model, data, int(learned.get("calibration_batches", 5)))
+
+    def better(config, find_uniform):
+        """With --data: the plan, or the widest uniform width that fits if the plan's loss is not lower."""
+        if fitness is None:
+            return config
+        uniform = find_uniform()
+        if uniform is None:  # measured over the budget down to the narrowest width
+            typer.echo("no uniform width measured under the budget: keeping the plan")
+            return config
+        if uniform == config:
+            typer.echo(f"the plan is the uniform width {uniform.label}")
+            return config
+        chosen = prefer_uniform(config, uniform, fitness)
+        typer.echo(
+            f"validation loss: plan {fitness(config):.4f}, uniform {uniform.label} {fitness(uniform):.4f}; "
+            f"keeping {'the plan' if chosen == config else uniform.label}"
+        )
+        return chosen
+
     if max_macs is not None:
         planner = ranking.planner_for(model, macs_cost(model))
-        config = planner.config_for(ranking.coefficients, max_macs)
+        config = better(
+            planner.config_for(ranking.coefficients, max_macs), lambda: planner.uniform_for(max_macs)
+        )
         _write_config(config, output)
         typer.echo(f"wrote {output} ({config.label}): {count(model, config).macs:,} MACs <= {max_macs:,.0f}")
         return
@@ -382,22 +432,30 @@ def legr_config(
             measured[config.id] = _measure(model, config, target, out)
             return measured[config.id]["p90_ms"]
 
-        plan = plan_measured(planner, ranking.coefficients, budget_ms, p90_ms, plans)
+        plan = plan_measured(partial(planner.config_for, ranking.coefficients), budget_ms, p90_ms, plans)
         config = plan.config
         if not plan.fits:
             raise PlannerError(
                 f"no configuration verified under {max_latency} on {target.name}: the last one measured "
                 f"p90 {plan.measured:.3f} ms (predicted {table.predict_ms(config):.3f} ms); raise the budget"
             )
+
+        def fitted_uniform():
+            uniform = plan_measured(planner.uniform_for, budget_ms, p90_ms, plans)
+            return uniform.config if uniform.fits else None
+
+        config = better(config, fitted_uniform)
     else:
-        config = planner.config_for(ranking.coefficients, budget_ms)
+        config = better(
+            planner.config_for(ranking.coefficients, budget_ms), lambda: planner.uniform_for(budget_ms)
+        )
     _write_config(config, output)
     line = f"wrote {output} ({config.label}): predicted {table.predict_ms(config):.3f} ms"
     if verify:
         row = measured[config.id]
         line += (
             f", measured p50 {row['p50_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms <= {max_latency} "
-            f"({plan.plans} measured)"
+            f"({len(measured)} measured)"
         )
     typer.echo(line)
 
