@@ -17,6 +17,10 @@ wall time of the evolution with LUT-predicted latency.
    with the widest uniform width whose measured p50 fits: (b). The held-out half is small (180 images
    of digits), so the result is given per seed and as the mean over seeds. Trained weights are kept in
    --work, so a re-run only re-plans and re-scores.
+5. What the product answers, scored on the report half against the same uniform width: `planner legr
+   config --data` (the plan refined at its cost by the fitness, then kept only if its fitness beats that
+   width's) and `planner select` over the uniform widths and that configuration, each with its measured
+   p50 and its top-1 on the search half.
 
 Plain digits saturates (every width within ~1 point of 98%), so `--data digits-distorted` (planner.data:
 three rotated, scaled, shifted and noisy copies of each image, ~94% at 0.25x vs ~96% at 1x) gives the
@@ -37,6 +41,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +59,15 @@ from planner.legr import (
     LearnedRanking,
     SearchSettings,
     WidthPlanner,
+    accuracy,
     evolve,
     plan_measured,
+    prefer_uniform,
+    refine,
     validation_loss,
 )
 from planner.lut import LatencyTable, build_table, measure_configs, table_path
+from planner.select import Budget, select
 from planner.targets import Target, load_target
 from planner.train import train
 from planner.widths import WidthConfig
@@ -144,6 +153,20 @@ class Bench:
 
 
 @dataclass
+class Scores:
+    """A calibrated configuration on the two halves of the val split."""
+
+    hits: torch.Tensor  # report half: which images are right
+    loss: float  # report half: cross-entropy
+    search_top1: float
+    search_loss: float
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * float(self.hits.float().mean())
+
+
+@dataclass
 class SeedRun:
     rows: list[dict]
     uniform_top1: dict[float, float]
@@ -155,6 +178,29 @@ class SeedRun:
     best_loss: float
     identity_loss: float
     ranking: LearnedRanking
+
+
+def pick_versus(uniform_hits: torch.Tensor, name: str, picked: Scores) -> dict:
+    """A picked configuration's report-half top-1 and the images only it or only the uniform width gets."""
+    return {
+        f"{name}_top1": picked.top1,
+        f"{name}_only": int((picked.hits & ~uniform_hits).sum()),
+        f"uniform_only_vs_{name}": int((uniform_hits & ~picked.hits).sum()),
+    }
+
+
+def versus_uniform(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Per budget, over seeds: what was picked how often, and the pick against the uniform width."""
+    table = frame.groupby("budget", sort=False).agg(
+        budget_ms=("budget_ms", "first"),
+        picks=(f"{name}_pick", lambda picks: ", ".join(f"{k} {n}" for k, n in picks.value_counts().items())),
+        top1=(f"{name}_top1", "mean"),
+        uniform_top1=("uniform_top1", "mean"),
+        only=(f"{name}_only", "sum"),
+        uniform_only=(f"uniform_only_vs_{name}", "sum"),
+    )
+    table.insert(3, "top1_diff", table["top1"] - table["uniform_top1"])
+    return table.rename(columns={"top1": f"{name}_top1", "only": f"{name}_only"})
 
 
 def run_seed(bench: Bench, seed: int) -> SeedRun:
@@ -175,18 +221,22 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
         save_checkpoint(model, trained)
     train_s = time.perf_counter() - started
 
-    def calibrated_hits(config: WidthConfig) -> tuple[torch.Tensor, float]:
-        """Which report-half images are right, and the mean cross-entropy (finer than top-1 at ~97%),
-        after BN calibration on the same batches: the same treatment for every configuration."""
+    def scored(config: WidthConfig) -> Scores:
+        """After BN calibration on the same batches (the same treatment for every configuration): which
+        report-half images are right, and cross-entropy (finer than top-1) and top-1 on both halves."""
         calibrate(model, config, bench.calibration, num_batches=len(bench.calibration))
         with torch.no_grad():
             hits = torch.cat([model(images).argmax(dim=1) == labels for images, labels in bench.report_val])
-        return hits, validation_loss(model, bench.report_val)
+        return Scores(
+            hits,
+            validation_loss(model, bench.report_val),
+            accuracy(model, bench.search_val),
+            validation_loss(model, bench.search_val),
+        )
 
-    uniform_hits, uniform_loss = {}, {}
-    for w in bench.uniform_widths:
-        uniform_hits[w], uniform_loss[w] = calibrated_hits(model.config(w))
-    uniform_top1 = {w: 100.0 * float(hits.float().mean()) for w, hits in uniform_hits.items()}
+    uniform = {w: scored(model.config(w)) for w in bench.uniform_widths}
+    uniform_top1 = {w: score.top1 for w, score in uniform.items()}
+    uniform_loss = {w: score.loss for w, score in uniform.items()}
     print(f"seed {seed}: uniform top1 {uniform_top1}")
 
     widths = WidthPlanner(model, bench.table.predict_ms, args.granularity)
@@ -213,37 +263,75 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
 
     rows = []
     for name, budget in bench.budgets.items():
-        fitting = [w for w in bench.uniform_widths if bench.uniform_ms[w] <= budget]
-        best_uniform = max(fitting) if fitting else None
+        # every budget is at least 0.25x's latency, so some uniform width fits
+        best_uniform = max(w for w in bench.uniform_widths if bench.uniform_ms[w] <= budget)
+        versus = uniform[best_uniform].hits
         row = {
             "seed": seed,
             "budget": name,
             "budget_ms": budget,
             "uniform_width": best_uniform,
-            "uniform_measured_ms": bench.uniform_ms[best_uniform] if fitting else float("nan"),
-            "uniform_top1": uniform_top1[best_uniform] if fitting else float("nan"),
-            "uniform_loss": uniform_loss[best_uniform] if fitting else float("nan"),
+            "uniform_measured_ms": bench.uniform_ms[best_uniform],
+            "uniform_top1": uniform_top1[best_uniform],
+            "uniform_loss": uniform_loss[best_uniform],
+            "uniform_search_loss": uniform[best_uniform].search_loss,
         }
         try:
-            plan = plan_measured(widths, result.coefficients, budget, measure, args.plans)
+            plan = plan_measured(partial(widths.config_for, result.coefficients), budget, measure, args.plans)
         except PlannerError as error:
             print(f"seed {seed}, {name}: {error}")
-        else:
-            config, measured_ms, plans = plan.config, plan.measured, plan.plans
-            hits, loss = calibrated_hits(config)
-            versus = uniform_hits[best_uniform] if fitting else torch.zeros_like(hits)
-            row.update(
-                legr_config=config.label,
-                legr_channels=json.dumps(config.channels),
-                legr_plans=plans,
-                legr_predicted_ms=bench.table.predict_ms(config),
-                legr_measured_ms=measured_ms,
-                legr_fits=plan.fits,
-                legr_top1=100.0 * float(hits.float().mean()),
-                legr_loss=loss,
-                legr_only=int((hits & ~versus).sum()),
-                uniform_only=int((versus & ~hits).sum()),
-            )
+            rows.append(row)
+            continue
+        config, measured_ms = plan.config, plan.measured
+        legr = scored(config)
+        row.update(
+            legr_config=config.label,
+            legr_channels=json.dumps(config.channels),
+            legr_plans=plan.plans,
+            legr_predicted_ms=bench.table.predict_ms(config),
+            legr_measured_ms=measured_ms,
+            legr_fits=plan.fits,
+            legr_top1=legr.top1,
+            legr_loss=legr.loss,
+            legr_search_loss=legr.search_loss,
+            legr_only=int((legr.hits & ~versus).sum()),
+            uniform_only=int((versus & ~legr.hits).sum()),
+        )
+        # what planner legr config --data writes: the plan refined at its predicted cost (kept if measured
+        # within the budget), then the plan only if its fitness beats the uniform width's
+        refined = refine(widths, config, bench.table.predict_ms(config), fitness)
+        refined_ms = measure(refined) if refined != config else measured_ms
+        if refined_ms > budget:
+            refined, refined_ms = config, measured_ms
+        ours = legr if refined == config else scored(refined)
+        row.update(
+            refined_channels=json.dumps(refined.channels),
+            refined_measured_ms=refined_ms,
+            refined_search_loss=ours.search_loss,
+            refined_pick="changed" if refined != config else "LeGR",
+            **pick_versus(versus, "refined", ours),
+        )
+        kept = prefer_uniform(refined, model.config(best_uniform), fitness)
+        row.update(pick_versus(versus, "check", ours if kept == refined else uniform[best_uniform]))
+        row["check_pick"] = "LeGR" if kept == refined else f"{best_uniform:g}x"
+        # then planner select over the uniform widths and that configuration, by the search half's top-1
+        # (the user's validation accuracy); the budget is checked against the measured p50
+        offered = {model.config(w).id: (uniform[w], bench.uniform_ms[w], w) for w in bench.uniform_widths}
+        offered.setdefault(kept.id, (ours, refined_ms, kept.width))
+        candidates = pd.DataFrame(
+            {
+                "config_id": config_id,
+                "width": width,
+                "accuracy": score.search_top1,
+                "latency_ms": measured,
+                "bound_ms": measured,
+                "memory_bytes": float("nan"),
+            }
+            for config_id, (score, measured, width) in offered.items()
+        )
+        choice = select(candidates, Budget(budget, metric="p50")).choice  # best_uniform fits
+        row.update(pick_versus(versus, "select", offered[choice["config_id"]][0]))
+        row["select_pick"] = "LeGR" if choice["config_id"] == refined.id else f"{choice['width']:g}x"
         rows.append(row)
     return SeedRun(
         rows,
@@ -329,11 +417,17 @@ def main() -> None:
             "legr_measured_ms",
             "legr_top1",
             "legr_loss",
+            "legr_search_loss",
             "uniform_width",
             "uniform_top1",
             "uniform_loss",
+            "uniform_search_loss",
             "legr_only",
             "uniform_only",
+            "refined_channels",
+            "refined_search_loss",
+            "check_pick",
+            "select_pick",
         ]
     ]
     report_images = len(bench.report_val[0][1])
@@ -373,9 +467,28 @@ def main() -> None:
         "",
         summary.reset_index().to_markdown(index=False, floatfmt=".4f"),
         "",
-        "Per seed:",
+        "Per seed (`*_search_loss`: cross-entropy on the search half, the one the evolution saw):",
         "",
         per_seed.to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "`planner legr config --data`, step 1: LeGR's plan refined at its predicted cost by the fitness "
+        "(the search half's cross-entropy after BN calibration, as in the evolution; `legr.refine`: "
+        "hill-climbing, one group a step up and another a step down), kept if measured within the budget "
+        "(`refined_channels` per seed above); top-1 on the report half:",
+        "",
+        versus_uniform(frame, "refined").reset_index().to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "Step 2, what it writes: the refined plan only where its fitness is lower than the widest fitting "
+        "uniform width's, else that width (`check_pick` per seed above); top-1 on the report half:",
+        "",
+        versus_uniform(frame, "check").reset_index().to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "Then what `planner select` answers when that configuration is offered beside the uniform widths, "
+        "each with its measured p50 and its top-1 on the search half (the validation accuracy a user has "
+        "from `planner evaluate`; `select_pick` above); top-1 on the report half, against the same widest "
+        "fitting uniform width:",
+        "",
+        versus_uniform(frame, "select").reset_index().to_markdown(index=False, floatfmt=".4f"),
         "",
         f"LeGR plans in steps of {args.granularity} channels. `legr_plans` is how many plans were measured "
         f"(at most {args.plans}): the aim moves by budget / measured p50, then bisects, and the fitting plan "
