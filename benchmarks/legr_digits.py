@@ -18,9 +18,8 @@ wall time of the evolution with LUT-predicted latency.
    of digits), so the result is given per seed and as the mean over seeds. Trained weights are kept in
    --work, so a re-run only re-plans and re-scores.
 5. What the product answers, scored on the report half against the same uniform width: `planner legr
-   config --data` (the plan refined at its cost by the fitness, then kept only if its fitness beats that
-   width's) and `planner select` over the uniform widths and that configuration, each with its measured
-   p50 and its top-1 on the search half.
+   config --data` (the plan only if its fitness beats that width's) and `planner select` over the
+   uniform widths and that configuration, each with its measured p50 and its top-1 on the search half.
 
 Plain digits saturates (every width within ~1 point of 98%), so `--data digits-distorted` (planner.data:
 three rotated, scaled, shifted and noisy copies of each image, ~94% at 0.25x vs ~96% at 1x) gives the
@@ -63,7 +62,6 @@ from planner.legr import (
     evolve,
     plan_measured,
     prefer_uniform,
-    refine,
     validation_loss,
 )
 from planner.lut import LatencyTable, build_table, measure_configs, table_path
@@ -297,27 +295,14 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
             legr_only=int((legr.hits & ~versus).sum()),
             uniform_only=int((versus & ~legr.hits).sum()),
         )
-        # what planner legr config --data writes: the plan refined at its predicted cost (kept if measured
-        # within the budget), then the plan only if its fitness beats the uniform width's
-        refined = refine(widths, config, bench.table.predict_ms(config), fitness)
-        refined_ms = measure(refined) if refined != config else measured_ms
-        if refined_ms > budget:
-            refined, refined_ms = config, measured_ms
-        ours = legr if refined == config else scored(refined)
-        row.update(
-            refined_channels=json.dumps(refined.channels),
-            refined_measured_ms=refined_ms,
-            refined_search_loss=ours.search_loss,
-            refined_pick="changed" if refined != config else "LeGR",
-            **pick_versus(versus, "refined", ours),
-        )
-        kept = prefer_uniform(refined, model.config(best_uniform), fitness)
-        row.update(pick_versus(versus, "check", ours if kept == refined else uniform[best_uniform]))
-        row["check_pick"] = "LeGR" if kept == refined else f"{best_uniform:g}x"
+        # what planner legr config --data writes: the plan only if its fitness beats the uniform width's
+        kept = prefer_uniform(config, model.config(best_uniform), fitness)
+        row.update(pick_versus(versus, "check", legr if kept == config else uniform[best_uniform]))
+        row["check_pick"] = "LeGR" if kept == config else f"{best_uniform:g}x"
         # then planner select over the uniform widths and that configuration, by the search half's top-1
         # (the user's validation accuracy); the budget is checked against the measured p50
         offered = {model.config(w).id: (uniform[w], bench.uniform_ms[w], w) for w in bench.uniform_widths}
-        offered.setdefault(kept.id, (ours, refined_ms, kept.width))
+        offered.setdefault(kept.id, (legr, measured_ms, kept.width))
         candidates = pd.DataFrame(
             {
                 "config_id": config_id,
@@ -331,7 +316,7 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
         )
         choice = select(candidates, Budget(budget, metric="p50")).choice  # best_uniform fits
         row.update(pick_versus(versus, "select", offered[choice["config_id"]][0]))
-        row["select_pick"] = "LeGR" if choice["config_id"] == refined.id else f"{choice['width']:g}x"
+        row["select_pick"] = "LeGR" if choice["config_id"] == config.id else f"{choice['width']:g}x"
         rows.append(row)
     return SeedRun(
         rows,
@@ -424,8 +409,6 @@ def main() -> None:
             "uniform_search_loss",
             "legr_only",
             "uniform_only",
-            "refined_channels",
-            "refined_search_loss",
             "check_pick",
             "select_pick",
         ]
@@ -471,15 +454,9 @@ def main() -> None:
         "",
         per_seed.to_markdown(index=False, floatfmt=".4f"),
         "",
-        "`planner legr config --data`, step 1: LeGR's plan refined at its predicted cost by the fitness "
-        "(the search half's cross-entropy after BN calibration, as in the evolution; `legr.refine`: "
-        "hill-climbing, one group a step up and another a step down), kept if measured within the budget "
-        "(`refined_channels` per seed above); top-1 on the report half:",
-        "",
-        versus_uniform(frame, "refined").reset_index().to_markdown(index=False, floatfmt=".4f"),
-        "",
-        "Step 2, what it writes: the refined plan only where its fitness is lower than the widest fitting "
-        "uniform width's, else that width (`check_pick` per seed above); top-1 on the report half:",
+        "What `planner legr config --data` writes: the plan only where its fitness (the search half's "
+        "cross-entropy after BN calibration, as in the evolution) is lower than the widest fitting uniform "
+        "width's, else that width (`check_pick` per seed above); top-1 on the report half:",
         "",
         versus_uniform(frame, "check").reset_index().to_markdown(index=False, floatfmt=".4f"),
         "",

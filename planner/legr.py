@@ -21,7 +21,6 @@ population is a set of copies).
 
 from __future__ import annotations
 
-import bisect
 import copy
 import json
 import math
@@ -187,7 +186,7 @@ class WidthPlanner:
         """
         order = self.removal_order(coefficients)
         if self.cost(self.full) <= budget:
-            return self.config_of(self.full)
+            return self._config(self.full)
         if self.cost(self.channels_after(order, len(order))) > budget:
             raise PlannerError(
                 f"budget {budget:g} is below the smallest possible configuration of {self.model.name} "
@@ -200,7 +199,7 @@ class WidthPlanner:
                 high = middle
             else:
                 low = middle
-        return self.config_of(self.channels_after(order, high))
+        return self._config(self.channels_after(order, high))
 
     def uniform_for(self, budget: float) -> WidthConfig:
         """The widest of the model's uniform widths whose cost meets `budget`: what a plan must beat."""
@@ -212,7 +211,7 @@ class WidthPlanner:
             )
         return self.model.config(max(fitting))
 
-    def config_of(self, channels: dict[str, int]) -> WidthConfig:
+    def _config(self, channels: dict[str, int]) -> WidthConfig:
         """A trained width when the channels are exactly one (its trained BN statistics, its id)."""
         for width in self.model.widths:
             uniform = self.model.config(width)
@@ -280,56 +279,6 @@ def plan_measured(
             aim *= budget / last[1] * (1.0 if last[1] <= budget else 0.98)
     config, value = best or last
     return MeasuredPlan(config, value, best is not None, len(measured))
-
-
-def refine(
-    planner: WidthPlanner,
-    config: WidthConfig,
-    budget: float,
-    fitness: Callable[[WidthConfig], float],
-    max_evaluations: int = 200,
-) -> WidthConfig:
-    """Hill-climb from a plan at its budget: the best move that lowers the fitness, until none does.
-
-    A move takes one group a step up (another a step down to pay for it, or none) along its allowed
-    counts, keeping the planner's cost within `budget`. One learned ranking serves every budget, and the
-    best configuration at a given budget need not lie on it; the moves stay near the plan, so a few dozen
-    evaluations suffice. At most `max_evaluations` new configurations are scored.
-    """
-    channels = dict(config.channels)
-    loss = fitness(config)
-    evaluated = 0
-    while evaluated < max_evaluations:
-        moves = []
-        for up in channels:
-            for down in (None, *channels):
-                moved = _step(planner, _step(planner, channels, up, +1), down, -1)
-                if moved is not None and moved != channels and planner.cost(moved) <= budget:
-                    moves.append(moved)
-        scored = []
-        for moved in moves[: max_evaluations - evaluated]:
-            scored.append((fitness(planner.config_of(moved)), moved))
-            evaluated += 1
-        if not scored or min(scored, key=lambda item: item[0])[0] >= loss:
-            break
-        loss, channels = min(scored, key=lambda item: item[0])
-    return planner.config_of(channels)
-
-
-def _step(
-    planner: WidthPlanner, channels: dict[str, int] | None, group: str | None, direction: int
-) -> dict[str, int] | None:
-    """`channels` with `group` one allowed count up (+1) or down (-1); None past either end."""
-    if channels is None or group is None:
-        return channels
-    counts = planner.counts[group]
-    if direction > 0:
-        index = bisect.bisect_right(counts, channels[group])
-    else:
-        index = bisect.bisect_left(counts, channels[group]) - 1
-    if not 0 <= index < len(counts):
-        return None
-    return {**channels, group: counts[index]}
 
 
 def prefer_uniform(

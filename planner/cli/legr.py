@@ -351,8 +351,8 @@ def legr_config(
         str | None,
         typer.Option(
             "--data",
-            help="Refine the plan at its cost by validation loss on this dataset, then fit the widest "
-            "uniform width to the budget too and keep the plan only if its loss is lower.",
+            help="Also fit the widest uniform width to the budget and keep the plan only if its "
+            "validation loss on this dataset is lower.",
         ),
     ] = None,
     out: OutOption = Path("out"),
@@ -362,16 +362,15 @@ def legr_config(
 
     A latency budget is planned with the target's table, then fitted by real measurements: the plan
     grows while its measured p90 is under the budget and shrinks while it is over (up to --plans
-    measurements), so the table's error neither wastes nor breaks the budget. With --data the plan is
-    refined at its cost by validation loss (LeGR's fitness, after BN calibration; `planner.legr.refine`),
-    then the widest uniform width is fitted the same way and written instead when the plan's loss is not
-    lower. The rows go to OUT/latency.parquet, so select, manifest
+    measurements), so the table's error neither wastes nor breaks the budget. With --data the widest
+    uniform width is fitted the same way and written instead when the plan's validation loss (LeGR's
+    fitness, after BN calibration) is not lower. The rows go to OUT/latency.parquet, so select, manifest
     and report see the configuration like a width.
     """
     from functools import partial
 
     from planner.counting import count
-    from planner.legr import LearnedRanking, macs_cost, plan_measured, prefer_uniform, refine
+    from planner.legr import LearnedRanking, macs_cost, plan_measured, prefer_uniform
     from planner.targets import load_target
     from planner.units import parse_duration_ms
     from profilers.jobs import file_digest
@@ -395,15 +394,10 @@ def legr_config(
         learned = ranking.info.get("search") or {}
         fitness = _fitness(model, data, int(learned.get("calibration_batches", 5)))
 
-    def better(config, cost_cap, find_uniform, fits=lambda config: True):
-        """With --data: the plan refined within `cost_cap` (kept if it `fits`), then the widest uniform width
-        that fits instead if the plan's validation loss is not lower."""
+    def better(config, find_uniform):
+        """With --data: the plan, or the widest uniform width that fits if the plan's loss is not lower."""
         if fitness is None:
             return config
-        refined = refine(planner, config, cost_cap, fitness)
-        if refined != config and fits(refined):
-            typer.echo(f"refined the plan: validation loss {fitness(config):.4f} -> {fitness(refined):.4f}")
-            config = refined
         uniform = find_uniform()
         if uniform is None:  # measured over the budget down to the narrowest width
             typer.echo("no uniform width measured under the budget: keeping the plan")
@@ -421,9 +415,7 @@ def legr_config(
     if max_macs is not None:
         planner = ranking.planner_for(model, macs_cost(model))
         config = better(
-            planner.config_for(ranking.coefficients, max_macs),
-            max_macs,
-            lambda: planner.uniform_for(max_macs),
+            planner.config_for(ranking.coefficients, max_macs), lambda: planner.uniform_for(max_macs)
         )
         _write_config(config, output)
         typer.echo(f"wrote {output} ({config.label}): {count(model, config).macs:,} MACs <= {max_macs:,.0f}")
@@ -452,15 +444,10 @@ def legr_config(
             uniform = plan_measured(planner.uniform_for, budget_ms, p90_ms, plans)
             return uniform.config if uniform.fits else None
 
-        # refined at the plan's predicted cost, then measured like it
-        config = better(
-            config, table.predict_ms(config), fitted_uniform, lambda refined: p90_ms(refined) <= budget_ms
-        )
+        config = better(config, fitted_uniform)
     else:
         config = better(
-            planner.config_for(ranking.coefficients, budget_ms),
-            budget_ms,
-            lambda: planner.uniform_for(budget_ms),
+            planner.config_for(ranking.coefficients, budget_ms), lambda: planner.uniform_for(budget_ms)
         )
     _write_config(config, output)
     line = f"wrote {output} ({config.label}): predicted {table.predict_ms(config):.3f} ms"
