@@ -14,7 +14,9 @@ narrowest trained width).
 
 The cost is MACs or, better, the latency a lookup table predicts for the target (`planner.lut`): LeGR
 and NNCF know only FLOPs. The coefficients are learned once by regularized (aging) evolution at one budget
-with the validation loss after BN calibration as fitness, saved as JSON, and reused for every budget.
+with the validation loss after BN calibration as fitness, saved as JSON, and reused for every budget;
+`prefer_uniform` keeps a budget's plan only where it beats the uniform width of that budget on the same
+fitness.
 One seeded numpy Generator drives the whole search (NNCF re-seeds on every call, so its "random"
 population is a set of copies).
 """
