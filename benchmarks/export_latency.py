@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 import planner
-from planner.counting import count
-from planner.export import export_module, export_onnx
 from planner.models.ops import make_divisible
 from planner.models.s_mobilenet_v2 import BLOCK_SETTING, TAIL_CHANNELS
+from planner.nn.counting import count
+from planner.nn.export import export_module, export_onnx
 from profilers import Job, Settings, run_jobs
 
 

@@ -1,8 +1,8 @@
 """Issue 7 benchmarks (b) and (c) on the digits model: LeGR per-layer widths vs uniform widths, and the
 wall time of the evolution with LUT-predicted latency.
 
-1. Train us_cnn_small (digits upscaled to 16x16, any width in 0.25-1.0) with planner.train and per-layer
-   random sandwich members, so the per-layer mixes LeGR picks are in the training distribution
+1. Train us_cnn_small (digits upscaled to 16x16, any width in 0.25-1.0) with planner.accuracy.train
+   and per-layer random sandwich members, so the per-layer mixes LeGR picks are in the training distribution
    (`--model s_cnn_small` trains the S-Net at its 4 widths instead, the earlier setting).
 2. Build its latency table on the `cpu` target (onnxruntime CPU, one thread by default) and measure the
    uniform widths: every 0.125 step for the US model (each step changes the 8-channel rounding of some
@@ -21,9 +21,9 @@ wall time of the evolution with LUT-predicted latency.
    config --data` (the plan only if its fitness beats that width's) and `planner select` over the
    uniform widths and that configuration, each with its measured p50 and its top-1 on the search half.
 
-Plain digits saturates (every width within ~1 point of 98%), so `--data digits-distorted` (planner.data:
-three rotated, scaled, shifted and noisy copies of each image, ~94% at 0.25x vs ~96% at 1x) gives the
-widths something to win; its report half holds 540 images per seed instead of 180.
+Plain digits saturates (every width within ~1 point of 98%), so `--data digits-distorted`
+(planner.accuracy.data: three rotated, scaled, shifted and noisy copies of each image, ~94% at 0.25x vs
+~96% at 1x) gives the widths something to win; its report half holds 540 images per seed instead of 180.
 
     python benchmarks/legr_digits.py --work /tmp/legr_plain1 --out results
     python benchmarks/legr_digits.py --data digits-distorted --seeds 0,1,2,3,4 --work /tmp/legr_distorted1 \
@@ -48,11 +48,14 @@ import pandas as pd
 import torch
 
 import planner
-from planner.calibrate import calibrate
-from planner.checkpoint import load_checkpoint, save_checkpoint
-from planner.data import Dataset, load_dataset
+from planner.accuracy.data import Dataset, load_dataset
+from planner.accuracy.train import train
 from planner.errors import PlannerError
-from planner.legr import (
+from planner.measure.targets import Target, load_target
+from planner.nn.calibrate import calibrate
+from planner.nn.checkpoint import load_checkpoint, save_checkpoint
+from planner.plan.select import Budget, select
+from planner.search.legr import (
     Coefficients,
     Fitness,
     LearnedRanking,
@@ -64,10 +67,7 @@ from planner.legr import (
     prefer_uniform,
     validation_loss,
 )
-from planner.lut import LatencyTable, build_table, measure_configs, table_path
-from planner.select import Budget, select
-from planner.targets import Target, load_target
-from planner.train import train
+from planner.search.lut import LatencyTable, build_table, measure_configs, table_path
 from planner.widths import WidthConfig
 
 
@@ -424,7 +424,7 @@ def main() -> None:
         f"Command: `{command}`",
         "",
         f"{model.name} ({args.image_size}x{args.image_size} {args.data}, {trained_at}) trained {args.epochs} "
-        f"epochs with planner.train{per_layer}, once per seed ({', '.join(map(str, seeds))}; "
+        f"epochs with planner.accuracy.train{per_layer}, once per seed ({', '.join(map(str, seeds))}; "
         f"{', '.join(f'{run.train_s:.0f}' for run in runs)} s; under 1 s: weights reused from --work). "
         f"Latency: target `{target.name}` ({target.backend} {target.device}, {target.threads or 'all'} "
         f"thread(s)), p50 of the profilers; the table took {lut_s:.0f} s to build "

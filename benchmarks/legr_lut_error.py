@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import planner
-from planner.lut import (
+from planner.measure.targets import load_target
+from planner.search.lut import (
     END_TO_END_SETTINGS,
     LatencyTable,
     build_table,
@@ -28,7 +29,6 @@ from planner.lut import (
     table_path,
     within,
 )
-from planner.targets import load_target
 
 
 def main() -> None:
@@ -92,7 +92,7 @@ def main() -> None:
         f"- configurations: {len(frame)} random per-layer ones (each group's count uniform over its allowed "
         f"counts, granularity 8), measured end to end and predicted by the table; measured = the paired "
         f"ratio to the full width, measured beside each group of {group_size}, times the full width's median "
-        "p50 (`planner.lut.measure_anchored`)",
+        "p50 (`planner.search.lut.measure_anchored`)",
         f"- table: {len(table.entries)} distinct layer shapes, {args.points} grid points per slimmable side, "
         f"calibration scale {table.calibration.scale:.3f}, offset {table.calibration.offset_ms:.3f} ms "
         f"on {len(table.calibration.points)} end-to-end runs, "

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from planner.pareto import candidates, pareto_mask
-from planner.select import Budget, select
+from planner.plan.pareto import candidates, pareto_mask
+from planner.plan.select import Budget, select
 
 
 def point_sets(n: int, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -23,7 +23,7 @@ WIDTHS = (0.35, 0.5, 0.75, 1.0)
 def export_widths(work_dir: Path, model_name: str = "s_mobilenet_v2") -> dict[float, Job]:
     """One 224x224 ONNX file per trained width (exported once, reused), as profiler jobs."""
     import planner
-    from planner.export import export_onnx
+    from planner.nn.export import export_onnx
 
     work_dir.mkdir(parents=True, exist_ok=True)
     model = planner.create_model(model_name)

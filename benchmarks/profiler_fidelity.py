@@ -90,7 +90,7 @@ Command: `{command_line()}`
 
 Conditions: {before}
 
-S-MobileNetV2 exports at 1x3x224x224 (`planner.export.export_onnx`), OpenVINO CPU, f32, latency hint.
+S-MobileNetV2 exports at 1x3x224x224 (`planner.nn.export.export_onnx`), OpenVINO CPU, f32, latency hint.
 benchmark_app: `{tool_command.replace(str(job.onnx), "X.onnx")}` per width and repetition (it refuses
 `-nthreads` together with `-hint latency`, so threads were left to the hint; it chose
 INFERENCE_NUM_THREADS = {threads}); profiler: backend openvino, threads={arguments.threads}, default

@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from planner.data import load_dataset
-from planner.evaluate import evaluate
+from planner.accuracy.data import load_dataset
+from planner.accuracy.evaluate import evaluate
+from planner.accuracy.train import train
 from planner.models import create_model
-from planner.train import train
 
 WIDTHS = [0.25, 0.5, 0.75, 1.0]
 BATCH_SIZE, LR = 128, 0.2

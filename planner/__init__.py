@@ -7,15 +7,15 @@ results (select, report, targets) work on an install without torch; `profilers` 
 from importlib import import_module
 
 _LAZY = {
-    "Cost": "planner.counting",
-    "count": "planner.counting",
+    "Cost": "planner.nn.counting",
+    "count": "planner.nn.counting",
     "create_model": "planner.models",
     "list_models": "planner.models",
     "SlimmableNetwork": "planner.models",
-    "load_checkpoint": "planner.checkpoint",
-    "load_manifest": "planner.manifest",
-    "save_checkpoint": "planner.checkpoint",
-    "materialize": "planner.materialize",
+    "load_checkpoint": "planner.nn.checkpoint",
+    "load_manifest": "planner.deploy.manifest",
+    "save_checkpoint": "planner.nn.checkpoint",
+    "materialize": "planner.nn.materialize",
     "WidthConfig": "planner.widths",
 }
 

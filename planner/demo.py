@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from planner.deploy.manifest import export_ladder, write_manifest
+from planner.deploy.report import Panel, write_report
 from planner.errors import PlannerError
-from planner.manifest import export_ladder, write_manifest
-from planner.pareto import candidates, read_tables
-from planner.report import Panel, write_report
-from planner.select import Budget, Selection, select
-from planner.targets import load_target
+from planner.measure.targets import load_target
+from planner.plan.pareto import candidates, read_tables
+from planner.plan.select import Budget, Selection, select
 
 MODEL = "s_cnn_small"
 DATASET = "digits"
@@ -69,11 +69,11 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
     import torch
 
     import planner
-    from planner.data import load_dataset
-    from planner.evaluate import evaluate
-    from planner.profile import profile_configs, weights_key
-    from planner.results import accuracy_rows, checkpoint_digest, write_accuracy
-    from planner.train import train
+    from planner.accuracy.data import load_dataset
+    from planner.accuracy.evaluate import evaluate
+    from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
+    from planner.accuracy.train import train
+    from planner.measure.profile import profile_configs, weights_key
     from profilers.jobs import Settings
 
     out_dir.mkdir(parents=True, exist_ok=True)

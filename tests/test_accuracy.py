@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from cli_helpers import run_cli
 
-from planner.evaluate import ConfigAccuracy
+from planner.accuracy.evaluate import ConfigAccuracy
+from planner.accuracy.table import COLUMNS, accuracy_rows, load_accuracy, write_accuracy
 from planner.models import create_model
-from planner.results import COLUMNS, accuracy_rows, load_accuracy, write_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_CSV = REPO / "results" / "reference_imagenet_accuracy.csv"

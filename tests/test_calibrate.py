@@ -11,12 +11,12 @@ import pytest
 import torch
 from cli_helpers import run_cli
 
-from planner.calibrate import apply_calibration, calibrate, stored_calibrations
-from planner.checkpoint import read_checkpoint, save_checkpoint
-from planner.data import load_dataset
-from planner.evaluate import evaluate
+from planner.accuracy.data import load_dataset
+from planner.accuracy.evaluate import evaluate
+from planner.accuracy.train import train
 from planner.models import create_model
-from planner.train import train
+from planner.nn.calibrate import apply_calibration, calibrate, stored_calibrations
+from planner.nn.checkpoint import read_checkpoint, save_checkpoint
 
 PER_LAYER = {"features.0.0": 8, "features.1.0": 64, "features.2.0": 16, "features.3.0": 128}
 

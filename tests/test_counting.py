@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import planner
-from planner.counting import count
+from planner.nn.counting import count
 
 REFERENCE = json.loads(
     (Path(__file__).resolve().parents[2] / "shared" / "reference" / "slimmable_results.json").read_text()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from planner.data import load_dataset
+from planner.accuracy.data import load_dataset
 from planner.errors import PlannerError
 
 

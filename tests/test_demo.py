@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from planner.cli import main
-from planner.manifest import load_manifest
+from planner.deploy.manifest import load_manifest
 
 
 def run(capsys, *argv):

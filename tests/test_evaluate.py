@@ -10,12 +10,12 @@ import pytest
 import torch
 from cli_helpers import run_cli
 
-from planner.checkpoint import save_checkpoint
-from planner.data import load_dataset
+from planner.accuracy.data import load_dataset
+from planner.accuracy.evaluate import evaluate
+from planner.accuracy.table import load_accuracy
 from planner.errors import PlannerError
-from planner.evaluate import evaluate
 from planner.models import create_model
-from planner.results import load_accuracy
+from planner.nn.checkpoint import save_checkpoint
 
 PER_LAYER = {"features.0.0": 8, "features.1.0": 64, "features.2.0": 16, "features.3.0": 128}
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import planner
-from planner.counting import count
-from planner.export import export_onnx
-from planner.materialize import materialize
+from planner.nn.counting import count
+from planner.nn.export import export_onnx
+from planner.nn.materialize import materialize
 
 
 @pytest.mark.parametrize(

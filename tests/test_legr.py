@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import planner
-from planner.checkpoint import save_checkpoint
+from planner.accuracy.data import load_dataset
 from planner.cli import main
-from planner.counting import count
-from planner.data import load_dataset
 from planner.errors import PlannerError
-from planner.legr import (
+from planner.nn.checkpoint import save_checkpoint
+from planner.nn.counting import count
+from planner.search.legr import (
     Coefficients,
     Fitness,
     LearnedRanking,

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import planner
-from planner.checkpoint import save_checkpoint
 from planner.cli import main
 from planner.errors import PlannerError
-from planner.legr import Coefficients, LearnedRanking, WidthPlanner
-from planner.lut import (
+from planner.measure.targets import load_target
+from planner.nn.checkpoint import save_checkpoint
+from planner.search.legr import Coefficients, LearnedRanking, WidthPlanner
+from planner.search.lut import (
     END_TO_END_SETTINGS,
     Calibration,
     Entry,
@@ -24,7 +25,6 @@ from planner.lut import (
     table_path,
     write_layer_onnx,
 )
-from planner.targets import load_target
 from planner.widths import WidthConfig
 
 SIZE = 16

@@ -13,11 +13,11 @@ import torch
 from selection_tables import four_widths
 
 import planner
+from planner.deploy.manifest import export_ladder, load_manifest, schema, write_manifest
 from planner.errors import PlannerError
-from planner.manifest import export_ladder, load_manifest, schema, write_manifest
-from planner.pareto import candidates
-from planner.select import Budget, select
-from planner.targets import load_target
+from planner.measure.targets import load_target
+from planner.plan.pareto import candidates
+from planner.plan.select import Budget, select
 
 TARGETS = ("cpu", "openvino-cpu", "gpu-tensorrt")
 

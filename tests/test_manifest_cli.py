@@ -8,9 +8,9 @@ import torch
 from selection_tables import four_widths, write_results
 
 import planner
+from planner.accuracy.table import checkpoint_digest
 from planner.cli import main
-from planner.manifest import load_manifest
-from planner.results import checkpoint_digest
+from planner.deploy.manifest import load_manifest
 
 
 def run(capsys, *argv):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import planner
-from planner.counting import count
-from planner.materialize import materialize
+from planner.nn.counting import count
+from planner.nn.materialize import materialize
 
 # small inputs keep the suite fast; the layer structure is the same as at 224
 MODELS = [
@@ -100,8 +100,8 @@ def test_calibration_replaces_borrowed_statistics_for_a_per_layer_config():
 
 
 def test_export_uses_the_statistics_a_calibrate_checkpoint_carries(tmp_path):
-    from planner.calibrate import calibrate, save_calibrated_checkpoint
-    from planner.profile import build_model
+    from planner.measure.profile import build_model
+    from planner.nn.calibrate import calibrate, save_calibrated_checkpoint
 
     model = planner.create_model("s_cnn_small").eval()
     config = model.config_from_channels({g: c - 4 for g, c in model.config(1.0).channels.items()})

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import planner
-from planner.checkpoint import save_checkpoint
-from planner.counting import count
 from planner.errors import PlannerError
+from planner.nn.checkpoint import save_checkpoint
+from planner.nn.counting import count
 
 REFERENCE_SHAPES = {
     "s_mobilenet_v2": {

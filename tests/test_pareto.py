@@ -10,7 +10,7 @@ import pytest
 from selection_tables import accuracy_row, four_widths, latency_row
 
 from planner.errors import PlannerError
-from planner.pareto import candidates, front, pareto_mask
+from planner.plan.pareto import candidates, front, pareto_mask
 
 
 def dominated_by_definition(accuracy, latency, memory):

@@ -11,9 +11,9 @@ import pytest
 from cli_helpers import run_cli
 
 import planner
-from planner.checkpoint import save_checkpoint
 from planner.cli import main
-from planner.profile import build_model, configurations, weights_key
+from planner.measure.profile import build_model, configurations, weights_key
+from planner.nn.checkpoint import save_checkpoint
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]

@@ -23,8 +23,8 @@ import pytest
 from cli_helpers import fresh_out, run_cli
 
 from planner.errors import PlannerError
-from planner.profile import build_model, profile_configs
-from planner.targets import load_target
+from planner.measure.profile import build_model, profile_configs
+from planner.measure.targets import load_target
 from profilers.jobs import Settings
 from profilers.results import load_latency
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from planner.errors import PlannerError
-from planner.reorder import filter_priority, reorder
+from planner.nn.reorder import filter_priority, reorder
 
 
 def _randomize(model: nn.Module) -> nn.Module:

@@ -6,8 +6,8 @@ import pandas as pd
 from PIL import Image
 from selection_tables import four_widths
 
-from planner.pareto import candidates
-from planner.report import Panel, write_report
+from planner.deploy.report import Panel, write_report
+from planner.plan.pareto import candidates
 
 
 def panels():

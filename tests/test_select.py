@@ -14,8 +14,8 @@ from selection_tables import (
 )
 
 from planner.errors import PlannerError
-from planner.pareto import candidates
-from planner.select import Budget, propose_width, select
+from planner.plan.pareto import candidates
+from planner.plan.select import Budget, propose_width, select
 from planner.units import parse_duration_ms, parse_size_bytes
 
 

@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import run_cli
 
 from planner.errors import PlannerError
-from planner.targets import list_targets, load_target, parse_host
+from planner.measure.targets import list_targets, load_target, parse_host
 
 SHIPPED = {
     "cpu",

@@ -10,13 +10,9 @@ import torch
 import torch.nn.functional as F
 from cli_helpers import run_cli
 
-from planner.checkpoint import read_checkpoint
-from planner.data import load_dataset
-from planner.errors import PlannerError
-from planner.evaluate import evaluate
-from planner.lut import allowed_counts, random_configs
-from planner.models import create_model
-from planner.train import (
+from planner.accuracy.data import load_dataset
+from planner.accuracy.evaluate import evaluate
+from planner.accuracy.train import (
     PER_LAYER,
     iteration_configs,
     iteration_widths,
@@ -24,6 +20,10 @@ from planner.train import (
     soft_cross_entropy,
     train,
 )
+from planner.errors import PlannerError
+from planner.models import create_model
+from planner.nn.checkpoint import read_checkpoint
+from planner.search.lut import allowed_counts, random_configs
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from rich.console import Console
 from planner.cli import app
 from planner.cli.select import candidate_table
 from planner.errors import PlannerError
-from planner.select import label
+from planner.plan.select import label
 
 
 @app.command("demo")

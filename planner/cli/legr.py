@@ -46,7 +46,7 @@ def _settings(base, max_seconds: float | None, min_queries: int | None):
 
 
 def _model(name: str | None, checkpoint: Path | None, input_size: int | None = None):
-    from planner.profile import build_model
+    from planner.measure.profile import build_model
 
     return build_model(name, checkpoint, input_size=input_size)
 
@@ -60,8 +60,8 @@ def _fitness(
     seed: int = 0,
 ):
     """LeGR's fitness on `data`: validation loss after BN calibration (and an optional short fine-tune)."""
-    from planner.data import load_dataset
-    from planner.legr import Fitness
+    from planner.accuracy.data import load_dataset
+    from planner.search.legr import Fitness
 
     dataset = load_dataset(data, image_size=model.input_size)
     if dataset.in_channels != model.in_channels:
@@ -79,7 +79,7 @@ def _fitness(
 
 
 def _target_model(model, target):
-    from planner.profile import model_for_target
+    from planner.measure.profile import model_for_target
 
     return model_for_target(model, target)
 
@@ -106,7 +106,8 @@ def lut_build(
     """
     import numpy as np
 
-    from planner.lut import (
+    from planner.measure.targets import load_target
+    from planner.search.lut import (
         END_TO_END_SETTINGS,
         LAYER_SETTINGS,
         build_table,
@@ -114,7 +115,6 @@ def lut_build(
         random_configs,
         table_path,
     )
-    from planner.targets import load_target
 
     if calibration_samples < 0:
         raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
@@ -168,8 +168,8 @@ def lut_check(
     The configurations are measured in groups beside the full width, whose latency now also rescales the
     table to the machine's current speed (see docs/ARCHITECTURE.md, latency tables).
     """
-    from planner.lut import END_TO_END_SETTINGS, LatencyTable, check_table, table_path, within
-    from planner.targets import load_target
+    from planner.measure.targets import load_target
+    from planner.search.lut import END_TO_END_SETTINGS, LatencyTable, check_table, table_path, within
 
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)
@@ -193,7 +193,7 @@ def lut_check(
 
 
 def _latency_table(model, target, lut: Path | None, out: Path):
-    from planner.lut import LatencyTable, table_path
+    from planner.search.lut import LatencyTable, table_path
 
     path = lut or table_path(out, target.name, model.name)
     if lut is None and not path.is_file():
@@ -245,14 +245,14 @@ def legr_learn(
     """Learn LeGR's per-layer affine coefficients by regularized evolution; reuse them for every budget."""
     import numpy as np
 
-    from planner.legr import (
+    from planner.measure.targets import load_target
+    from planner.search.legr import (
         LearnedRanking,
         SearchSettings,
         WidthPlanner,
         evolve,
         macs_cost,
     )
-    from planner.targets import load_target
     from profilers.jobs import file_digest
 
     if not 0 < budget <= 1:
@@ -369,9 +369,9 @@ def legr_config(
     """
     from functools import partial
 
-    from planner.counting import count
-    from planner.legr import LearnedRanking, macs_cost, plan_measured, prefer_uniform
-    from planner.targets import load_target
+    from planner.measure.targets import load_target
+    from planner.nn.counting import count
+    from planner.search.legr import LearnedRanking, macs_cost, plan_measured, prefer_uniform
     from planner.units import parse_duration_ms
     from profilers.jobs import file_digest
 
@@ -472,7 +472,7 @@ def _recorded_checkpoint(ranking, coefficients: Path) -> Path | None:
 
 
 def _measure(model, config, target, out: Path) -> dict[str, float]:
-    from planner.profile import profile_configs
+    from planner.measure.profile import profile_configs
 
     rows = profile_configs(model, [config], [target], out)
     rows = rows[(rows["config_id"] == config.id) & (rows["status"] == "ok")]

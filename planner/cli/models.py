@@ -63,8 +63,8 @@ def info_command(
     input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
 ) -> None:
     """Channels, MACs and params of each width (the reference's counting convention)."""
-    from planner.counting import count, layer_channels
-    from planner.profile import build_model
+    from planner.measure.profile import build_model
+    from planner.nn.counting import count, layer_channels
 
     model = build_model(model_name, num_classes=num_classes, input_size=input_size)
     rows = []
@@ -115,9 +115,9 @@ def export_command(
     in_channels: Annotated[int | None, typer.Option(help="Input channels.")] = None,
 ) -> None:
     """Write one configuration as a single-file, static-shape ONNX holding only its sliced weights."""
-    from planner.counting import count
-    from planner.export import export_onnx
-    from planner.profile import build_model
+    from planner.measure.profile import build_model
+    from planner.nn.counting import count
+    from planner.nn.export import export_onnx
 
     model = build_model(
         model_name, checkpoint, num_classes=num_classes, input_size=input_size, in_channels=in_channels

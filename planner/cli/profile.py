@@ -15,7 +15,7 @@ from rich.table import Table
 from planner.cli import app, parse_widths
 from planner.cli.targets import TargetsDirOption
 from planner.errors import PlannerError
-from planner.targets import load_target
+from planner.measure.targets import load_target
 
 console = Console(stderr=True)
 
@@ -63,7 +63,7 @@ def profile_command(
     --input-size set them for a reference checkpoint or a fresh model. A re-run resumes: what OUT already
     holds is not measured again unless --force.
     """
-    from planner import profile as stage
+    from planner.measure import profile as stage
     from profilers.jobs import Settings
 
     targets = [load_target(name, targets_dir) for name in target_names]

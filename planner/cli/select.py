@@ -15,9 +15,9 @@ from rich.table import Table
 
 from planner.cli import app
 from planner.errors import PlannerError
-from planner.pareto import METRICS, candidates, latency_bound, read_tables
-from planner.select import Budget, Proposal, Selection, describe_row, label, propose_width, select
-from planner.targets import Target, load_target
+from planner.measure.targets import Target, load_target
+from planner.plan.pareto import METRICS, candidates, latency_bound, read_tables
+from planner.plan.select import Budget, Proposal, Selection, describe_row, label, propose_width, select
 from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms, parse_size_bytes
 
 DEFAULT_RESULTS_DIR = Path("out")  # where `planner profile` writes by default
@@ -98,7 +98,7 @@ def measure_proposal(
     max_seconds: float | None = None,
 ) -> Proposal:
     """Profile the proposed width on the target (rows land in the results table like any other)."""
-    from planner.profile import build_model, profile_configs, weights_key
+    from planner.measure.profile import build_model, profile_configs, weights_key
     from profilers.jobs import Settings
 
     settings = Settings() if max_seconds is None else Settings(max_seconds=max_seconds)
@@ -331,7 +331,7 @@ def manifest_command(
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Per target, the chosen configuration's artifact and a JSON manifest with the ladder to step down on."""
-    from planner.manifest import export_ladder, write_manifest
+    from planner.deploy.manifest import export_ladder, write_manifest
 
     targets = [load_target(name, targets_dir) for name in target_names]
     names = [target.name for target in targets]
@@ -391,7 +391,7 @@ def report_command(
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Pareto plots per target (PNG and offline HTML) and a table of every configuration (CSV, Markdown)."""
-    from planner.report import Panel, write_report
+    from planner.deploy.report import Panel, write_report
 
     latency, accuracy = read_tables(results_dir)
     budget_ms = parse_duration_ms(max_latency) if max_latency is not None else None

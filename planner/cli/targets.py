@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
-from planner.targets import Target, list_targets
+from planner.measure.targets import Target, list_targets
 
 TargetsDirOption = Annotated[
     Path | None,

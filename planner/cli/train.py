@@ -19,7 +19,7 @@ from planner.cli import app, parse_widths
 from planner.errors import PlannerError
 
 if TYPE_CHECKING:
-    from planner.data import Dataset
+    from planner.accuracy.data import Dataset
 
 console = Console(stderr=True)
 accuracy_app = typer.Typer(
@@ -63,8 +63,8 @@ def _build(
     widths: list[float] | None = None,
 ):
     """The model from MODEL and the data, checked against the options and the checkpoint, loaded if saved."""
-    from planner.checkpoint import check_state_dict
     from planner.models import create_model
+    from planner.nn.checkpoint import check_state_dict
 
     info = saved["planner"] if saved else {}
     if info.get("name") not in (None, name):
@@ -98,7 +98,7 @@ def _build(
 
 
 def _load(data: str, saved: dict[str, Any] | None, input_size: int | None) -> Dataset:
-    from planner.data import load_dataset
+    from planner.accuracy.data import load_dataset
 
     size = input_size or (saved["planner"].get("input_size") if saved else None)
     return load_dataset(data, image_size=size)
@@ -178,10 +178,10 @@ def train_command(
     """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation)."""
     import torch
 
-    from planner.checkpoint import save_checkpoint
-    from planner.evaluate import evaluate
-    from planner.lut import default_granularity
-    from planner.train import check_model, check_settings, train
+    from planner.accuracy.evaluate import evaluate
+    from planner.accuracy.train import check_model, check_settings, train
+    from planner.nn.checkpoint import save_checkpoint
+    from planner.search.lut import default_granularity
 
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     _set_threads(threads)
@@ -260,10 +260,10 @@ def evaluate_command(
     Configurations without trained BN statistics are calibrated first on the data's calibration split,
     or use the statistics a `planner calibrate` checkpoint carries.
     """
-    from planner.calibrate import stored_calibrations
-    from planner.checkpoint import read_checkpoint
-    from planner.evaluate import evaluate
-    from planner.results import accuracy_rows, checkpoint_digest, write_accuracy
+    from planner.accuracy.evaluate import evaluate
+    from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
+    from planner.nn.calibrate import stored_calibrations
+    from planner.nn.checkpoint import read_checkpoint
 
     saved = read_checkpoint(checkpoint)
     dataset = _load(data, saved, input_size)
@@ -321,8 +321,8 @@ def calibrate_command(
     statistics keyed by its config id; `planner evaluate` uses them without recalibrating. The trained
     statistics are kept unchanged.
     """
-    from planner.calibrate import calibrate, save_calibrated_checkpoint
-    from planner.checkpoint import read_checkpoint
+    from planner.nn.calibrate import calibrate, save_calibrated_checkpoint
+    from planner.nn.checkpoint import read_checkpoint
 
     if not widths and not config_files:
         raise PlannerError("give --widths or --config: the configurations to calibrate")
@@ -352,7 +352,7 @@ def import_command(
     ),
 ) -> None:
     """Add accuracy measured elsewhere (model, width or config_id, metric, value[, dataset, split])."""
-    from planner.results import read_accuracy_csv, write_accuracy
+    from planner.accuracy.table import read_accuracy_csv, write_accuracy
 
     rows = read_accuracy_csv(csv_file)
     path = write_accuracy(out, rows)

@@ -49,7 +49,7 @@ class SlimmableNetwork(nn.Module):
         self.width_range = (self.widths[0], self.widths[-1])
         self.groups: dict[str, ChannelGroup] = {}
         self.active_config: WidthConfig | None = None
-        # calibrated BN statistics by config id, from a `planner calibrate` checkpoint (planner.calibrate)
+        # calibrated BN statistics by config id, from a `planner calibrate` checkpoint (planner.nn.calibrate)
         self.calibrations: dict = {}
 
     # ---- structure -------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from planner.errors import PlannerError
-from planner.select import Selection, label
-from planner.targets import Target
+from planner.measure.targets import Target
+from planner.plan.select import Selection, label
 from planner.widths import WidthConfig
 from profilers.files import replacing
 from profilers.jobs import file_digest
@@ -45,7 +45,8 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
 
 def schema() -> dict[str, Any]:
     """The manifest JSON Schema shipped with planner."""
-    text = resources.files("planner").joinpath("schemas/manifest.schema.json").read_text(encoding="utf-8")
+    schema_file = resources.files("planner.deploy").joinpath("schemas/manifest.schema.json")
+    text = schema_file.read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -59,7 +60,7 @@ class LadderExports:
 
 def export_ladder(selection: Selection, target: Target, checkpoint: Path, results_dir: Path) -> LadderExports:
     """Every rung exported with the checkpoint's weights, through the profiler's cache (RESULTS/artifacts)."""
-    from planner.profile import build_model, export_artifacts, model_for_target, weights_key
+    from planner.measure.profile import build_model, export_artifacts, model_for_target, weights_key
 
     name = selection.candidates["model"].iloc[0]
     model = model_for_target(build_model(name, checkpoint), target)
@@ -78,7 +79,7 @@ def write_manifest(
 ) -> Path:
     """Build the artifacts of every ladder rung for `target` and write `out_dir/manifest.json`.
 
-    `exports` maps each configuration id to its exported ONNX (planner.profile.export_artifacts), the
+    `exports` maps each configuration id to its exported ONNX (planner.measure.profile.export_artifacts), the
     very file that was profiled, so what ships is what was measured.
     """
     if not selection.fits:

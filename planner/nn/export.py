@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from planner.errors import PlannerError
-from planner.materialize import materialize
 from planner.models.base import SlimmableNetwork
+from planner.nn.materialize import materialize
 from planner.widths import WidthConfig
 from profilers.files import replacing
 

@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from planner.counting import forward_at_full_width
 from planner.errors import PlannerError
+from planner.measure.targets import Target
 from planner.models.base import SlimmableNetwork
 from planner.models.ops import ChannelGroup, SlimmableConv2d, SlimmableLinear, _CalibratedBatchNorm
-from planner.targets import Target
+from planner.nn.counting import forward_at_full_width
 from planner.widths import WidthConfig
 from profilers.files import replacing
 from profilers.jobs import Job, Settings
@@ -538,7 +538,7 @@ def measure_configs(
     """End-to-end latency (the table's metric) of whole configurations, exported and measured as `planner
     profile` does; the rows land in OUT like any other (a configuration OUT already holds is not re-measured).
     """
-    from planner.profile import profile_configs
+    from planner.measure.profile import profile_configs
 
     rows = profile_configs(model, list(configs), [target], out_dir, settings=settings)
     measured = _ok_rows(rows)
@@ -561,7 +561,7 @@ def measure_anchored(
     all groups. Columns: config_id, p50_ms (as measured), anchored_ms; the first row is the anchor's (its
     median p50 over the groups). Rows land in the table's work dir.
     """
-    from planner.profile import export_artifacts, make_jobs
+    from planner.measure.profile import export_artifacts, make_jobs
     from profilers.scheduler import run_jobs
 
     anchor = model.config(model.widths[-1])

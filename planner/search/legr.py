@@ -12,7 +12,7 @@ block of channels is ranked no lower than any block behind it. Channels go in st
 for MobileNets), and every group keeps at least 10% of its channels (and never fewer than at the
 narrowest trained width).
 
-The cost is MACs or, better, the latency a lookup table predicts for the target (`planner.lut`): LeGR
+The cost is MACs or, better, the latency a lookup table predicts for the target (`planner.search.lut`): LeGR
 and NNCF know only FLOPs. The coefficients are learned once by regularized (aging) evolution at one budget
 with the validation loss after BN calibration as fitness, saved as JSON, and reused for every budget;
 `prefer_uniform` keeps a budget's plan only where it beats the uniform width of that budget on the same
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from planner.errors import PlannerError
-from planner.lut import MIN_FRACTION, allowed_counts, default_granularity
 from planner.models.base import SLICED_LAYERS, SlimmableNetwork
+from planner.search.lut import MIN_FRACTION, allowed_counts, default_granularity
 from planner.widths import WidthConfig
 from profilers.files import replacing
 
@@ -297,7 +297,7 @@ def prefer_uniform(
 
 def macs_cost(model: SlimmableNetwork) -> Cost:
     """MACs of a configuration (the cost LeGR and NNCF know)."""
-    from planner.counting import count
+    from planner.nn.counting import count
 
     def cost(channels: Mapping[str, int]) -> float:
         return float(count(model, WidthConfig(model.name, tuple(channels.items()))).macs)
@@ -353,7 +353,7 @@ class Fitness:
         return self.cache[config.id]
 
     def _evaluate(self, config: WidthConfig) -> float:
-        from planner.calibrate import calibrate
+        from planner.nn.calibrate import calibrate
 
         saved = copy.deepcopy(self.model.state_dict()) if self.finetune_steps else None
         try:

@@ -1,6 +1,6 @@
 """The most accurate configuration under a budget, and the ladder of cheaper ones a runtime can step to.
 
-`select()` is a pure function of the candidates table (planner.pareto): a configuration fits when its
+`select()` is a pure function of the candidates table (planner.plan.pareto): a configuration fits when its
 latency bound (the upper 95% bound of the median for p50, the measured value for p90/p99) and its
 memory are within the budget. For a universally slimmable model, `propose_width()` interpolates the
 measured latencies over width (monotone PCHIP) to find the widest width that should fit; a proposal is
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import PchipInterpolator
 
-from planner.pareto import METRICS, pareto_mask
+from planner.plan.pareto import METRICS, pareto_mask
 from planner.units import format_ms
 
 # best first: most accurate, then fastest, then tightest bound, then smallest
@@ -121,7 +121,7 @@ def fits_budget(table: pd.DataFrame, budget: Budget) -> pd.Series:
 
 
 def select(table: pd.DataFrame, budget: Budget) -> Selection:
-    """Pick from a candidates table (planner.pareto.candidates); ties in accuracy go to the lower latency."""
+    """Pick from a candidates table (pareto.candidates); ties in accuracy go to the lower latency."""
     if table.empty:
         raise ValueError("select() needs at least one candidate")
     fitting = table[fits_budget(table, budget)]

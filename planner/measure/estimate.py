@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 import torch
 from torch import nn
 
-from planner.counting import count
 from planner.errors import PlannerError
-from planner.materialize import materialize
+from planner.measure.targets import Hardware, Target
 from planner.models.base import SlimmableNetwork
-from planner.targets import Hardware, Target
+from planner.nn.counting import count
+from planner.nn.materialize import materialize
 from planner.widths import WidthConfig
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2}
@@ -60,7 +60,7 @@ def roofline_figures(target: Target) -> tuple[float, float]:
     if hardware is None:
         raise PlannerError(
             f"target {target.name} has no [hardware] figures to estimate from; add peak_fp32_gflops, "
-            f"memory_bandwidth_gbs and source to {where} (see targets/README.md)"
+            f"memory_bandwidth_gbs and source to {where} (see planner/targets/README.md)"
         )
     peak = hardware.peak_gflops(target.precision)
     if peak is None or hardware.memory_bandwidth_gbs is None:

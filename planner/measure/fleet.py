@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from planner.errors import PlannerError
-from planner.remote import run_key
+from planner.measure.remote import run_key
 from profilers.jobs import Job, Settings
 
 MAX_RETRIES = 3

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from planner.errors import PlannerError
-from planner.targets import Target
+from planner.measure.targets import Target
 from planner.widths import WidthConfig
 from profilers.jobs import Job, Settings, file_digest
 from profilers.results import LatencyStore, load_latency, row_key
@@ -62,8 +62,8 @@ def build_model(
     dict) needs `name` and the options it was trained with.
     """
     import planner
-    from planner.calibrate import stored_calibrations
-    from planner.checkpoint import check_state_dict, read_checkpoint
+    from planner.nn.calibrate import stored_calibrations
+    from planner.nn.checkpoint import check_state_dict, read_checkpoint
 
     state, recorded = None, {}
     if checkpoint is not None:
@@ -145,8 +145,8 @@ def export_artifacts(
     weights: str = "init",
 ) -> list[Artifact]:
     """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend)."""
-    from planner.counting import count
-    from planner.export import export_onnx, export_program
+    from planner.nn.counting import count
+    from planner.nn.export import export_onnx, export_program
 
     directory = Path(out_dir) / ARTIFACTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
@@ -235,8 +235,8 @@ def profile_configs(
     Local targets run one after another on this machine (never two measurements at once); SSH targets
     run on their host; with `ray_address` every target runs on its fleet node, all in parallel.
     """
-    from planner.fleet import run_fleet
-    from planner.remote import require_host, run_remote
+    from planner.measure.fleet import run_fleet
+    from planner.measure.remote import require_host, run_remote
 
     out_dir = Path(out_dir)
     settings = settings or Settings()
@@ -310,7 +310,7 @@ def estimate_configs(
     Returns the rows and the keys skipped because OUT holds a measurement with the same key: an
     estimate never replaces a measurement.
     """
-    from planner.estimate import estimate_rows
+    from planner.measure.estimate import estimate_rows
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

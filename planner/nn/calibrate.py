@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from planner.checkpoint import save_checkpoint
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
+from planner.nn.checkpoint import save_checkpoint
 from planner.widths import WidthConfig
 
 DEFAULT_BATCHES = 5

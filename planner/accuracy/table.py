@@ -61,7 +61,7 @@ def checkpoint_digest(path: str | Path | None) -> str:
 def accuracy_rows(
     model_name: str, results: Sequence, dataset: str, split: str, checkpoint: str = ""
 ) -> pd.DataFrame:
-    """Measured rows from `planner.evaluate.ConfigAccuracy` results."""
+    """Measured rows from `planner.accuracy.evaluate.ConfigAccuracy` results."""
     stamp = now()
     rows = [
         {

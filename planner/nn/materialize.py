@@ -102,7 +102,7 @@ def materialize(model: SlimmableNetwork, config: WidthConfig, fold_bn: bool = Fa
     BN statistics: the trained ones of a trained width; else the calibration stored for `config` in
     `model.calibrations`, or the active configuration's own calibration.
     """
-    from planner.calibrate import apply_calibration
+    from planner.nn.calibrate import apply_calibration
 
     previous = model.active_config
     if config.id in model.calibrations:

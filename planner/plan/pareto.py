@@ -224,7 +224,7 @@ def front(table: pd.DataFrame) -> pd.DataFrame:
 
 def read_tables(results_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The latency and accuracy tables under a results directory (`--out` of profile and evaluate)."""
-    from planner.results import load_accuracy
+    from planner.accuracy.table import load_accuracy
     from profilers.results import load_latency
 
     results_dir = Path(results_dir)

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from planner.errors import PlannerError
-from planner.targets import Target
+from planner.measure.targets import Target
 from profilers.jobs import Job, Settings, write_jobs_file
 
 CONNECT_TIMEOUT_S = 15.0

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
-from planner.pareto import front_mask, pareto_mask
-from planner.select import label
+from planner.plan.pareto import front_mask, pareto_mask
+from planner.plan.select import label
 from planner.units import format_ms
 from profilers.files import replacing
 
@@ -49,7 +49,7 @@ TABLE_COLUMNS = {
 
 @dataclass(frozen=True)
 class Panel:
-    """One target's candidates (planner.pareto.candidates, p90) and its latency budget, if any."""
+    """One target's candidates (planner.plan.pareto.candidates, p90) and its latency budget, if any."""
 
     target: str
     table: pd.DataFrame

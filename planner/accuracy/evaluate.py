@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.calibrate import DEFAULT_BATCHES, Calibration, apply_calibration, calibrate
-from planner.data import Batch
+from planner.accuracy.data import Batch
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
+from planner.nn.calibrate import DEFAULT_BATCHES, Calibration, apply_calibration, calibrate
 from planner.widths import WidthConfig
 
 TOP5_MIN_CLASSES = 6

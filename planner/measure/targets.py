@@ -2,11 +2,11 @@
 
 A target file is data (parsed with `tomllib`, never executed) and is validated against the dataclasses
 below, so a typo in a key or a string where a number belongs is an error naming the file and the key
-instead of a surprise on the device. The schema is documented in targets/README.md.
+instead of a surprise on the device. The schema is documented in planner/targets/README.md.
 
-Target files are looked up in `--targets-dir`, then `$PLANNER_TARGETS_DIR`, then the repository's
-targets/ directory; a name found in an earlier directory shadows the same name in a later one, which is
-how a user overrides a shipped target or adds a new one.
+Target files are looked up in `--targets-dir`, then `$PLANNER_TARGETS_DIR`, then the built-in
+planner/targets/ (package data); a name found in an earlier directory shadows the same name in a later
+one, which is how a user overrides a shipped target or adds a new one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from profilers.backends import BACKENDS
 from profilers.jobs import PRECISIONS
 
 TARGETS_DIR_ENV = "PLANNER_TARGETS_DIR"
-BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"  # planner/targets/, package data
 
 CONNECTION_KINDS = ("local", "ssh")
 
@@ -184,7 +184,7 @@ def list_targets(targets_dir: Path | str | None = None) -> list[Target]:
     if not found:
         raise PlannerError(
             f"no target files found; pass --targets-dir DIR or set ${TARGETS_DIR_ENV} "
-            "to a directory of <name>.toml files (see targets/README.md)"
+            "to a directory of <name>.toml files (see planner/targets/README.md)"
         )
     return sorted(found.values(), key=lambda target: target.name)
 

@@ -1,0 +1,1 @@
+"""Accuracy: data sets, slimmable training, evaluation, and the accuracy table (torch-free) they fill."""

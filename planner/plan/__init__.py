@@ -1,0 +1,1 @@
+"""Planning from the results tables alone (no torch): Pareto front, budgets, selection."""

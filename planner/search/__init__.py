@@ -1,0 +1,1 @@
+"""Per-layer width search: latency lookup tables and LeGR's learned global ranking (torch)."""
