@@ -12,7 +12,8 @@ from cli_helpers import run_cli
 
 import planner
 from planner.cli import main
-from planner.measure.profile import build_model, configurations, weights_key
+from planner.measure.artifacts import weights_key
+from planner.nn.build import build_model, configurations
 from planner.nn.checkpoint import save_checkpoint
 from profilers.results import load_latency
 

@@ -38,7 +38,7 @@ def test_json_choice_runner_up_and_ladder(capsys, results):
 
 
 def test_table_output_names_choice_and_runner_up(capsys, results):
-    code, out, _ = run(capsys, "select", "-t", "cpu", "--max-latency", "4000us", "--results", str(results))
+    code, out, _ = run(capsys, "select", "-t", "cpu", "--max-latency", "4000us", "--out", str(results))
     assert code == 0
     assert "choice" in out and "runner-up" in out and "0.75x" in out and "0.5x" in out
 

@@ -12,8 +12,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from planner.cli import app, parse_widths
-from planner.cli.targets import TargetsDirOption
+from planner.cli import app
+from planner.cli.options import (
+    DEFAULT_RESULTS_DIR,
+    ConfigFilesOption,
+    ResultsOption,
+    TargetsDirOption,
+    WidthsOption,
+    parse_widths,
+)
 from planner.errors import PlannerError
 from planner.measure.targets import load_target
 
@@ -28,13 +35,8 @@ def profile_command(
     model_name: Annotated[
         str | None, typer.Option("--model", "-m", help="Model name (default: the checkpoint's model).")
     ] = None,
-    widths: Annotated[
-        list[str] | None,
-        typer.Option("--widths", "-w", help="Widths, e.g. 0.25,0.5 (default: every trained width)."),
-    ] = None,
-    config_files: Annotated[
-        list[Path] | None, typer.Option("--config", help="Width configuration JSON file (repeatable).")
-    ] = None,
+    widths: WidthsOption = None,
+    config_files: ConfigFilesOption = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Weights; planner checkpoints also give the model.")
     ] = None,
@@ -45,7 +47,7 @@ def profile_command(
         str | None, typer.Option("--host", help="Reach the target over SSH at [user@]host[:port].")
     ] = None,
     targets_dir: TargetsDirOption = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory.")] = Path("out"),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Measure again what OUT already holds.")] = False,
     ray: Annotated[
         str | None, typer.Option("--ray", help="Ray cluster address: profile on its target:<name> nodes.")
@@ -63,7 +65,9 @@ def profile_command(
     --input-size set them for a reference checkpoint or a fresh model. A re-run resumes: what OUT already
     holds is not measured again unless --force.
     """
-    from planner.measure import profile as stage
+    from planner.measure.artifacts import weights_key
+    from planner.measure.profile import estimate_configs, profile_configs
+    from planner.nn.build import build_model, configurations
     from profilers.jobs import Settings
 
     targets = [load_target(name, targets_dir) for name in target_names]
@@ -76,12 +80,12 @@ def profile_command(
     if ray and estimate:
         raise PlannerError("--estimate needs no device: drop --ray")
 
-    model = stage.build_model(
+    model = build_model(
         model_name, checkpoint, in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )
-    configs = stage.configurations(model, parse_widths(widths), config_files)
+    configs = configurations(model, parse_widths(widths), config_files)
     if estimate:
-        rows, skipped = stage.estimate_configs(model, configs, targets, out)
+        rows, skipped = estimate_configs(model, configs, targets, out)
         for key in skipped:
             console.print(f"[yellow]{key}: OUT holds a measurement; the estimate is not stored[/yellow]")
         _summary(rows, out, estimated=True)
@@ -105,7 +109,7 @@ def profile_command(
                 tasks[target] = bar.add_task(target, total=total)
             bar.update(tasks[target], completed=done, total=total)
 
-        rows = stage.profile_configs(
+        rows = profile_configs(
             model,
             configs,
             targets,
@@ -113,7 +117,7 @@ def profile_command(
             settings=settings,
             force=force,
             ray_address=ray,
-            weights=stage.weights_key(checkpoint),
+            weights=weights_key(checkpoint),
             progress=progress,
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )

@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.cli import app, parse_widths
+from planner.cli import app
+from planner.cli.options import (
+    DEFAULT_RESULTS_DIR,
+    ConfigFilesOption,
+    ResultsOption,
+    WidthsOption,
+    parse_widths,
+)
 from planner.errors import PlannerError
 
 if TYPE_CHECKING:
@@ -34,12 +41,6 @@ DataOption = Annotated[
         "--data", "-d", help="'digits', 'digits-distorted', an image-folder directory or an .npz file (x, y)."
     ),
 ]
-WidthsOption = Annotated[
-    list[str] | None, typer.Option("--widths", "-w", help="Widths, e.g. 0.25,0.5,1.0 (repeatable).")
-]
-ConfigOption = Annotated[
-    list[Path] | None, typer.Option("--config", help="Per-layer width configuration JSON (repeatable).")
-]
 CheckpointOption = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint to load.")]
 InChannelsOption = Annotated[
     int | None, typer.Option(help="Input channels (default: checkpoint, then data).")
@@ -53,67 +54,11 @@ InputSizeOption = Annotated[
 BatchesOption = Annotated[int, typer.Option("--calibration-batches", help="Batches for BN calibration.")]
 
 
-def _build(
-    name: str,
-    dataset: Dataset,
-    saved: dict[str, Any] | None,
-    in_channels: int | None,
-    num_classes: int | None,
-    input_size: int | None,
-    widths: list[float] | None = None,
-):
-    """The model from MODEL and the data, checked against the options and the checkpoint, loaded if saved."""
-    from planner.models import create_model
-    from planner.nn.checkpoint import check_state_dict
-
-    info = saved["planner"] if saved else {}
-    if info.get("name") not in (None, name):
-        raise PlannerError(f"the checkpoint holds {info['name']!r}, not {name!r}")
-    given = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
-    for key, value in given.items():
-        if value is not None and key in info and info[key] != value:
-            raise PlannerError(
-                f"--{key.replace('_', '-')} {value} does not match the checkpoint ({info[key]})"
-            )
-    options = {key: given[key] if given[key] is not None else info.get(key) for key in given}
-    classes = options["num_classes"]
-    if classes is not None and dataset.num_classes != classes:
-        origin = "the checkpoint" if "num_classes" in info else "--num-classes"
-        raise PlannerError(
-            f"dataset {dataset.name} has {dataset.num_classes} classes but {origin} has {classes}"
-        )
-    data_shape = {"in_channels": dataset.in_channels, "input_size": dataset.input_size}
-    for key, value in data_shape.items():
-        if options[key] is not None and options[key] != value:
-            raise PlannerError(
-                f"dataset {dataset.name} has {key.replace('_', ' ')} {value}, "
-                f"the model takes {options[key]} (--{key.replace('_', '-')})"
-            )
-    options = {**data_shape, "num_classes": dataset.num_classes}
-    model = create_model(name, widths=widths or info.get("widths"), **options)
-    if saved:
-        check_state_dict(model, saved["model"])
-        model.load_state_dict(saved["model"])
-    return model.eval()
-
-
 def _load(data: str, saved: dict[str, Any] | None, input_size: int | None) -> Dataset:
     from planner.accuracy.data import load_dataset
 
     size = input_size or (saved["planner"].get("input_size") if saved else None)
     return load_dataset(data, image_size=size)
-
-
-def _configs(model, widths: list[float] | None, config_files: list[Path] | None) -> list:
-    from planner.widths import WidthConfig
-
-    configs = [model.config(w) for w in widths or []]
-    for path in config_files or []:
-        loaded = WidthConfig.load(path)
-        if loaded.model != model.name:
-            raise PlannerError(f"{path} is a configuration of {loaded.model!r}, not {model.name!r}")
-        configs.append(model.config_from_channels(loaded.channels, loaded.width))
-    return configs or [model.config(w) for w in model.widths]
 
 
 def _set_threads(threads: int) -> None:
@@ -180,6 +125,7 @@ def train_command(
 
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.train import check_model, check_settings, train
+    from planner.nn.build import build_model
     from planner.nn.checkpoint import save_checkpoint
     from planner.search.lut import default_granularity
 
@@ -187,7 +133,14 @@ def train_command(
     _set_threads(threads)
     dataset = _load(data, None, input_size)
     torch.manual_seed(seed)
-    model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
+    model = build_model(
+        model_name,
+        dataset=dataset,
+        widths=parse_widths(widths),
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_size=input_size,
+    )
     check_model(model, per_layer)
     shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
     console.print(
@@ -243,13 +196,11 @@ def evaluate_command(
     checkpoint: CheckpointOption,
     data: DataOption,
     widths: WidthsOption = None,
-    config_files: ConfigOption = None,
+    config_files: ConfigFilesOption = None,
     split: Annotated[str, typer.Option(help="Split to score: val, train or calibration.")] = "val",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
     calibration_batches: BatchesOption = 5,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (accuracy table).")] = Path(
-        "out"
-    ),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
@@ -262,13 +213,20 @@ def evaluate_command(
     """
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
-    from planner.nn.calibrate import stored_calibrations
+    from planner.nn.build import build_model, configurations
     from planner.nn.checkpoint import read_checkpoint
 
     saved = read_checkpoint(checkpoint)
     dataset = _load(data, saved, input_size)
-    model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
-    configs = _configs(model, parse_widths(widths), config_files)
+    model = build_model(
+        model_name,
+        checkpoint,
+        dataset=dataset,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_size=input_size,
+    )
+    configs = configurations(model, parse_widths(widths), config_files)
     batches = dataset.batches(split, batch_size)
     calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
     results = evaluate(
@@ -277,7 +235,7 @@ def evaluate_command(
         batches,
         calibration,
         calibration_batches,
-        stored_calibrations(model, saved["planner"]),
+        model.calibrations,
     )
     rows = accuracy_rows(model.name, results, dataset.name, split, checkpoint_digest(checkpoint))
     path = write_accuracy(out, rows)
@@ -308,7 +266,7 @@ def calibrate_command(
     data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibrated checkpoint to write.")],
     widths: WidthsOption = None,
-    config_files: ConfigOption = None,
+    config_files: ConfigFilesOption = None,
     batches: Annotated[int, typer.Option("--batches", help="Calibration batches per configuration.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
     in_channels: InChannelsOption = None,
@@ -321,6 +279,7 @@ def calibrate_command(
     statistics keyed by its config id; `planner evaluate` uses them without recalibrating. The trained
     statistics are kept unchanged.
     """
+    from planner.nn.build import build_model, configurations
     from planner.nn.calibrate import calibrate, save_calibrated_checkpoint
     from planner.nn.checkpoint import read_checkpoint
 
@@ -328,8 +287,15 @@ def calibrate_command(
         raise PlannerError("give --widths or --config: the configurations to calibrate")
     saved = read_checkpoint(checkpoint)
     dataset = _load(data, saved, input_size)
-    model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
-    configs = _configs(model, parse_widths(widths), config_files)
+    model = build_model(
+        model_name,
+        checkpoint,
+        dataset=dataset,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_size=input_size,
+    )
+    configs = configurations(model, parse_widths(widths), config_files)
     calibration = dataset.batches("calibration", batch_size, shuffle=True)
     done = [calibrate(model, config, calibration, batches) for config in configs]
     path = save_calibrated_checkpoint(model, output, done, extra=saved["planner"])
@@ -347,12 +313,11 @@ def import_command(
     csv_file: Annotated[
         Path, typer.Argument(metavar="FILE.csv", help="Columns: model, width or config_id, ...")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (accuracy table).")] = Path(
-        "out"
-    ),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
 ) -> None:
     """Add accuracy measured elsewhere (model, width or config_id, metric, value[, dataset, split])."""
-    from planner.accuracy.table import read_accuracy_csv, write_accuracy
+    from planner.accuracy.imported import read_accuracy_csv
+    from planner.accuracy.table import write_accuracy
 
     rows = read_accuracy_csv(csv_file)
     path = write_accuracy(out, rows)

@@ -561,7 +561,7 @@ def measure_anchored(
     all groups. Columns: config_id, p50_ms (as measured), anchored_ms; the first row is the anchor's (its
     median p50 over the groups). Rows land in the table's work dir.
     """
-    from planner.measure.profile import export_artifacts, make_jobs
+    from planner.measure.artifacts import export_artifacts, make_jobs
     from profilers.scheduler import run_jobs
 
     anchor = model.config(model.widths[-1])
