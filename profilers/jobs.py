@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profilers.documents import check, load_schema, read_json
 from profilers.errors import ProfilerError
 
 PRECISIONS = ("fp32", "fp16")
@@ -89,11 +90,7 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> Job:
-        if not isinstance(data, dict):
-            raise ProfilerError(f"a job must be a JSON object, got {type(data).__name__}")
-        _reject_unknown_fields(cls, data, "job field")
-        if "onnx" not in data:
-            raise ProfilerError("a job needs an 'onnx' path")
+        check(data, _part("job"), "job")
         onnx = Path(data["onnx"])
         if base_dir is not None and not onnx.is_absolute():
             onnx = base_dir / onnx
@@ -177,41 +174,27 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        _reject_unknown_fields(cls, data, "setting")
+        check(data, _part("settings"), "settings")
         try:
             return cls(**data)
         except TypeError as error:
             raise ProfilerError(f"malformed settings: {error}") from None
 
 
-def _reject_unknown_fields(cls: type, data: dict[str, Any], what: str) -> None:
-    """A misspelled key in a jobs file is an error naming the allowed ones, not silently ignored."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ProfilerError(f"unknown {what}(s) {', '.join(unknown)}: allowed are {', '.join(sorted(known))}")
+def _part(name: str) -> dict[str, Any]:
+    """The jobs file schema's definition of one part (a job, the settings)."""
+    schema = load_schema("profilers", "jobs")
+    return {"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"}
 
 
 def load_jobs_file(path: Path) -> tuple[list[Job], Settings | None]:
     """Read a jobs file: a JSON list of jobs, or {"jobs": [...], "settings": {...}}; paths relative to it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfilerError(f"jobs file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProfilerError(f"cannot read jobs file {path}: {error}") from None
+    data = read_json(path, "jobs file", load_schema("profilers", "jobs"))
     settings = None
     if isinstance(data, dict):
-        unknown = sorted(set(data) - {"jobs", "settings"})
-        if unknown or "jobs" not in data:
-            raise ProfilerError(
-                f"jobs file {path}: expected a list of jobs or an object with 'jobs' (and 'settings')"
-            )
         settings = Settings.from_dict(data.get("settings") or {})
         data = data["jobs"]
-    if not isinstance(data, list) or not data:
-        raise ProfilerError(f"jobs file {path}: expected a non-empty list of jobs")
     return [Job.from_dict(item, base_dir=path.parent) for item in data], settings
 
 

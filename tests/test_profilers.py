@@ -346,7 +346,7 @@ def _run_cli(tmp_path: Path, jobs: list | dict, capsys) -> tuple[int, str]:
         ({"onnx": "good.onnx", "backend": "torch"}, "torch.export.save"),
         ({"onnx": "good.onnx", "precision": "int3"}, "unknown precision"),
         ({"onnx": "good.onnx", "batch": 4}, "static batch of 1"),
-        ({"onnx": "good.onnx", "colour": "red"}, "unknown job field(s) colour"),
+        ({"onnx": "good.onnx", "colour": "red"}, "unknown key '[0].colour'"),
     ],
 )
 def test_bad_jobs_are_one_line_errors_with_exit_2(tmp_path, capsys, job_fields, message):

@@ -14,7 +14,6 @@ documented in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
-from profilers.files import replacing
+from profilers.files import locked, replacing
 from profilers.jobs import file_digest
 
 COLUMNS = [
@@ -113,8 +112,7 @@ def write_accuracy(out_dir: str | Path, rows: pd.DataFrame) -> Path:
         raise PlannerError(f"cannot create output directory {out}: {error.strerror}") from None
     new = normalised(rows)
     try:
-        with open(out / ".accuracy.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(out / ".accuracy.lock"):
             stored = load_accuracy(out)
             kept = stored.merge(new[KEY].drop_duplicates(), on=KEY, how="left", indicator=True)
             kept = kept[kept["_merge"] == "left_only"].drop(columns="_merge")

@@ -17,7 +17,6 @@ import math
 import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target
 from planner.plan.select import Selection, label
 from planner.widths import WidthConfig
+from profilers.documents import check, load_schema, read_json
 from profilers.files import replacing
 from profilers.jobs import file_digest
 
@@ -43,9 +43,7 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
 
 def schema() -> dict[str, Any]:
     """The manifest JSON Schema shipped with planner."""
-    schema_file = resources.files("planner.deploy").joinpath("schemas/manifest.schema.json")
-    text = schema_file.read_text(encoding="utf-8")
-    return json.loads(text)
+    return load_schema("planner", "manifest")
 
 
 def write_manifest(
@@ -254,30 +252,16 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
     """A manifest checked against the schema, with every artifact present and matching its sha256."""
-    try:
-        import jsonschema
-    except ImportError:
-        raise PlannerError("checking a manifest needs jsonschema: pip install 'planner[report]'") from None
-
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise PlannerError(f"cannot read manifest {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise PlannerError(f"manifest {path} is not valid JSON: {error}") from None
+    manifest = read_json(path, "manifest", error=PlannerError)
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         raise PlannerError(
             f"manifest {path} has schema_version {version!r}; this planner reads version {SCHEMA_VERSION}"
         )
-    try:
-        jsonschema.validate(manifest, schema())
-    except jsonschema.ValidationError as error:
-        where = "/".join(str(part) for part in error.absolute_path) or "top level"
-        raise PlannerError(f"manifest {path} does not match the schema at {where}: {error.message}") from None
+    check(manifest, schema(), f"manifest {path}", PlannerError)
     base = path.parent.resolve()
     for rung in [manifest["configuration"], *manifest["ladder"]]:
         for entry in rung["artifact"]["files"]:

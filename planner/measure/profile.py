@@ -21,7 +21,7 @@ from planner.measure.artifacts import export_artifacts, make_jobs, model_for_tar
 from planner.measure.targets import Target
 from planner.widths import WidthConfig
 from profilers.jobs import Job, Settings
-from profilers.results import LatencyStore, load_latency, row_key
+from profilers.results import LatencyStore, load_latency, measured_rows, row_key
 from profilers.scheduler import ProgressEvent, run_jobs
 
 if TYPE_CHECKING:
@@ -35,13 +35,8 @@ def pending_jobs(jobs: list[Job], out_dir: Path | str, force: bool = False) -> l
     """The jobs OUT has no measured `ok` row for (estimates do not count as measured)."""
     if force:
         return list(jobs)
-    measured = {row_key(row) for _, row in measured_rows(load_latency(Path(out_dir))).iterrows()}
+    measured = LatencyStore(Path(out_dir)).measured_keys()
     return [job for job in jobs if row_key(job.identity()) not in measured]
-
-
-def measured_rows(table: pd.DataFrame) -> pd.DataFrame:
-    estimated = table["estimated"].fillna(False).astype(bool)
-    return table[(table["status"] == "ok") & ~estimated]
 
 
 def store_rows(out_dir: Path | str, rows: pd.DataFrame) -> None:

@@ -160,10 +160,12 @@ class BudgetFit:
     losses: dict[str, float] = field(default_factory=dict)  # "plan", "uniform": validation loss
     measured: dict[str, dict[str, float]] = field(default_factory=dict)  # config id -> p50_ms, p90_ms
     note: str = ""
+    measurement: MeasuredPlan | None = None  # how the plan was fitted by measurement, if it was
 
     @property
-    def kept_plan(self) -> bool:
-        return self.config == self.plan
+    def fits(self) -> bool:
+        """False only when every measured plan missed the budget."""
+        return self.measurement is None or self.measurement.fits
 
 
 def fit_to_budget(
@@ -178,26 +180,25 @@ def fit_to_budget(
     """The plan for `budget` (fitted by `measure` when given, else as predicted), and with a `fitness`
     the rival `uniform()` width kept instead unless the plan's loss is lower.
 
-    Raises PlannerError when no measured plan fits the budget.
+    When no measured plan fits, the last one measured is returned with `fits` False and no rival.
     """
+    measurement = None
     if measure is not None:
-        plan: MeasuredPlan = plan_measured(plan_for, budget, measure, max_plans)
-        if not plan.fits:
-            raise PlannerError(
-                f"no configuration measured under the budget: the last one measured {plan.measured:.4g} "
-                f"(budget {budget:.4g}); raise the budget"
-            )
-        config = plan.config
+        measurement = plan_measured(plan_for, budget, measure, max_plans)
+        config = measurement.config
+        if not measurement.fits:
+            return BudgetFit(config, config, measurement=measurement)
     else:
         config = plan_for(budget)
     if fitness is None or uniform is None:
-        return BudgetFit(config, config)
+        return BudgetFit(config, config, measurement=measurement)
     rival = uniform()
     if rival is None:
         note = "no uniform width measured under the budget: keeping the plan"
-        return BudgetFit(config, config, note=note)
+        return BudgetFit(config, config, note=note, measurement=measurement)
     if rival == config:
-        return BudgetFit(config, config, rival, note=f"the plan is the uniform width {rival.label}")
+        note = f"the plan is the uniform width {rival.label}"
+        return BudgetFit(config, config, rival, note=note, measurement=measurement)
     chosen = prefer_uniform(config, rival, fitness)
     losses = {"plan": fitness(config), "uniform": fitness(rival)}
     kept = "the plan" if chosen == config else rival.label
@@ -205,7 +206,7 @@ def fit_to_budget(
         f"validation loss: plan {losses['plan']:.4f}, uniform {rival.label} {losses['uniform']:.4f}; "
         f"keeping {kept}"
     )
-    return BudgetFit(chosen, config, rival, losses, note=note)
+    return BudgetFit(chosen, config, rival, losses, note=note, measurement=measurement)
 
 
 def config_for_budget(
@@ -264,6 +265,12 @@ def config_for_budget(
         uniform=fitted_uniform,
         fitness=fitness,
     )
+    if not fit.fits:
+        raise PlannerError(
+            f"no configuration verified under {max_latency_ms:g} ms on {target.name}: the last one measured "
+            f"p90 {fit.measurement.measured:.3f} ms (predicted {table.predict_ms(fit.plan):.3f} ms); "
+            "raise the budget"
+        )
     return dataclasses.replace(fit, measured=measured)
 
 

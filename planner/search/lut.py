@@ -35,6 +35,7 @@ from planner.models.base import SlimmableNetwork
 from planner.models.ops import ChannelGroup, SlimmableConv2d, SlimmableLinear, _CalibratedBatchNorm
 from planner.nn.counting import forward_at_full_width
 from planner.widths import WidthConfig
+from profilers.documents import load_schema, read_json
 from profilers.files import replacing
 from profilers.jobs import Job, Settings
 
@@ -405,16 +406,13 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PlannerError(
-                f"latency table {path} does not exist: build it with planner lut build"
-            ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise PlannerError(f"cannot read latency table {path}: {error}") from None
-        if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
-            raise PlannerError(f"{path} is not a planner latency table (format {LUT_FORMAT})")
+        data = read_json(
+            path,
+            "latency table",
+            load_schema("planner", "latency_table"),
+            missing_hint="build it with planner lut build",
+            error=PlannerError,
+        )
         try:
             entries = {
                 key: Entry(
