@@ -67,7 +67,8 @@ from planner.search.legr import (
     evolve,
     validation_loss,
 )
-from planner.search.lut import LatencyTable, build_table, measure_configs, table_path
+from planner.search.lut import LatencyTable, table_path
+from planner.search.lut_runs import build_table, measure_configs
 from planner.widths import WidthConfig
 
 

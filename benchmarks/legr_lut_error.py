@@ -20,15 +20,8 @@ import numpy as np
 
 import planner
 from planner.measure.targets import load_target
-from planner.search.lut import (
-    END_TO_END_SETTINGS,
-    LatencyTable,
-    build_table,
-    check_table,
-    fit_calibration,
-    table_path,
-    within,
-)
+from planner.search.lut import LatencyTable, fit_calibration, table_path, within
+from planner.search.lut_runs import END_TO_END_SETTINGS, build_table, check_table
 
 
 def main() -> None:
@@ -71,7 +64,8 @@ def main() -> None:
     scale, offset = fit_calibration(frame["layer_sum_ms"][:refit], frame["measured_ms"][:refit])
     rest = frame[refit:]
     refit_errors = (scale * rest["layer_sum_ms"] + offset) / rest["measured_ms"] - 1.0
-    # Configurations are measured in groups of max_workers - 1 beside the anchor (lut.measure_anchored).
+    # Configurations are measured in groups of max_workers - 1 beside the anchor
+    # (planner.search.lut_runs.measure_anchored).
     group_size = END_TO_END_SETTINGS.max_workers - 1
     frame["group"] = np.arange(len(frame)) // group_size
     raw_errors = frame["predicted_ms"] / frame["p50_ms"] - 1.0
@@ -92,7 +86,7 @@ def main() -> None:
         f"- configurations: {len(frame)} random per-layer ones (each group's count uniform over its allowed "
         f"counts, granularity 8), measured end to end and predicted by the table; measured = the paired "
         f"ratio to the full width, measured beside each group of {group_size}, times the full width's median "
-        "p50 (`planner.search.lut.measure_anchored`)",
+        "p50 (`planner.search.lut_runs.measure_anchored`)",
         f"- table: {len(table.entries)} distinct layer shapes, {args.points} grid points per slimmable side, "
         f"calibration scale {table.calibration.scale:.3f}, offset {table.calibration.offset_ms:.3f} ms "
         f"on {len(table.calibration.points)} end-to-end runs, "

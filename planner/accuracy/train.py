@@ -12,11 +12,11 @@ rounding), so each tracked width's BN statistics are trained; any other width is
 
 Per-layer random training (`per_layer=True`, US-models only; AutoSlim, Yu & Huang 2019): the two random
 members are per-layer configurations instead, each channel group's count drawn independently from the
-counts a planned configuration may take (`planner.search.lut.allowed_counts`). A per-layer search such as LeGR
-then picks mixes the weights were trained on, not only the uniform widths. Such members run BN on batch
-statistics (they have no tracked ones), and the tracked widths between the two ends are never run, so
-after training every tracked width's running statistics are re-estimated on training batches (US-Nets'
-post-training calibration); per-layer configurations are calibrated when evaluated, as before.
+counts a planned configuration may take (`planner.models.space.allowed_counts`). A per-layer search
+such as LeGR then picks mixes the weights were trained on, not only the uniform widths. Such members run
+BN on batch statistics (they have no tracked ones), and the tracked widths between the two ends are never
+run, so after training every tracked width's running statistics are re-estimated on training batches
+(US-Nets' post-training calibration); per-layer configurations are calibrated when evaluated, as before.
 
 SGD with Nesterov momentum and a cosine learning-rate schedule per step, as the reference's recipe.
 """
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from planner.accuracy.data import Batch, Dataset
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
+from planner.models.space import allowed_counts, default_granularity
 from planner.nn.calibrate import DEFAULT_BATCHES, calibrate
-from planner.search.lut import allowed_counts, default_granularity
 from planner.widths import WidthConfig
 
 # Loss key of the sandwich's per-layer random members (the other members are keyed by their width).
@@ -82,7 +82,7 @@ def random_per_layer_config(
     model: SlimmableNetwork, domains: dict[str, list[int]], generator: torch.Generator
 ) -> WidthConfig:
     """Every group's count drawn independently and uniformly from its domain (as
-    `planner.search.lut.random_configs`, but from the training generator, so a seed repeats the run)."""
+    `planner.models.space.random_configs`, but from the training generator, so a seed repeats the run)."""
     channels = {
         name: counts[int(torch.randint(len(counts), (1,), generator=generator))]
         for name, counts in domains.items()
@@ -174,7 +174,7 @@ def train(
     Args:
         per_layer: the sandwich's random members are per-layer random configurations (US-models only).
         granularity: channel step of those configurations (default: the model's planning step,
-            `planner.search.lut.default_granularity`).
+            `planner.models.space.default_granularity`).
 
     The model is left in eval mode at its widest width.
     """

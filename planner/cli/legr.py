@@ -80,14 +80,9 @@ def lut_build(
     import numpy as np
 
     from planner.measure.targets import load_target
-    from planner.search.lut import (
-        END_TO_END_SETTINGS,
-        LAYER_SETTINGS,
-        build_table,
-        calibration_widths,
-        random_configs,
-        table_path,
-    )
+    from planner.models.space import calibration_widths, random_configs
+    from planner.search.lut import table_path
+    from planner.search.lut_runs import END_TO_END_SETTINGS, LAYER_SETTINGS, build_table
 
     if calibration_samples < 0:
         raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
@@ -142,7 +137,8 @@ def lut_check(
     table to the machine's current speed (see docs/ARCHITECTURE.md, latency tables).
     """
     from planner.measure.targets import load_target
-    from planner.search.lut import END_TO_END_SETTINGS, LatencyTable, check_table, table_path, within
+    from planner.search.lut import LatencyTable, table_path, within
+    from planner.search.lut_runs import END_TO_END_SETTINGS, check_table
 
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)

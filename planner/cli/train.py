@@ -125,9 +125,9 @@ def train_command(
 
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.train import check_model, check_settings, train
+    from planner.models.space import default_granularity
     from planner.nn.build import build_model
     from planner.nn.checkpoint import save_checkpoint
-    from planner.search.lut import default_granularity
 
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     _set_threads(threads)

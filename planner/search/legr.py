@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from planner.errors import PlannerError
 from planner.models.base import SLICED_LAYERS, SlimmableNetwork
-from planner.search.lut import MIN_FRACTION, allowed_counts, default_granularity
+from planner.models.space import MIN_FRACTION, allowed_counts, default_granularity
 from planner.widths import WidthConfig
 from profilers.documents import load_schema, read_json
 from profilers.files import replacing
