@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ from planner.cli.options import (
 from planner.errors import PlannerError
 
 if TYPE_CHECKING:
-    from planner.accuracy.data import Dataset
+    pass
 
 console = Console(stderr=True)
 accuracy_app = typer.Typer(
@@ -52,13 +52,6 @@ InputSizeOption = Annotated[
     int | None, typer.Option(help="Input height and width (default: checkpoint, then data).")
 ]
 BatchesOption = Annotated[int, typer.Option("--calibration-batches", help="Batches for BN calibration.")]
-
-
-def _load(data: str, saved: dict[str, Any] | None, input_size: int | None) -> Dataset:
-    from planner.accuracy.data import load_dataset
-
-    size = input_size or (saved["planner"].get("input_size") if saved else None)
-    return load_dataset(data, image_size=size)
 
 
 def _set_threads(threads: int) -> None:
@@ -123,6 +116,7 @@ def train_command(
     """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation)."""
     import torch
 
+    from planner.accuracy.data import load_dataset
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.train import check_model, check_settings, train
     from planner.models.space import default_granularity
@@ -131,7 +125,7 @@ def train_command(
 
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     _set_threads(threads)
-    dataset = _load(data, None, input_size)
+    dataset = load_dataset(data, image_size=input_size)
     torch.manual_seed(seed)
     model = build_model(
         model_name,
@@ -211,34 +205,12 @@ def evaluate_command(
     Configurations without trained BN statistics are calibrated first on the data's calibration split,
     or use the statistics a `planner calibrate` checkpoint carries.
     """
-    from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
-    from planner.nn.build import build_model, configurations
-    from planner.nn.checkpoint import read_checkpoint
+    from planner.accuracy.evaluate import checkpoint_on_data, evaluate_checkpoint
 
-    saved = read_checkpoint(checkpoint)
-    dataset = _load(data, saved, input_size)
-    model = build_model(
-        model_name,
-        checkpoint,
-        dataset=dataset,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_size=input_size,
-    )
-    configs = configurations(model, parse_widths(widths), config_files)
-    batches = dataset.batches(split, batch_size)
-    calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
-    results = evaluate(
-        model,
-        configs,
-        batches,
-        calibration,
-        calibration_batches,
-        model.calibrations,
-    )
-    rows = accuracy_rows(model.name, results, dataset.name, split, checkpoint_digest(checkpoint))
-    path = write_accuracy(out, rows)
+    shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+    on_data = checkpoint_on_data(model_name, checkpoint, data, parse_widths(widths), config_files, **shape)
+    done = evaluate_checkpoint(on_data, checkpoint, out, split, batch_size, calibration_batches)
+    model, dataset, results = done.model, done.dataset, done.results
     if as_json:
         report = [
             {
@@ -256,7 +228,7 @@ def evaluate_command(
     else:
         title = f"{model.name} on {dataset.name} ({split}, {results[0].samples} images)"
         Console().print(_accuracy_table(title, results))
-    console.print(f"wrote {len(rows)} rows to {path}", highlight=False)
+    console.print(f"wrote {done.rows} rows to {done.path}", highlight=False)
 
 
 @app.command("calibrate")
@@ -279,26 +251,14 @@ def calibrate_command(
     statistics keyed by its config id; `planner evaluate` uses them without recalibrating. The trained
     statistics are kept unchanged.
     """
-    from planner.nn.build import build_model, configurations
-    from planner.nn.calibrate import calibrate, save_calibrated_checkpoint
-    from planner.nn.checkpoint import read_checkpoint
+    from planner.accuracy.evaluate import calibrate_checkpoint, checkpoint_on_data
 
     if not widths and not config_files:
         raise PlannerError("give --widths or --config: the configurations to calibrate")
-    saved = read_checkpoint(checkpoint)
-    dataset = _load(data, saved, input_size)
-    model = build_model(
-        model_name,
-        checkpoint,
-        dataset=dataset,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_size=input_size,
-    )
-    configs = configurations(model, parse_widths(widths), config_files)
-    calibration = dataset.batches("calibration", batch_size, shuffle=True)
-    done = [calibrate(model, config, calibration, batches) for config in configs]
-    path = save_calibrated_checkpoint(model, output, done, extra=saved["planner"])
+    shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+    on_data = checkpoint_on_data(model_name, checkpoint, data, parse_widths(widths), config_files, **shape)
+    model = on_data.model
+    done, path = calibrate_checkpoint(on_data, checkpoint, output, batches, batch_size)
     for calibrated in done:
         console.print(
             f"calibrated {model.name} {calibrated.config.label} (config {calibrated.config.id}) "
