@@ -42,7 +42,7 @@ _LAZY = {
     "profile_configs": "planner.measure.profile",
     "estimate_configs": "planner.measure.profile",
     # per-layer search
-    "build_table": "planner.search.lut",
+    "build_table": "planner.search.lut_runs",
     "learn_ranking": "planner.search.budget",
     "config_for_budget": "planner.search.budget",
     # planning (no torch)
