@@ -26,14 +26,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from planner.accuracy.data import Batch, Dataset
+from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
 from planner.nn.calibrate import DEFAULT_BATCHES, calibrate
+from planner.nn.checkpoint import build_options
 from planner.search.lut import allowed_counts, default_granularity
 from planner.widths import WidthConfig
 
@@ -157,6 +161,27 @@ def check_model(model: SlimmableNetwork, per_layer: bool) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, as opposed to what it computes.
+
+    checkpoint: the resume file to keep (after every epoch, and every `save_every` steps when > 0).
+    resume: a resume file to continue from; the run then ends exactly as if never interrupted.
+    on_resume: told the position resumed at, before the first step runs.
+    """
+
+    checkpoint: Path | None = None
+    save_every: int = 0
+    resume: Path | None = None
+    on_resume: Callable[[TrainStep], None] | None = None
+
+
+def run_recipe(model: SlimmableNetwork, dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a resume file must match: the model's build options, the data and every setting that changes
+    what the steps compute."""
+    return {"model": build_options(model), "dataset": dataset.name, **settings}
+
+
 def train(
     model: SlimmableNetwork,
     dataset: Dataset,
@@ -168,6 +193,7 @@ def train(
     on_step: Callable[[TrainStep], None] | None = None,
     per_layer: bool = False,
     granularity: int | None = None,
+    run: RunOptions = RunOptions(),
 ) -> TrainResult:
     """Train `model` in place at all its widths on the dataset's train split, reshuffled every epoch.
 
@@ -175,11 +201,16 @@ def train(
         per_layer: the sandwich's random members are per-layer random configurations (US-models only).
         granularity: channel step of those configurations (default: the model's planning step,
             `planner.search.lut.default_granularity`).
+        run: resume files to write and read (`RunOptions`).
 
     The model is left in eval mode at its widest width.
     """
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     check_model(model, per_layer)
+    if run.save_every < 0:
+        raise PlannerError(
+            f"save-every must be 0 (epoch ends only) or a number of steps, got {run.save_every}"
+        )
     if dataset.num_classes > model.num_classes:
         raise PlannerError(f"dataset has {dataset.num_classes} classes, {model.name} has {model.num_classes}")
     if dataset.size("train") == 0:
@@ -191,15 +222,62 @@ def train(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "per_layer": per_layer,
+        "granularity": granularity,
+    }
+    recipe = run_recipe(model, dataset, settings)
     distill = model.universal
     result = TrainResult()
+    first_epoch, first_step = 0, 0
+    sums: dict[LossKey, float] = {}
+    counts: dict[LossKey, int] = {}
+    if run.resume is not None:
+        state = load_state(run.resume, recipe)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        restore_rng(state["rng"])
+        first_epoch, first_step = state["epoch"], state["step"]
+        result.epoch_losses, result.steps = state["epoch_losses"], state["steps"]
+        sums, counts = state["sums"], state["counts"]
+        if run.on_resume is not None:
+            run.on_resume(TrainStep(first_epoch, first_step, steps_per_epoch, {}))
+
+    def save(epoch: int, step: int) -> None:
+        if run.checkpoint is None:
+            return
+        state = {
+            "recipe": recipe,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "rng": capture_rng(),
+            "epoch": epoch,
+            "step": step,
+            "steps": result.steps,
+            "epoch_losses": result.epoch_losses,
+            "sums": sums,
+            "counts": counts,
+        }
+        save_state(run.checkpoint, state)
+
     start = time.perf_counter()
     model.train()
-    for epoch in range(epochs):
-        sums: dict[LossKey, float] = {}
-        counts: dict[LossKey, int] = {}
+    for epoch in range(first_epoch, epochs):
+        skip = first_step if epoch == first_epoch else 0
+        if not skip:
+            sums, counts = {}, {}
         batches = dataset.batches("train", batch_size, shuffle=True, seed=seed * 100_003 + epoch)
-        for step, (images, labels) in enumerate(batches):
+        for step in range(skip, len(batches)):
+            images, labels = batches[step]
             optimizer.zero_grad(set_to_none=True)
             step_sums: dict[LossKey, float] = {}
             step_counts: dict[LossKey, int] = {}
@@ -224,7 +302,11 @@ def train(
             result.steps += 1
             if on_step is not None:
                 on_step(TrainStep(epoch, step, len(batches), losses))
+            if run.save_every and result.steps % run.save_every == 0 and step + 1 < len(batches):
+                save(epoch, step + 1)
         result.epoch_losses.append({k: sums[k] / counts[k] for k in sandwich_order(list(sums))})
+        sums, counts = {}, {}
+        save(epoch + 1, 0)
     if per_layer:
         batches = dataset.batches("train", batch_size, shuffle=True, seed=seed * 100_003 + epochs)
         refresh_tracked_statistics(model, batches[:DEFAULT_BATCHES])

@@ -171,6 +171,16 @@ def train_command(
         int | None,
         typer.Option(help="Channel step of the --per-layer configurations (default: the model's, as LeGR)."),
     ] = None,
+    save_every: Annotated[
+        int,
+        typer.Option(
+            help="Also save the resume state (OUTPUT's stem + .resume.pt, written every epoch) every N steps."
+        ),
+    ] = 0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run from this resume state, exactly as if never interrupted."),
+    ] = None,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
@@ -179,7 +189,8 @@ def train_command(
     import torch
 
     from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.train import check_model, check_settings, train
+    from planner.accuracy.resume import resume_path
+    from planner.accuracy.train import RunOptions, check_model, check_settings, train
     from planner.nn.checkpoint import save_checkpoint
     from planner.search.lut import default_granularity
 
@@ -213,6 +224,15 @@ def train_command(
             )
             progress.update(task, advance=1, epoch=f"{step.epoch + 1}/{epochs}", losses=losses)
 
+        def resumed(at) -> None:
+            console.print(
+                f"resuming from {resume} at epoch {at.epoch + 1}/{epochs}, "
+                f"step {at.step}/{at.steps_per_epoch}",
+                highlight=False,
+            )
+            progress.update(task, completed=at.epoch * at.steps_per_epoch + at.step)
+
+        run = RunOptions(resume_path(output), save_every, resume, on_resume=resumed)
         result = train(
             model,
             dataset,
@@ -224,6 +244,7 @@ def train_command(
             on_step=show,
             per_layer=per_layer,
             granularity=granularity,
+            run=run,
         )
     extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     if per_layer:
