@@ -23,6 +23,7 @@ SGD with Nesterov momentum and a cosine learning-rate schedule per step, as the 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +32,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from planner.accuracy.data import Batch, Dataset
+from planner.accuracy.distributed import (
+    ShardSampler,
+    World,
+    average_gradients,
+    average_values,
+    broadcast_model,
+)
 from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
@@ -168,12 +177,20 @@ class RunOptions:
     checkpoint: the resume file to keep (after every epoch, and every `save_every` steps when > 0).
     resume: a resume file to continue from; the run then ends exactly as if never interrupted.
     on_resume: told the position resumed at, before the first step runs.
+    world: this process's rank among torchrun's (`planner.accuracy.distributed`); None for one process.
+    accumulate: micro-batches per step (each its own forward/backward, BN statistics per micro-batch):
+        one process then computes what `accumulate` ranks do.
+    device: where the model and batches live. workers: DataLoader worker processes.
     """
 
     checkpoint: Path | None = None
     save_every: int = 0
     resume: Path | None = None
     on_resume: Callable[[TrainStep], None] | None = None
+    world: World | None = None
+    accumulate: int = 1
+    device: torch.device = torch.device("cpu")
+    workers: int = 0
 
 
 def run_recipe(model: SlimmableNetwork, dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +220,7 @@ def train(
             `planner.search.lut.default_granularity`).
         run: resume files to write and read (`RunOptions`).
 
-    The model is left in eval mode at its widest width.
+    The model is left on the CPU in eval mode at its widest width.
     """
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     check_model(model, per_layer)
@@ -215,7 +232,37 @@ def train(
         raise PlannerError(f"dataset has {dataset.num_classes} classes, {model.name} has {model.num_classes}")
     if dataset.size("train") == 0:
         raise PlannerError(f"dataset {dataset.name} has no training split")
-    steps_per_epoch = -(-dataset.size("train") // batch_size)
+    world = run.world
+    ranks = world.size if world else 1
+    if run.accumulate < 1:
+        raise PlannerError(f"accumulate must be at least 1 micro-batch, got {run.accumulate}")
+    if batch_size % (ranks * run.accumulate):
+        raise PlannerError(
+            f"batch size {batch_size} (the global batch) does not split evenly into {ranks} ranks "
+            f"x {run.accumulate} micro-batches"
+        )
+    leader = world is None or world.leader
+    train_set = dataset.training_set()
+    sampler = ShardSampler(
+        train_set, num_replicas=ranks, rank=world.rank if world else 0, shuffle=True, seed=seed * 100_003
+    )
+    local_batch = batch_size // ranks
+    steps_per_epoch = -(-sampler.num_samples // local_batch)
+
+    def loader(epoch: int, skip_steps: int = 0) -> DataLoader:
+        sampler.set_epoch(epoch)
+        sampler.skip = skip_steps * local_batch
+        return DataLoader(
+            train_set,
+            batch_size=local_batch,
+            sampler=sampler,
+            num_workers=run.workers,
+            collate_fn=getattr(train_set, "collate", None),
+            pin_memory=run.device.type == "cuda",
+        )
+
+    device = run.device
+    model.to(device)
     domains = per_layer_domains(model, granularity) if per_layer else None
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
@@ -230,6 +277,8 @@ def train(
         "seed": seed,
         "per_layer": per_layer,
         "granularity": granularity,
+        "world_size": ranks,
+        "accumulate": run.accumulate,
     }
     recipe = run_recipe(model, dataset, settings)
     distill = model.universal
@@ -250,8 +299,10 @@ def train(
         if run.on_resume is not None:
             run.on_resume(TrainStep(first_epoch, first_step, steps_per_epoch, {}))
 
+    broadcast_model(model, world)
+
     def save(epoch: int, step: int) -> None:
-        if run.checkpoint is None:
+        if run.checkpoint is None or not leader:
             return
         state = {
             "recipe": recipe,
@@ -275,42 +326,50 @@ def train(
         skip = first_step if epoch == first_epoch else 0
         if not skip:
             sums, counts = {}, {}
-        batches = dataset.batches("train", batch_size, shuffle=True, seed=seed * 100_003 + epoch)
-        for step in range(skip, len(batches)):
-            images, labels = batches[step]
+        for step, (images, labels) in enumerate(loader(epoch, skip), start=skip):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            k = run.accumulate
+            chunks = [(images[i::k], labels[i::k]) for i in range(k)]
             optimizer.zero_grad(set_to_none=True)
             step_sums: dict[LossKey, float] = {}
             step_counts: dict[LossKey, int] = {}
-            soft_target = None
-            for key, config in iteration_configs(model, generator, domains):
+            soft_targets: list[torch.Tensor] = []
+            for member, (key, config) in enumerate(iteration_configs(model, generator, domains)):
                 model.set_config(config)
-                logits = model(images)
-                if soft_target is None or not distill:
-                    loss = F.cross_entropy(logits, labels)
-                    soft_target = F.softmax(logits.detach(), dim=1)
-                else:
-                    loss = soft_cross_entropy(logits, soft_target)
-                loss.backward()
-                step_sums[key] = step_sums.get(key, 0.0) + loss.item()
+                for chunk, (x, y) in enumerate(chunks):
+                    logits = model(x)
+                    if member == 0 or not distill:
+                        loss = F.cross_entropy(logits, y)
+                        if distill:
+                            soft_targets.append(F.softmax(logits.detach(), dim=1))
+                    else:
+                        loss = soft_cross_entropy(logits, soft_targets[chunk])
+                    (loss / k).backward()
+                    step_sums[key] = step_sums.get(key, 0.0) + loss.item() / k
                 step_counts[key] = step_counts.get(key, 0) + 1
+            average_gradients(model, world)
+            optimizer.step()
+            schedule.step()
+            keys = list(step_sums)
+            step_sums = dict(zip(keys, average_values([step_sums[key] for key in keys], world), strict=True))
             for key, total in step_sums.items():
                 sums[key] = sums.get(key, 0.0) + total
                 counts[key] = counts.get(key, 0) + step_counts[key]
             losses = {key: step_sums[key] / step_counts[key] for key in step_sums}
-            optimizer.step()
-            schedule.step()
             result.steps += 1
             if on_step is not None:
-                on_step(TrainStep(epoch, step, len(batches), losses))
-            if run.save_every and result.steps % run.save_every == 0 and step + 1 < len(batches):
+                on_step(TrainStep(epoch, step, steps_per_epoch, losses))
+            if run.save_every and result.steps % run.save_every == 0 and step + 1 < steps_per_epoch:
                 save(epoch, step + 1)
         result.epoch_losses.append({k: sums[k] / counts[k] for k in sandwich_order(list(sums))})
         sums, counts = {}, {}
         save(epoch + 1, 0)
     if per_layer:
-        batches = dataset.batches("train", batch_size, shuffle=True, seed=seed * 100_003 + epochs)
-        refresh_tracked_statistics(model, batches[:DEFAULT_BATCHES])
+        batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(loader(epochs), DEFAULT_BATCHES)]
+        refresh_tracked_statistics(model, batches)
     result.wall_s = time.perf_counter() - start
     model.set_config(model.config(model.widths[-1]))
+    model.to("cpu")
     model.eval()
     return result

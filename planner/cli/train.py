@@ -181,20 +181,57 @@ def train_command(
         Path | None,
         typer.Option(help="Continue the run from this resume state, exactly as if never interrupted."),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(help="Processes to start under torchrun on this machine (data parallel; 0: this one)."),
+    ] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 0,
+    accumulate: Annotated[
+        int, typer.Option(help="Micro-batches per step (BN statistics per micro-batch, as per rank).")
+    ] = 1,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
 ) -> None:
-    """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation)."""
+    """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation).
+
+    --batch-size is the global batch: torchrun's ranks (`torchrun --nproc-per-node N -m planner train`,
+    or --nproc N) each take an equal share, and rank 0 alone prints and writes.
+    """
+    import sys
+
+    from planner.accuracy.distributed import launch, training_session, without_option
+    from planner.accuracy.train import RunOptions, check_settings
+
+    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    if nproc:
+        raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
+    with training_session(device) as (world, where):
+        if world is not None and not world.leader:
+            console.quiet = True
+        _train(
+            model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
+            per_layer, granularity, save_every, resume, in_channels, num_classes, input_size,
+            RunOptions(world=world, accumulate=accumulate, device=where, workers=workers),
+        )  # fmt: skip
+
+
+def _train(
+    model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
+    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, options,
+) -> None:  # fmt: skip
+    import dataclasses
+
     import torch
 
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.resume import resume_path
-    from planner.accuracy.train import RunOptions, check_model, check_settings, train
+    from planner.accuracy.train import check_model, train
     from planner.nn.checkpoint import save_checkpoint
     from planner.search.lut import default_granularity
 
-    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    leader = options.world is None or options.world.leader
     _set_threads(threads)
     dataset = _load(data, None, input_size)
     torch.manual_seed(seed)
@@ -213,7 +250,9 @@ def train_command(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, TextColumn("{task.fields[losses]}"), console=console) as progress:
+    with Progress(
+        *columns, TextColumn("{task.fields[losses]}"), console=console, disable=not leader
+    ) as progress:
         steps = -(-dataset.size("train") // batch_size)
         task = progress.add_task("train", total=epochs * steps, epoch=f"1/{epochs}", losses="")
 
@@ -232,7 +271,9 @@ def train_command(
             )
             progress.update(task, completed=at.epoch * at.steps_per_epoch + at.step)
 
-        run = RunOptions(resume_path(output), save_every, resume, on_resume=resumed)
+        run = dataclasses.replace(
+            options, checkpoint=resume_path(output), save_every=save_every, resume=resume, on_resume=resumed
+        )
         result = train(
             model,
             dataset,
@@ -246,6 +287,8 @@ def train_command(
             granularity=granularity,
             run=run,
         )
+    if not leader:
+        return
     extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     if per_layer:
         extra["per_layer"] = {"granularity": granularity or default_granularity(model)}
