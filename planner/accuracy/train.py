@@ -42,6 +42,7 @@ from planner.accuracy.distributed import (
     average_values,
     broadcast_model,
 )
+from planner.accuracy.precision import select_precision
 from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
@@ -181,6 +182,7 @@ class RunOptions:
     accumulate: micro-batches per step (each its own forward/backward, BN statistics per micro-batch):
         one process then computes what `accumulate` ranks do.
     device: where the model and batches live. workers: DataLoader worker processes.
+    precision: fp32, bf16 or fp16 autocast (`planner.accuracy.precision`).
     """
 
     checkpoint: Path | None = None
@@ -191,6 +193,7 @@ class RunOptions:
     accumulate: int = 1
     device: torch.device = torch.device("cpu")
     workers: int = 0
+    precision: str = "fp32"
 
 
 def run_recipe(model: SlimmableNetwork, dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
@@ -262,6 +265,8 @@ def train(
         )
 
     device = run.device
+    precision = select_precision(run.precision, device)
+    scaler = precision.scaler(device)
     model.to(device)
     domains = per_layer_domains(model, granularity) if per_layer else None
     generator = torch.Generator().manual_seed(seed)
@@ -279,6 +284,7 @@ def train(
         "granularity": granularity,
         "world_size": ranks,
         "accumulate": run.accumulate,
+        "precision": precision.name,
     }
     recipe = run_recipe(model, dataset, settings)
     distill = model.universal
@@ -291,6 +297,7 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
         restore_rng(state["rng"])
         first_epoch, first_step = state["epoch"], state["step"]
@@ -309,6 +316,7 @@ def train(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
             "generator": generator.get_state(),
             "rng": capture_rng(),
             "epoch": epoch,
@@ -338,18 +346,20 @@ def train(
             for member, (key, config) in enumerate(iteration_configs(model, generator, domains)):
                 model.set_config(config)
                 for chunk, (x, y) in enumerate(chunks):
-                    logits = model(x)
-                    if member == 0 or not distill:
-                        loss = F.cross_entropy(logits, y)
-                        if distill:
-                            soft_targets.append(F.softmax(logits.detach(), dim=1))
-                    else:
-                        loss = soft_cross_entropy(logits, soft_targets[chunk])
-                    (loss / k).backward()
+                    with precision.autocast(device):
+                        logits = model(x)
+                        if member == 0 or not distill:
+                            loss = F.cross_entropy(logits, y)
+                            if distill:
+                                soft_targets.append(F.softmax(logits.detach(), dim=1))
+                        else:
+                            loss = soft_cross_entropy(logits, soft_targets[chunk])
+                    scaler.scale(loss / k).backward()
                     step_sums[key] = step_sums.get(key, 0.0) + loss.item() / k
                 step_counts[key] = step_counts.get(key, 0) + 1
             average_gradients(model, world)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             keys = list(step_sums)
             step_sums = dict(zip(keys, average_values([step_sums[key] for key in keys], world), strict=True))

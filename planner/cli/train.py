@@ -187,6 +187,9 @@ def train_command(
     ] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 0,
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 (CPU or CUDA autocast) or fp16 (CUDA, with loss scaling).")
+    ] = "fp32",
     accumulate: Annotated[
         int, typer.Option(help="Micro-batches per step (BN statistics per micro-batch, as per rank).")
     ] = 1,
@@ -201,19 +204,24 @@ def train_command(
     """
     import sys
 
-    from planner.accuracy.distributed import launch, training_session, without_option
+    from planner.accuracy.distributed import launch, pick_device, training_session, without_option
+    from planner.accuracy.precision import select_precision
     from planner.accuracy.train import RunOptions, check_settings
 
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     if nproc:
+        select_precision(precision, pick_device(device, None))  # before any process starts
         raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
     with training_session(device) as (world, where):
+        select_precision(precision, where)  # before any data is read
         if world is not None and not world.leader:
             console.quiet = True
         _train(
             model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
             per_layer, granularity, save_every, resume, in_channels, num_classes, input_size,
-            RunOptions(world=world, accumulate=accumulate, device=where, workers=workers),
+            RunOptions(
+                world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
+            ),
         )  # fmt: skip
 
 
