@@ -199,7 +199,12 @@ class RunOptions:
 def run_recipe(model: SlimmableNetwork, dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
     """What a resume file must match: the model's build options, the data and every setting that changes
     what the steps compute."""
-    return {"model": build_options(model), "dataset": dataset.name, **settings}
+    return {
+        "model": build_options(model),
+        "classes": list(dataset.classes),
+        "dataset": dataset.name,
+        **settings,
+    }
 
 
 def train(
@@ -254,6 +259,8 @@ def train(
 
     def loader(epoch: int, skip_steps: int = 0) -> DataLoader:
         sampler.set_epoch(epoch)
+        if hasattr(train_set, "set_epoch"):  # augmentation drawn per (seed, epoch, image)
+            train_set.set_epoch(epoch)
         sampler.skip = skip_steps * local_batch
         return DataLoader(
             train_set,

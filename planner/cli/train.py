@@ -99,9 +99,13 @@ def _build(
 
 def _load(data: str, saved: dict[str, Any] | None, input_size: int | None) -> Dataset:
     from planner.accuracy.data import load_dataset
+    from planner.accuracy.images import check_classes
 
     size = input_size or (saved["planner"].get("input_size") if saved else None)
-    return load_dataset(data, image_size=size)
+    dataset = load_dataset(data, image_size=size)
+    if saved:
+        check_classes(saved["planner"], dataset.classes, data)
+    return dataset
 
 
 def _configs(model, widths: list[float] | None, config_files: list[Path] | None) -> list:
@@ -187,6 +191,14 @@ def train_command(
     ] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 0,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment",
+            help="Image folders: read images per batch with ImageNet augmentation (random resized crop, "
+            "flip, normalisation; evaluation: resize, centre crop) instead of all in memory.",
+        ),
+    ] = False,
     precision: Annotated[
         str, typer.Option(help="fp32, bf16 (CPU or CUDA autocast) or fp16 (CUDA, with loss scaling).")
     ] = "fp32",
@@ -218,7 +230,7 @@ def train_command(
             console.quiet = True
         _train(
             model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
-            per_layer, granularity, save_every, resume, in_channels, num_classes, input_size,
+            per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
             RunOptions(
                 world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
             ),
@@ -227,13 +239,14 @@ def train_command(
 
 def _train(
     model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
-    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, options,
+    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment, options,
 ) -> None:  # fmt: skip
     import dataclasses
 
     import torch
 
     from planner.accuracy.evaluate import evaluate
+    from planner.accuracy.images import load_image_folder
     from planner.accuracy.resume import resume_path
     from planner.accuracy.train import check_model, train
     from planner.nn.checkpoint import save_checkpoint
@@ -241,7 +254,10 @@ def _train(
 
     leader = options.world is None or options.world.leader
     _set_threads(threads)
-    dataset = _load(data, None, input_size)
+    if augment:
+        dataset = load_image_folder(data, input_size, options.workers, seed)
+    else:
+        dataset = _load(data, None, input_size)
     torch.manual_seed(seed)
     model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
     check_model(model, per_layer)
@@ -297,7 +313,14 @@ def _train(
         )
     if not leader:
         return
-    extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    extra = {
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
     if per_layer:
         extra["per_layer"] = {"granularity": granularity or default_granularity(model)}
     path = save_checkpoint(model, output, extra=extra)
