@@ -18,11 +18,15 @@ statistics (they have no tracked ones), and the tracked widths between the two e
 after training every tracked width's running statistics are re-estimated on training batches (US-Nets'
 post-training calibration); per-layer configurations are calibrated when evaluated, as before.
 
-SGD with Nesterov momentum and a cosine learning-rate schedule per step, as the reference's recipe.
+SGD with Nesterov momentum and, by default, a cosine learning-rate schedule per step; the published
+recipes' schedules (`planner.accuracy.recipes`) are the alternatives. Resume files, torchrun ranks,
+mixed precision and DataLoader workers are `RunOptions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -43,6 +47,7 @@ from planner.accuracy.distributed import (
     broadcast_model,
 )
 from planner.accuracy.precision import select_precision
+from planner.accuracy.recipes import COSINE, Schedule, lr_factor
 from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
@@ -219,6 +224,8 @@ def train(
     per_layer: bool = False,
     granularity: int | None = None,
     run: RunOptions = RunOptions(),
+    schedule: Schedule = COSINE,
+    label_smoothing: float = 0.0,
 ) -> TrainResult:
     """Train `model` in place at all its widths on the dataset's train split, reshuffled every epoch.
 
@@ -226,7 +233,9 @@ def train(
         per_layer: the sandwich's random members are per-layer random configurations (US-models only).
         granularity: channel step of those configurations (default: the model's planning step,
             `planner.search.lut.default_granularity`).
-        run: resume files to write and read (`RunOptions`).
+        run: resume files, ranks, device, precision (`RunOptions`).
+        schedule: the learning-rate decay (`planner.accuracy.recipes.Schedule`; default cosine to 0).
+        label_smoothing: of the widest member's cross-entropy (the others learn its soft output).
 
     The model is left on the CPU in eval mode at its widest width.
     """
@@ -280,7 +289,12 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+    if schedule.kind == "cosine":  # the closed form differs from CosineAnnealingLR's in the last bits
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    else:
+        factor = functools.partial(lr_factor, schedule, steps_per_epoch=steps_per_epoch, total_steps=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -292,6 +306,8 @@ def train(
         "world_size": ranks,
         "accumulate": run.accumulate,
         "precision": precision.name,
+        "schedule": dataclasses.asdict(schedule) | {"milestones": list(schedule.milestones)},
+        "label_smoothing": label_smoothing,
     }
     recipe = run_recipe(model, dataset, settings)
     distill = model.universal
@@ -303,7 +319,7 @@ def train(
         state = load_state(run.resume, recipe)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
         restore_rng(state["rng"])
@@ -322,7 +338,7 @@ def train(
             "recipe": recipe,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
+            "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "generator": generator.get_state(),
             "rng": capture_rng(),
@@ -356,7 +372,7 @@ def train(
                     with precision.autocast(device):
                         logits = model(x)
                         if member == 0 or not distill:
-                            loss = F.cross_entropy(logits, y)
+                            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
                             if distill:
                                 soft_targets.append(F.softmax(logits.detach(), dim=1))
                         else:
@@ -367,7 +383,7 @@ def train(
             average_gradients(model, world)
             scaler.step(optimizer)
             scaler.update()
-            schedule.step()
+            scheduler.step()
             keys = list(step_sums)
             step_sums = dict(zip(keys, average_values([step_sums[key] for key in keys], world), strict=True))
             for key, total in step_sums.items():

@@ -144,6 +144,7 @@ def _accuracy_table(title: str, results) -> Table:
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     model_name: ModelArgument,
     data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (reference layout).")],
@@ -185,6 +186,14 @@ def train_command(
         Path | None,
         typer.Option(help="Continue the run from this resume state, exactly as if never interrupted."),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="A published setup (s_mobilenet_v1, s_mobilenet_v2, s_resnet50, us_mobilenet_v2) or a "
+            "recipe TOML file: its epochs, batch, lr schedule, weight decay, label smoothing, widths, input "
+            "size and augmentation, each overridden by the option when given."
+        ),
+    ] = None,
     nproc: Annotated[
         int,
         typer.Option(help="Processes to start under torchrun on this machine (data parallel; 0: this one)."),
@@ -220,6 +229,17 @@ def train_command(
     from planner.accuracy.precision import select_precision
     from planner.accuracy.train import RunOptions, check_settings
 
+    schedule, label_smoothing = None, 0.0
+    if recipe is not None:
+        given = _recipe_values(ctx, model_name, recipe)
+        epochs, batch_size, lr = (
+            given.get("epochs", epochs),
+            given.get("batch_size", batch_size),
+            given.get("lr", lr),
+        )
+        weight_decay, widths = given.get("weight_decay", weight_decay), given.get("widths", widths)
+        input_size, augment = given.get("input_size", input_size), given.get("augment", augment)
+        schedule, label_smoothing = given["schedule"], given["label_smoothing"]
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     if nproc:
         select_precision(precision, pick_device(device, None))  # before any process starts
@@ -231,15 +251,38 @@ def train_command(
         _train(
             model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
             per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
-            RunOptions(
+            schedule, label_smoothing, RunOptions(
                 world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
             ),
         )  # fmt: skip
 
 
+def _recipe_values(ctx: typer.Context, model_name: str, name: str) -> dict[str, Any]:
+    """The recipe's settings for the options left at their defaults (a given option wins)."""
+    from planner.accuracy.recipes import load_recipe
+
+    loaded = load_recipe(name)
+    if loaded.model != model_name:
+        raise PlannerError(f"recipe {loaded.name} trains {loaded.model}, not {model_name}")
+    values = {
+        "epochs": loaded.epochs,
+        "batch_size": loaded.batch_size,
+        "lr": loaded.lr,
+        "weight_decay": loaded.weight_decay,
+        "widths": [",".join(f"{w:g}" for w in loaded.widths)],
+        "input_size": loaded.input_size,
+        "augment": loaded.augment,
+    }
+    chosen = {
+        k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT"
+    }
+    return {**chosen, "schedule": loaded.schedule, "label_smoothing": loaded.label_smoothing}
+
+
 def _train(
     model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
-    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment, options,
+    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
+    schedule, label_smoothing, options,
 ) -> None:  # fmt: skip
     import dataclasses
 
@@ -247,6 +290,7 @@ def _train(
 
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.images import load_image_folder
+    from planner.accuracy.recipes import COSINE
     from planner.accuracy.resume import resume_path
     from planner.accuracy.train import check_model, train
     from planner.nn.checkpoint import save_checkpoint
@@ -310,6 +354,8 @@ def _train(
             per_layer=per_layer,
             granularity=granularity,
             run=run,
+            schedule=schedule or COSINE,
+            label_smoothing=label_smoothing,
         )
     if not leader:
         return
