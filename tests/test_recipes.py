@@ -82,6 +82,7 @@ def test_train_runs_a_recipe_and_given_options_win(tmp_path: Path, capsys) -> No
     argv = ["train", "s_cnn_small", "-d", "digits", "-o", str(out), "--recipe", str(recipe), "--epochs", "2"]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
+    assert "loss 1x:" in err and "0.5x:" in err and " img/s" in err  # the progress line
     info = read_checkpoint(out)["planner"]
     assert (info["epochs"], info["batch_size"], info["widths"]) == (2, 256, [0.5, 1.0])
     code, _, err = run_cli(["train", "s_mobilenet_v2", *argv[2:]], capsys)

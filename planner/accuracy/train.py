@@ -69,6 +69,7 @@ class TrainStep:
     step: int
     steps_per_epoch: int
     losses: dict[LossKey, float]
+    images_per_s: float = 0.0  # training images (all ranks) per second since this process started
 
 
 @dataclass
@@ -352,6 +353,7 @@ def train(
         save_state(run.checkpoint, state)
 
     start = time.perf_counter()
+    seen = 0
     model.train()
     for epoch in range(first_epoch, epochs):
         skip = first_step if epoch == first_epoch else 0
@@ -391,8 +393,10 @@ def train(
                 counts[key] = counts.get(key, 0) + step_counts[key]
             losses = {key: step_sums[key] / step_counts[key] for key in step_sums}
             result.steps += 1
+            seen += len(labels) * ranks
             if on_step is not None:
-                on_step(TrainStep(epoch, step, steps_per_epoch, losses))
+                speed = seen / (time.perf_counter() - start)
+                on_step(TrainStep(epoch, step, steps_per_epoch, losses, speed))
             if run.save_every and result.steps % run.save_every == 0 and step + 1 < steps_per_epoch:
                 save(epoch, step + 1)
         result.epoch_losses.append({k: sums[k] / counts[k] for k in sandwich_order(list(sums))})

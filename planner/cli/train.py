@@ -329,6 +329,7 @@ def _train(
             losses = "loss " + " ".join(
                 f"{w:g}x:{loss:.3f}" if isinstance(w, float) else f"{w}:{loss:.3f}" for w, loss in shown
             )
+            losses += f" {step.images_per_s:.0f} img/s"
             progress.update(task, advance=1, epoch=f"{step.epoch + 1}/{epochs}", losses=losses)
 
         def resumed(at) -> None:
