@@ -388,8 +388,8 @@ def train(
             scheduler.step()
             keys = list(step_sums)
             step_sums = dict(zip(keys, average_values([step_sums[key] for key in keys], world), strict=True))
-            for key, total in step_sums.items():
-                sums[key] = sums.get(key, 0.0) + total
+            for key, value in step_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + step_counts[key]
             losses = {key: step_sums[key] / step_counts[key] for key in step_sums}
             result.steps += 1
