@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from planner.accuracy.images import (
+    ImageFolderData,
     eval_transform,
     load_image_folder,
     random_resized_box,
     train_transform,
 )
+from planner.cli.train import _load
 from planner.errors import PlannerError
+from planner.nn.checkpoint import read_checkpoint
 
 
 def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 10) -> Path:
@@ -75,6 +79,13 @@ def test_training_on_an_image_folder_and_a_class_mismatch(tmp_path: Path, capsys
     argv = ["train", "s_cnn_small", "-d", str(pets), "-o", str(model), "--augment", "--input-size", "12"]
     code, _, err = run_cli([*argv, "--epochs", "1", "--batch-size", "7", "--workers", "1"], capsys)
     assert code == 0, err
+    saved = read_checkpoint(model)
+    assert saved["planner"]["pipeline"] == "imagenet"
+    assert isinstance(_load(str(pets), saved, None), ImageFolderData)  # evaluated as it was trained
+    code, out, err = run_cli(["evaluate", "s_cnn_small", "-c", str(model), "-d", str(pets), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dataset"] == "pets" and report["results"][0]["samples"] == 6  # val through the transform
     other = image_folder(tmp_path / "farm", classes=("cat", "cow", "fox"))
     code, _, err = run_cli(["evaluate", "s_cnn_small", "-c", str(model), "-d", str(other)], capsys)
     assert code == 2

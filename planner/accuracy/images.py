@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from planner.accuracy.data import IMAGE_SUFFIXES, SPLIT_FRACTIONS, SPLITS, _class_dirs, _image_files, _open
 from planner.errors import PlannerError
 
+PIPELINE = "imagenet"  # recorded in a checkpoint: evaluate it through this module's transforms
 MEAN = {"RGB": (0.485, 0.456, 0.406), "L": (0.449,)}  # ImageNet's, and its average for grey images
 STD = {"RGB": (0.229, 0.224, 0.225), "L": (0.226,)}
 SCALE = (0.08, 1.0)

@@ -99,10 +99,13 @@ def _build(
 
 def _load(data: str, saved: dict[str, Any] | None, input_size: int | None) -> Dataset:
     from planner.accuracy.data import load_dataset
-    from planner.accuracy.images import check_classes
+    from planner.accuracy.images import PIPELINE, check_classes, load_image_folder
 
     size = input_size or (saved["planner"].get("input_size") if saved else None)
-    dataset = load_dataset(data, image_size=size)
+    if saved and saved["planner"].get("pipeline") == PIPELINE:  # the inputs it was trained on
+        dataset = load_image_folder(data, image_size=size)
+    else:
+        dataset = load_dataset(data, image_size=size)
     if saved:
         check_classes(saved["planner"], dataset.classes, data)
     return dataset
@@ -225,7 +228,13 @@ def train_command(
     """
     import sys
 
-    from planner.accuracy.distributed import launch, pick_device, training_session, without_option
+    from planner.accuracy.distributed import (
+        from_environment,
+        launch,
+        pick_device,
+        training_session,
+        without_option,
+    )
     from planner.accuracy.precision import select_precision
     from planner.accuracy.train import RunOptions, check_settings
 
@@ -242,6 +251,8 @@ def train_command(
         schedule, label_smoothing = given["schedule"], given["label_smoothing"]
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     if nproc:
+        if from_environment() is not None:
+            raise PlannerError("--nproc starts torchrun itself: drop it when running under torchrun")
         select_precision(precision, pick_device(device, None))  # before any process starts
         raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
     with training_session(device) as (world, where):
@@ -289,7 +300,7 @@ def _train(
     import torch
 
     from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.images import load_image_folder
+    from planner.accuracy.images import PIPELINE, load_image_folder
     from planner.accuracy.recipes import COSINE
     from planner.accuracy.resume import resume_path
     from planner.accuracy.train import check_model, train
@@ -302,6 +313,7 @@ def _train(
         dataset = load_image_folder(data, input_size, options.workers, seed)
     else:
         dataset = _load(data, None, input_size)
+    pipeline = PIPELINE if augment else "tensors"
     torch.manual_seed(seed)
     model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
     check_model(model, per_layer)
@@ -363,6 +375,7 @@ def _train(
     extra = {
         "dataset": dataset.name,
         "classes": list(dataset.classes),
+        "pipeline": pipeline,
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
