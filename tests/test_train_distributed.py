@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,32 @@ def test_two_gloo_ranks_train_the_weights_of_one_process_on_the_same_global_batc
     for key in weights:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
     assert any(not torch.allclose(expected[k], zero[k], atol=1e-3) for k in weights)  # it did train
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_together_resume_to_the_uninterrupted_weights(data: Path, tmp_path: Path) -> None:
+    """kill -9 of the launcher and both ranks mid-run, then --resume on 2 ranks: the final checkpoint
+    equals that of a 2-rank run never interrupted (rank 0 wrote the state, both ranks read it)."""
+    common = ["train", "us_cnn_small", "-d", str(data), "--epochs", "4", "--batch-size", "8", "--nproc", "2",
+              "--save-every", "5"]  # fmt: skip
+    whole = planner(*common, "-o", str(tmp_path / "whole.pt"))
+    assert whole.returncode == 0, whole.stderr
+    state = tmp_path / "cut.resume.pt"
+    command = [sys.executable, "-m", "planner", *common, "-o", str(tmp_path / "cut.pt")]
+    run = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not state.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and its ranks, at once
+    run.wait()
+    assert run.returncode == -signal.SIGKILL and not (tmp_path / "cut.pt").exists()
+    resumed = planner(*common, "-o", str(tmp_path / "cut.pt"), "--resume", str(state))
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count("resuming from") == 1
+    expected, got = (read_checkpoint(tmp_path / f"{n}.pt")["model"] for n in ("whole", "cut"))
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
 
 
 @pytest.mark.slow

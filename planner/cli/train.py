@@ -154,7 +154,7 @@ def train_command(
     epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 15,
     widths: WidthsOption = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov, cosine decay).")] = 0.2,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Images per optimizer step (over all ranks).")] = 128,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
     seed: Annotated[
         int, typer.Option(help="Seed of the weights, the shuffling and the sandwich widths.")
