@@ -143,13 +143,13 @@ def average_gradients(model: torch.nn.Module, world: World | None) -> None:
         offset += grad.numel()
 
 
-def average_values(values: list[float], world: World | None) -> list[float]:
-    """The mean over the ranks of each value (the losses shown and recorded)."""
+def average_values(values: list[float], world: World | None, device: torch.device) -> list[float]:
+    """The mean over the ranks of each value (the losses shown and recorded); nccl reduces on `device`."""
     if world is None or world.size == 1 or not values:
         return values
     import torch.distributed as dist
 
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return (tensor / world.size).tolist()
 

@@ -387,7 +387,9 @@ def train(
             scaler.update()
             scheduler.step()
             keys = list(step_sums)
-            step_sums = dict(zip(keys, average_values([step_sums[key] for key in keys], world), strict=True))
+            step_sums = dict(
+                zip(keys, average_values([step_sums[key] for key in keys], world, device), strict=True)
+            )
             for key, value in step_sums.items():
                 sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + step_counts[key]
