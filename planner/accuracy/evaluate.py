@@ -111,11 +111,19 @@ def checkpoint_on_data(
     The data is loaded at the checkpoint's input size (or the `input_size` given); the configurations
     are the given widths and files, or every trained width.
     """
+    from planner.accuracy.images import PIPELINE, check_classes, load_image_folder
     from planner.nn.build import build_model, configurations
     from planner.nn.checkpoint import read_checkpoint
 
     recorded = read_checkpoint(checkpoint)["planner"]
-    dataset = load_dataset(data, image_size=shape.get("input_size") or recorded.get("input_size"))
+    size = shape.get("input_size") or recorded.get("input_size")
+    if (
+        recorded.get("pipeline") == PIPELINE
+    ):  # images, read through the evaluation transform it was trained for
+        dataset = load_image_folder(data, image_size=size)
+    else:
+        dataset = load_dataset(data, image_size=size)
+    check_classes(recorded, dataset.classes, data)
     model = build_model(model_name, checkpoint, dataset=dataset, **shape)
     return OnData(model, dataset, configurations(model, widths, config_files))
 

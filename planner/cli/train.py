@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -78,13 +78,14 @@ def _accuracy_table(title: str, results) -> Table:
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     model_name: ModelArgument,
     data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (reference layout).")],
     epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 15,
     widths: WidthsOption = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov, cosine decay).")] = 0.2,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Images per optimizer step (over all ranks).")] = 128,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
     seed: Annotated[
         int, typer.Option(help="Seed of the weights, the shuffling and the sandwich widths.")
@@ -109,23 +110,143 @@ def train_command(
         int | None,
         typer.Option(help="Channel step of the --per-layer configurations (default: the model's, as LeGR)."),
     ] = None,
+    save_every: Annotated[
+        int,
+        typer.Option(
+            help="Also save the resume state (OUTPUT's stem + .resume.pt, written every epoch) every N steps."
+        ),
+    ] = 0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run from this resume state, exactly as if never interrupted."),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="A published setup (s_mobilenet_v1, s_mobilenet_v2, s_resnet50, us_mobilenet_v2) or a "
+            "recipe TOML file: its epochs, batch, lr schedule, weight decay, label smoothing, widths, input "
+            "size and augmentation, each overridden by the option when given."
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(help="Processes to start under torchrun on this machine (data parallel; 0: this one)."),
+    ] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 0,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment",
+            help="Image folders: read images per batch with ImageNet augmentation (random resized crop, "
+            "flip, normalisation; evaluation: resize, centre crop) instead of all in memory.",
+        ),
+    ] = False,
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 (CPU or CUDA autocast) or fp16 (CUDA, with loss scaling).")
+    ] = "fp32",
+    accumulate: Annotated[
+        int, typer.Option(help="Micro-batches per step (BN statistics per micro-batch, as per rank).")
+    ] = 1,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
 ) -> None:
-    """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation)."""
+    """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation).
+
+    --batch-size is the global batch: torchrun's ranks (`torchrun --nproc-per-node N -m planner train`,
+    or --nproc N) each take an equal share, and rank 0 alone prints and writes.
+    """
+    import sys
+
+    from planner.accuracy.distributed import (
+        from_environment,
+        launch,
+        pick_device,
+        training_session,
+        without_option,
+    )
+    from planner.accuracy.precision import select_precision
+    from planner.accuracy.train import RunOptions, check_settings
+
+    schedule, label_smoothing = None, 0.0
+    if recipe is not None:
+        given = _recipe_values(ctx, model_name, recipe)
+        epochs, batch_size, lr = (
+            given.get("epochs", epochs),
+            given.get("batch_size", batch_size),
+            given.get("lr", lr),
+        )
+        weight_decay, widths = given.get("weight_decay", weight_decay), given.get("widths", widths)
+        input_size, augment = given.get("input_size", input_size), given.get("augment", augment)
+        schedule, label_smoothing = given["schedule"], given["label_smoothing"]
+    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    if nproc:
+        if from_environment() is not None:
+            raise PlannerError("--nproc starts torchrun itself: drop it when running under torchrun")
+        select_precision(precision, pick_device(device, None))  # before any process starts
+        raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
+    with training_session(device) as (world, where):
+        select_precision(precision, where)  # before any data is read
+        if world is not None and not world.leader:
+            console.quiet = True
+        _train(
+            model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
+            per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
+            schedule, label_smoothing, RunOptions(
+                world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
+            ),
+        )  # fmt: skip
+
+
+def _recipe_values(ctx: typer.Context, model_name: str, name: str) -> dict[str, Any]:
+    """The recipe's settings for the options left at their defaults (a given option wins)."""
+    from planner.accuracy.recipes import load_recipe
+
+    loaded = load_recipe(name)
+    if loaded.model != model_name:
+        raise PlannerError(f"recipe {loaded.name} trains {loaded.model}, not {model_name}")
+    values = {
+        "epochs": loaded.epochs,
+        "batch_size": loaded.batch_size,
+        "lr": loaded.lr,
+        "weight_decay": loaded.weight_decay,
+        "widths": [",".join(f"{w:g}" for w in loaded.widths)],
+        "input_size": loaded.input_size,
+        "augment": loaded.augment,
+    }
+    chosen = {
+        k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT"
+    }
+    return {**chosen, "schedule": loaded.schedule, "label_smoothing": loaded.label_smoothing}
+
+
+def _train(
+    model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
+    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
+    schedule, label_smoothing, options,
+) -> None:  # fmt: skip
+    import dataclasses
+
     import torch
 
     from planner.accuracy.data import load_dataset
     from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.train import check_model, check_settings, train
+    from planner.accuracy.images import PIPELINE, load_image_folder
+    from planner.accuracy.recipes import COSINE
+    from planner.accuracy.resume import resume_path
+    from planner.accuracy.train import check_model, train
     from planner.models.space import default_granularity
     from planner.nn.build import build_model
     from planner.nn.checkpoint import save_checkpoint
 
-    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    leader = options.world is None or options.world.leader
     _set_threads(threads)
-    dataset = load_dataset(data, image_size=input_size)
+    if augment:
+        dataset = load_image_folder(data, input_size, options.workers, seed)
+    else:
+        dataset = load_dataset(data, image_size=input_size)
+    pipeline = PIPELINE if augment else "tensors"
     torch.manual_seed(seed)
     model = build_model(
         model_name,
@@ -149,7 +270,9 @@ def train_command(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, TextColumn("{task.fields[losses]}"), console=console) as progress:
+    with Progress(
+        *columns, TextColumn("{task.fields[losses]}"), console=console, disable=not leader
+    ) as progress:
         steps = -(-dataset.size("train") // batch_size)
         task = progress.add_task("train", total=epochs * steps, epoch=f"1/{epochs}", losses="")
 
@@ -158,8 +281,20 @@ def train_command(
             losses = "loss " + " ".join(
                 f"{w:g}x:{loss:.3f}" if isinstance(w, float) else f"{w}:{loss:.3f}" for w, loss in shown
             )
+            losses += f" {step.images_per_s:.0f} img/s"
             progress.update(task, advance=1, epoch=f"{step.epoch + 1}/{epochs}", losses=losses)
 
+        def resumed(at) -> None:
+            console.print(
+                f"resuming from {resume} at epoch {at.epoch + 1}/{epochs}, "
+                f"step {at.step}/{at.steps_per_epoch}",
+                highlight=False,
+            )
+            progress.update(task, completed=at.epoch * at.steps_per_epoch + at.step)
+
+        run = dataclasses.replace(
+            options, checkpoint=resume_path(output), save_every=save_every, resume=resume, on_resume=resumed
+        )
         result = train(
             model,
             dataset,
@@ -171,8 +306,21 @@ def train_command(
             on_step=show,
             per_layer=per_layer,
             granularity=granularity,
+            run=run,
+            schedule=schedule or COSINE,
+            label_smoothing=label_smoothing,
         )
-    extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    if not leader:
+        return
+    extra = {
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "pipeline": pipeline,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
     if per_layer:
         extra["per_layer"] = {"granularity": granularity or default_granularity(model)}
     path = save_checkpoint(model, output, extra=extra)
