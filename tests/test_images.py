@@ -19,7 +19,7 @@ from planner.accuracy.images import (
     random_resized_box,
     train_transform,
 )
-from planner.cli.train import _load
+from planner.accuracy.evaluate import checkpoint_on_data
 from planner.errors import PlannerError
 from planner.nn.checkpoint import read_checkpoint
 
@@ -81,7 +81,8 @@ def test_training_on_an_image_folder_and_a_class_mismatch(tmp_path: Path, capsys
     assert code == 0, err
     saved = read_checkpoint(model)
     assert saved["planner"]["pipeline"] == "imagenet"
-    assert isinstance(_load(str(pets), saved, None), ImageFolderData)  # evaluated as it was trained
+    on_data = checkpoint_on_data(None, model, str(pets))
+    assert isinstance(on_data.dataset, ImageFolderData)  # evaluated as it was trained
     code, out, err = run_cli(["evaluate", "s_cnn_small", "-c", str(model), "-d", str(pets), "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
