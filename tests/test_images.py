@@ -12,6 +12,7 @@ from cli_helpers import run_cli
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from planner.accuracy.evaluate import checkpoint_on_data
 from planner.accuracy.images import (
     ImageFolderData,
     eval_transform,
@@ -19,7 +20,6 @@ from planner.accuracy.images import (
     random_resized_box,
     train_transform,
 )
-from planner.accuracy.evaluate import checkpoint_on_data
 from planner.errors import PlannerError
 from planner.nn.checkpoint import read_checkpoint
 
