@@ -18,6 +18,8 @@ from profilers.errors import ProfilerError
 
 PRECISIONS = ("fp32", "fp16")
 # The columns that identify a measurement; a re-run skips a job whose key already has an `ok` row.
+# Waiting longer than a day for a quiet machine is a typo, not a plan.
+MAX_WAIT_QUIET_S = 86_400.0
 KEY_COLUMNS = ("model", "config_id", "target", "backend", "device", "precision", "batch")
 
 
@@ -123,6 +125,9 @@ class Settings:
         max_workers: how many job workers are alive (and interleaved) at once.
         seed: seeds the per-round shuffle of the job order (and the input tensor).
         cache_dir: where built artifacts are kept; default $PROFILERS_CACHE_DIR or ~/.cache/planner/profilers.
+        contention_cores: a row is flagged `contended` when other processes kept more than this many cores
+            busy on average during its bursts (profilers.load).
+        wait_quiet_s: before measuring, wait up to this long for the machine to be quiet (0: do not wait).
     """
 
     ci_rel: float = 0.02
@@ -139,6 +144,8 @@ class Settings:
     max_workers: int = 8
     seed: int = 0
     cache_dir: Path | None = None
+    contention_cores: float = 0.25
+    wait_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -154,6 +161,8 @@ class Settings:
             "timeout_s": self.timeout_s > 0,
             "build_timeout_s": self.build_timeout_s > 0,
             "max_workers": self.max_workers >= 1,
+            "contention_cores": self.contention_cores > 0,
+            "wait_quiet_s": 0 <= self.wait_quiet_s <= MAX_WAIT_QUIET_S,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

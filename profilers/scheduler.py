@@ -35,6 +35,7 @@ from profilers.backends import get_backend
 from profilers.environment import environment
 from profilers.errors import ProfilerError
 from profilers.jobs import KEY_COLUMNS, Job, Settings
+from profilers.load import LoadMeter, Snapshot, speed_index_ms, wait_until_quiet
 from profilers.modelfile import ModelFile
 from profilers.results import LatencyStore, load_latency, row_key
 from profilers.stats import Ratio, Summary, converged
@@ -172,6 +173,9 @@ class _Measurement:
     reference: _Measurement | None = None  # the largest model of this job's series in the group
     setup_s: float = 0.0  # worker start to ready: build (if not cached), load, first inference, warm-up
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
+    load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its bursts
+    speed_before_ms: float = math.nan
+    quiet_wait_s: float = math.nan
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -258,6 +262,10 @@ def run_jobs(
             report(ProgressEvent("skipped", job, index, len(jobs)))
         else:
             pending.append(_Measurement(job, index, models[index]))
+    if pending and settings.wait_quiet_s > 0:
+        waited = wait_until_quiet(settings.wait_quiet_s, settings.contention_cores)
+        for measurement in pending:
+            measurement.quiet_wait_s = waited.waited_s
     run_id = uuid.uuid4().hex[:12]
     rng = np.random.default_rng(settings.seed)
     for start in range(0, len(pending), settings.max_workers):
@@ -303,6 +311,9 @@ def _measure_group(
             )
             active.append(measurement)
         _assign_references(active)
+        speed_before = speed_index_ms()
+        for measurement in active:
+            measurement.speed_before_ms = speed_before
         round_index = 0
         while active:
             for position in rng.permutation(len(active)):
@@ -313,6 +324,8 @@ def _measure_group(
                     "seconds": settings.burst_seconds,
                     "warmup": settings.burst_warmup,
                 }
+                own = [os.getpid()] + [m.worker.process.pid for m in active if m.worker is not None]
+                before = Snapshot.read(own)
                 began = time.perf_counter()
                 try:
                     reply = measurement.worker.request(request, settings.timeout_s)
@@ -321,6 +334,7 @@ def _measure_group(
                     measurement.worker = None
                     continue
                 measurement.measure_s += time.perf_counter() - began
+                measurement.load.add(before, Snapshot.read(own))
                 measurement.samples_ns.extend(reply["times_ns"])
                 if reply["times_ns"]:
                     measurement.round_medians_ms[round_index] = float(np.median(reply["times_ns"])) / 1e6
@@ -381,6 +395,7 @@ def _base_row(measurement: _Measurement, run_id: str) -> dict[str, Any]:
         "macs": meta.get("macs"),
         "params": meta.get("params"),
         "wall_s": measurement.setup_s + measurement.measure_s,
+        "quiet_wait_s": measurement.quiet_wait_s,
     }
 
 
@@ -396,6 +411,7 @@ def _ok_row(
         "error": "",
         "converged": is_converged,
         **vars(summary),
+        **measurement.load.columns(measurement.speed_before_ms, speed_index_ms(), settings.contention_cores),
         "ref_config_id": measurement.reference.job.identity()["config_id"],
         "ratio_to_ref": ratio.value if ratio else math.nan,
         "ratio_ci_low": ratio.low if ratio else math.nan,

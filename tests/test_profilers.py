@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -430,3 +432,65 @@ def test_jobs_file_round_trips_jobs_and_settings(tmp_path):
     assert json.loads(path.read_text())["jobs"][0]["onnx"] == "models/a.onnx"  # relative: the folder can move
     loaded, loaded_settings = load_jobs_file(path)
     assert loaded == jobs and loaded_settings == settings
+
+
+# --- contention -------------------------------------------------------------------------------------
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+def test_rows_measured_next_to_a_cpu_spinner_are_flagged_with_the_figures(models, fast, tmp_path):
+    import multiprocessing
+
+    stop = multiprocessing.Event()
+    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        table = run_jobs([job(models["narrow"]), job(models["mid"])], tmp_path, fast)
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join(5)
+    assert table["contended"].all()
+    assert (table["other_cores"] > 0.5).all()
+    assert table["contention"].str.contains("other processes used").all()
+    assert (table["speed_before_ms"] > 0).all() and (table["speed_after_ms"] > 0).all()
+    assert table["load_avg"].notna().all()
+
+
+def test_a_table_written_before_the_load_columns_still_loads(tmp_path):
+    old = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "config_id": "a",
+                "target": "cpu",
+                "backend": "onnxruntime",
+                "device": "CPU",
+                "precision": "fp32",
+                "batch": 1,
+                "status": "ok",
+                "p50_ms": 1.0,
+            }
+        ]
+    )
+    old.to_parquet(tmp_path / "latency.parquet")
+    table = load_latency(tmp_path)
+    assert list(table.columns) == list(SCHEMA) and table.loc[0, "p50_ms"] == 1.0
+    assert pd.isna(table.loc[0, "contended"]) and math.isnan(table.loc[0, "other_cores"])
+
+
+def test_waiting_for_quiet_is_bounded_and_recorded(models, fast, tmp_path):
+    with pytest.raises(ProfilerError, match="wait_quiet_s"):
+        Settings(wait_quiet_s=-1)
+    with pytest.raises(ProfilerError, match="wait_quiet_s"):
+        Settings(wait_quiet_s=1e9)
+    settings = dataclasses.replace(fast, wait_quiet_s=1.5)
+    started = time.perf_counter()
+    (row,) = run_jobs([job(models["narrow"])], tmp_path, settings).itertuples()
+    assert 0 < row.quiet_wait_s <= 1.5 + 1.0 and row.status == "ok"
+    assert time.perf_counter() - started < 30

@@ -56,6 +56,13 @@ def profile_command(
     ci: Annotated[float | None, typer.Option(help="Stop at a median CI of +-this.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per configuration.")] = None,
     min_queries: Annotated[int | None, typer.Option(help="Inferences before stopping.")] = None,
+    wait_quiet: Annotated[
+        str | None,
+        typer.Option("--wait-quiet", help="First wait up to this long (e.g. 2min) for a quiet machine."),
+    ] = None,
+    require_quiet: Annotated[
+        bool, typer.Option("--require-quiet", help="Exit 1 when a row was measured on a busy machine.")
+    ] = False,
 ) -> None:
     """Profile configurations of a model on one or more targets and add the rows to OUT/latency.parquet.
 
@@ -64,7 +71,10 @@ def profile_command(
     holds is not measured again unless --force.
     """
     from planner.measure import profile as stage
-    from profilers.jobs import Settings
+    from planner.units import parse_wait_s
+    from profilers.jobs import MAX_WAIT_QUIET_S, Settings
+
+    wait_s = parse_wait_s(wait_quiet, MAX_WAIT_QUIET_S) if wait_quiet is not None else 0.0
 
     targets = [load_target(name, targets_dir) for name in target_names]
     if host is not None:
@@ -87,7 +97,7 @@ def profile_command(
         _summary(rows, out, estimated=True)
         return
 
-    overrides = {"ci_rel": ci, "max_seconds": max_seconds, "min_queries": min_queries}
+    overrides = {"ci_rel": ci, "max_seconds": max_seconds, "min_queries": min_queries, "wait_quiet_s": wait_s}
     settings = dataclasses.replace(Settings(), **{k: v for k, v in overrides.items() if v is not None})
     with Progress(
         TextColumn("{task.description}"),
@@ -118,6 +128,29 @@ def profile_command(
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
+    if not _warn_contended(rows, wait_quiet) and require_quiet:
+        raise typer.Exit(1)
+
+
+def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
+    """One line when rows were measured on a busy machine; True when none was."""
+    busy = (
+        rows[rows.get("contended", pd.Series(dtype=bool)).fillna(False).astype(bool)] if len(rows) else rows
+    )
+    if not len(busy):
+        return True
+    most = busy["other_cores"].max()
+    load = f" (other processes used up to {most:.1f} cores)" if pd.notna(most) else ""
+    if wait_quiet is None:
+        advice = "re-run with --force --wait-quiet 5min, or when the machine is idle"
+    else:
+        advice = f"the machine did not stay quiet within --wait-quiet {wait_quiet}; measured anyway"
+    console.print(
+        f"[yellow]warning: {len(busy)} of {len(rows)} rows measured on a busy machine{load}, latencies likely"
+        f" too high: {advice}[/yellow]",
+        soft_wrap=True,
+    )
+    return False
 
 
 def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
