@@ -53,6 +53,7 @@ SCHEMA: dict[str, str] = {
     "ratio_ci_low": "float64",
     "ratio_ci_high": "float64",
     "rounds": "Int64",
+    "round_ms": "string",
     "first_ms": "float64",
     "throughput_ips": "float64",
     "wall_s": "float64",

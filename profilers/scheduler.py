@@ -170,6 +170,7 @@ class _Measurement:
     ready: dict[str, Any] = field(default_factory=dict)
     samples_ns: list[int] = field(default_factory=list)
     round_medians_ms: dict[int, float] = field(default_factory=dict)
+    round_minima_ms: dict[int, float] = field(default_factory=dict)
     reference: _Measurement | None = None  # the largest model of this job's series in the group
     setup_s: float = 0.0  # worker start to ready: build (if not cached), load, first inference, warm-up
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
@@ -338,6 +339,7 @@ def _measure_group(
                 measurement.samples_ns.extend(reply["times_ns"])
                 if reply["times_ns"]:
                     measurement.round_medians_ms[round_index] = float(np.median(reply["times_ns"])) / 1e6
+                    measurement.round_minima_ms[round_index] = min(reply["times_ns"]) / 1e6
             round_index += 1
             active = [measurement for measurement in active if measurement.worker is not None]
             verdicts = {id(m): m.converged(settings) for m in active}
@@ -417,6 +419,17 @@ def _ok_row(
         "ratio_ci_low": ratio.low if ratio else math.nan,
         "ratio_ci_high": ratio.high if ratio else math.nan,
         "rounds": len(measurement.round_medians_ms),
+        "round_ms": json.dumps(
+            {
+                "round": sorted(measurement.round_medians_ms),
+                "median": [
+                    round(measurement.round_medians_ms[r], 6) for r in sorted(measurement.round_medians_ms)
+                ],
+                "min": [
+                    round(measurement.round_minima_ms[r], 6) for r in sorted(measurement.round_minima_ms)
+                ],
+            }
+        ),
         "first_ms": ready["first_ms"],
         "peak_rss_bytes": closing["peak_rss_bytes"],
         "artifact_bytes": ready["artifact_bytes"],
