@@ -224,3 +224,33 @@ def test_a_busy_machine_is_one_warning_line_suggesting_wait_quiet(
     assert code == 0
     (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
     assert "--wait-quiet" in line and "other processes used up to" in line
+
+
+def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from planner.cli.profile import _summary
+
+    rows = pd.DataFrame(
+        [
+            {"target": "openvino-cpu", "width": 0.35, "config_id": "a", "status": "ok", "contended": False,
+             "p50_ms": 1234.567, "p90_ms": 1301.25, "ci_low_ms": 1200.111, "ci_high_ms": 1260.999,
+             "n": 12345, "macs": 300.5e6, "peak_rss_bytes": 123.4 * 2**20},
+            {"target": "openvino-cpu", "width": float("nan"), "config_id": "3f9a0c1d2e", "status": "ok",
+             "contended": True, "p50_ms": 3.158, "p90_ms": 3.301, "ci_low_ms": 3.101, "ci_high_ms": 3.26,
+             "n": 640, "macs": 1.5e6, "peak_rss_bytes": 2**20},
+            {"target": "cpu", "width": 1.0, "config_id": "b", "status": "error", "contended": None,
+             "error": "worker exited with code 1: RuntimeError: something long went wrong in the runtime",
+             "macs": 3e8},
+        ]
+    )  # fmt: skip
+    screen = io.StringIO()
+    _summary(rows, tmp_path, estimated=False, output=Console(file=screen, width=80, color_system=None))
+    text = screen.getvalue()
+    table = [line for line in text.splitlines() if "latency.parquet" not in line]  # a path is as long as it is
+    assert "…" not in text and max(map(len, table)) <= 80
+    assert "+-2.5%" in text and "1235" in text and "layers:3f9a0c1d2e" in text
+    assert "busy" in text and "cpu 1x: error: worker exited with code 1" in text
