@@ -136,7 +136,7 @@ def candidate_intervals(row: pd.Series, rng: np.random.Generator) -> dict[str, t
         return center - math.sqrt(2) * (center - low), center + math.sqrt(2) * (high - center)
 
     return {
-        "samples (order statistics)": (row["ci_low_ms"], row["ci_high_ms"]),
+        "reported (ci_low_ms, ci_high_ms)": (row["ci_low_ms"], row["ci_high_ms"]),
         "round medians (order statistics)": (rounds_low, rounds_high),
         "round medians, block bootstrap": (boot_low, boot_high),
         "round medians x sqrt2 (prediction)": widened(rounds_low, rounds_high),
@@ -234,6 +234,9 @@ def report(raw: pd.DataFrame, command: str, conditions_text: str) -> str:
     lines += [
         "",
         "## Interval coverage: does run k's 95% interval contain run k+1's p50?",
+        "",
+        "`reported` is what the profiler that ran wrote into the rows: before issue 14's interval commit the"
+        " order-statistic interval of all samples, since then the round medians' interval x sqrt2.",
         "",
         "| interval | quiet coverage | busy coverage | median half-width |",
         "|---|---|---|---|",

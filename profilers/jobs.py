@@ -110,7 +110,7 @@ class Settings:
     """How a measurement is run and when it stops.
 
     Args:
-        ci_rel: stop when the confidence interval of the median lies within median * (1 +- ci_rel).
+        ci_rel: stop when the interval a re-run's median should fall in lies within median * (1 +- ci_rel).
         confidence: confidence level of that interval.
         min_queries: measured inferences before a job may stop (64: enough for a p90, as MLPerf asks).
         max_seconds: measuring time per job after which it stops unconverged.

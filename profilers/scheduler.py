@@ -7,8 +7,9 @@ one series (same model, target, backend, device, precision and batch) are also c
 series' reference, its largest model: one ratio of burst medians per round, in which the drift cancels,
 so the ranking of the widths holds even when absolute medians swing between runs.
 
-A job stops when the confidence interval of its median, and of its ratio to the reference, is tight
-enough (after a minimum count), or when its time is up; the reference stays until its series is done.
+A job stops when the interval a re-run's median should fall in (from its round medians, see stats) and
+the interval of its ratio to the reference are tight enough (after a minimum count), or when its time is
+up; the reference stays until its series is done.
 Every request has a timeout; a worker that crashes or hangs is killed and only its own row says so.
 """
 
@@ -197,7 +198,10 @@ class _Measurement:
 
     def converged(self, settings: Settings) -> bool:
         """Its median's interval is tight, and so is its ratio's, unless it has no live reference."""
-        if not converged(self.samples_ms(), settings.ci_rel, settings.confidence, settings.min_queries):
+        rounds = np.array(list(self.round_medians_ms.values()))
+        if not converged(
+            self.samples_ms(), rounds, settings.ci_rel, settings.confidence, settings.min_queries
+        ):
             return False
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
@@ -405,7 +409,8 @@ def _ok_row(
     measurement: _Measurement, closing: dict[str, Any], is_converged: bool, run_id: str, settings: Settings
 ) -> dict[str, Any]:
     ready = measurement.ready
-    summary = Summary.of(measurement.samples_ms(), measurement.job.batch, settings.confidence)
+    rounds = np.array(list(measurement.round_medians_ms.values()))
+    summary = Summary.of(measurement.samples_ms(), rounds, measurement.job.batch, settings.confidence)
     ratio = measurement.ratio(settings.confidence)
     return {
         **_base_row(measurement, run_id),

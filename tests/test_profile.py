@@ -250,7 +250,7 @@ def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) ->
     screen = io.StringIO()
     _summary(rows, tmp_path, estimated=False, output=Console(file=screen, width=80, color_system=None))
     text = screen.getvalue()
-    table = [line for line in text.splitlines() if "latency.parquet" not in line]  # a path is as long as it is
+    table = [line for line in text.splitlines() if "latency.parquet" not in line]  # a path may be long
     assert "…" not in text and max(map(len, table)) <= 80
     assert "+-2.5%" in text and "1235" in text and "layers:3f9a0c1d2e" in text
     assert "busy" in text and "cpu 1x: error: worker exited with code 1" in text

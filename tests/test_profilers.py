@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
-from profilers.stats import Ratio, converged, median_ci, median_ci_indices
+from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,9 +127,43 @@ def test_stopping_rule_needs_the_minimum_count_and_a_tight_interval():
     rng = np.random.default_rng(2)
     tight = 10 + rng.normal(0, 0.05, 200)
     wide = 10 * rng.lognormal(0, 0.5, 200)
-    assert converged(tight, ci_rel=0.02, confidence=0.95, min_queries=64)
-    assert not converged(tight[:40], ci_rel=0.02, confidence=0.95, min_queries=64)
-    assert not converged(wide, ci_rel=0.02, confidence=0.95, min_queries=64)
+    rounds = np.median(tight.reshape(20, 10), axis=1)
+    assert converged(tight, rounds, ci_rel=0.02, confidence=0.95, min_queries=64)
+    assert not converged(tight[:40], rounds[:4], ci_rel=0.02, confidence=0.95, min_queries=64)
+    assert not converged(tight, rounds[:5], ci_rel=0.02, confidence=0.95, min_queries=64)  # too few rounds
+    assert not converged(wide, np.median(wide.reshape(20, 10), axis=1), 0.02, 0.95, 64)
+    # Tight samples inside each round, but rounds that disagree: not converged (the next run would differ).
+    drifting = np.concatenate(
+        [10 * (1 + 0.05 * rng.standard_normal()) + rng.normal(0, 0.01, 10) for _ in range(20)]
+    )
+    assert not converged(drifting, np.median(drifting.reshape(20, 10), axis=1), 0.02, 0.95, 64)
+
+
+def simulated_run(
+    rng: np.random.Generator, rounds: int = 30, per_round: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """A run on a shared machine: each round has its own speed (the state of that moment, 5%), the
+    samples inside a round vary by 1% around it."""
+    speeds = 1 + 0.05 * rng.standard_normal(rounds)
+    samples = 10 * speeds[:, None] * rng.lognormal(0, 0.01, (rounds, per_round))
+    return samples.ravel(), np.median(samples, axis=1)
+
+
+def test_the_reported_interval_holds_the_next_runs_median_where_the_samples_interval_does_not():
+    rng = np.random.default_rng(4)
+    runs = [simulated_run(rng) for _ in range(401)]
+    held = {"rerun": 0, "samples": 0}
+    for (samples, rounds), (following, _) in zip(runs[:-1], runs[1:], strict=True):
+        target = np.median(following)
+        low, high = rerun_interval(samples, rounds)
+        held["rerun"] += low <= target <= high
+        low, high = median_ci(samples)
+        held["samples"] += low <= target <= high
+    assert held["rerun"] / 400 >= 0.9
+    assert held["samples"] / 400 < 0.6  # correlated samples: an interval from them promises too much
+    samples, rounds = simulated_run(rng, rounds=4)  # too few rounds for their own interval: still an interval
+    low, high = rerun_interval(samples, rounds)
+    assert low <= rounds.min() and high >= rounds.max()
 
 
 def test_paired_ratio_cancels_a_drift_that_moves_both_jobs_alike():
