@@ -222,14 +222,18 @@ def report(raw: pd.DataFrame, command: str, conditions_text: str) -> str:
             )
     lines += [
         "",
-        "| statistic | largest quiet spread | largest busy spread | largest shift |",
+        "Over the widths: largest (and median) spread and shift.",
+        "",
+        "| statistic | quiet spread | busy spread | shift quiet to busy |",
         "|---|---|---|---|",
     ]
-    frame = (
-        pd.DataFrame(summary, columns=["name", "quiet", "busy", "shift"]).groupby("name", sort=False).max()
-    )
-    for name, row in frame.iterrows():
-        lines.append(f"| {name} | {row['quiet']:.1%} | {row['busy']:.1%} | {row['shift']:.1%} |")
+    frame = pd.DataFrame(summary, columns=["name", "quiet", "busy", "shift"]).groupby("name", sort=False)
+    for name, row in frame.max().iterrows():
+        middle = frame.median().loc[name]
+        lines.append(
+            f"| {name} | {row['quiet']:.1%} ({middle['quiet']:.1%}) | {row['busy']:.1%}"
+            f" ({middle['busy']:.1%}) | {row['shift']:.1%} ({middle['shift']:.1%}) |"
+        )
     covered = coverage(raw)
     lines += [
         "",
