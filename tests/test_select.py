@@ -154,3 +154,12 @@ def test_a_more_accurate_configuration_just_over_the_budget_is_reported():
     missed = selection.margins[-1]
     assert missed.label == "1x" and missed.margin == pytest.approx(-0.05 / 4.75) and missed.within_noise
     assert selection.within_noise
+
+
+def test_a_choice_measured_on_a_busy_machine_is_never_presented_as_settled():
+    configs, latency, accuracy = four_widths(latencies=(1.0, 2.0, 3.0, 4.0), accuracies=(80, 88, 92, 94))
+    latency = latency.assign(contended=[False, False, True, False])  # the 0.75x row ran beside a busy process
+    selection = select(candidates(latency, accuracy, "cpu"), Budget(4.0, "p90"))
+    choice = selection.margins[0]
+    assert choice.label == "0.75x" and choice.contended and selection.within_noise
+    assert choice.describe().endswith("beyond the run-to-run spread (+-2.0%), measured on a busy machine")

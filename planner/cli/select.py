@@ -263,7 +263,7 @@ def print_selection(
     console.print(candidate_table(rows, selection.budget.metric))
     for margin in selection.margins:
         if margin.within_noise:
-            console.print(f"[yellow]near the budget[/]: {margin.describe()}; a re-run may choose otherwise")
+            console.print(f"[yellow]unsettled[/]: {margin.describe()}; a re-run may choose otherwise")
     if selection.fits and len(selection.ladder) > 1:
         steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(f"ladder (fastest to most accurate): {steps}")

@@ -128,25 +128,30 @@ class Margin:
 
     `margin` is (budget - bound) / budget: positive fits, negative misses. `spread` is the half-width of
     the row's 95% interval of p50 relative to p50 (the run-to-run spread, see docs/ARCHITECTURE.md);
-    NaN when the row has no interval.
+    NaN when the row has no interval. `contended`: the row was measured on a busy machine (profilers.load),
+    where runs differed by far more than any interval from inside one run (results/selection_stability.md).
     """
 
     config_id: str
     label: str
     margin: float
     spread: float
+    contended: bool = False
 
     @property
     def within_noise(self) -> bool:
-        return not math.isnan(self.spread) and abs(self.margin) <= self.spread
+        """Within the spread, or measured on a busy machine, whose next run may differ by any amount."""
+        return self.contended or (not math.isnan(self.spread) and abs(self.margin) <= self.spread)
 
     def describe(self) -> str:
         verb = "fits" if self.margin >= 0 else "misses"
         text = f"{self.label} {verb} by {abs(self.margin):.1%}"
         if math.isnan(self.spread):
-            return text + " (no interval measured)"
-        relation = "within" if self.within_noise else "beyond"
-        return text + f", {relation} the run-to-run spread (+-{self.spread:.1%})"
+            text += " (no interval measured)"
+        else:
+            relation = "within" if abs(self.margin) <= self.spread else "beyond"
+            text += f", {relation} the run-to-run spread (+-{self.spread:.1%})"
+        return text + (", measured on a busy machine" if self.contended else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +159,7 @@ class Margin:
             "label": self.label,
             "margin": self.margin,
             "spread": None if math.isnan(self.spread) else self.spread,
+            "contended": self.contended,
             "within_noise": self.within_noise,
             "text": self.describe(),
         }
@@ -165,9 +171,10 @@ def _margin(row: pd.Series, budget: Budget) -> Margin:
     )
     spread = float((high - low) / 2 / p50) if pd.notna(low) and pd.notna(high) and p50 > 0 else math.nan
     bound = float(row["bound_ms"])
-    return Margin(
-        str(row["config_id"]), label(row), (budget.max_latency_ms - bound) / budget.max_latency_ms, spread
-    )
+    contended = row.get("contended")
+    busy = bool(contended) if contended is not None and pd.notna(contended) else False
+    margin = (budget.max_latency_ms - bound) / budget.max_latency_ms
+    return Margin(str(row["config_id"]), label(row), margin, spread, busy)
 
 
 def budget_margins(selection: Selection) -> list[Margin]:
