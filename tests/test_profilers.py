@@ -401,6 +401,8 @@ def test_bad_jobs_files_and_flags_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     code, err = _run_cli(tmp_path, {"jobs": [{"onnx": "x.onnx"}], "settings": {"ci_rel": 2}}, capsys)
     assert code == 2 and "ci_rel=2" in err
+    code, err = _run_cli(tmp_path, {"jobs": [{"onnx": "x.onnx"}], "settings": {"wait_quiet_s": 1e6}}, capsys)
+    assert code == 2 and err == "error: invalid profiler setting(s): wait_quiet_s=1000000.0"
     with pytest.raises(SystemExit) as exit_info:
         profilers_main(["run", "--jobs"])
     assert exit_info.value.code == 2
