@@ -205,8 +205,10 @@ def main() -> None:
             else "Not met."
         ),
         "",
-        f"- configurations: {len(frame)} random per-layer ones (each group's count uniform over its allowed "
-        f"counts, granularity 8), measured end to end and predicted by the table; measured = the paired "
+        f"- configurations: {len(frame)} per-layer ones drawn {args.draw} ("
+        + ", ".join(f"{kind} {len(group)}" for kind, group in by_kind)
+        + "; granularity 8; see the script's docstring), measured end to end and predicted by the table;"
+        " measured = the paired "
         f"ratio to the full width, measured beside each group of {group_size}, times the full width's median "
         "p50 (`planner.search.lut.measure_anchored`)",
         f"- table: {len(table.entries)} distinct layer shapes, {args.points} grid points per slimmable side, "
