@@ -12,6 +12,7 @@ constant one, both least-squares fitted on these same measurements (in-sample: g
 Reports the share within +-10% (goal >= 95%, and better than MACs-linear).
 
     python benchmarks/legr_lut_error.py --samples 48 --work /tmp/legr_lut --out results
+    (writes results/legr_lut_error_spanning.{md,csv}; issue 7's run: --draw uniform --name legr_lut_error)
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/legr_lut"), help="exports and raw rows")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--name", default="legr_lut_error_spanning", help="stem of the .md and .csv written")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
@@ -173,7 +175,7 @@ def main() -> None:
         if len(group) > 2
     ]
     group_levels = frame.groupby("group")["p50_ms"].median()
-    frame.to_csv(args.out / "legr_lut_error.csv", index=False)
+    frame.to_csv(args.out / f"{args.name}.csv", index=False)
     errors = frame["error"]
     load = os.getloadavg()
     by_kind = frame.groupby("kind")
@@ -243,9 +245,9 @@ def main() -> None:
         f"- machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "at the end",
         "",
-        "Per configuration: legr_lut_error.csv (predicted_ms is re-anchored; built_predicted_ms is not).",
+        f"Per configuration: {args.name}.csv (predicted_ms is re-anchored; built_predicted_ms is not).",
     ]
-    (args.out / "legr_lut_error.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
