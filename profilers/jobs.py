@@ -19,6 +19,8 @@ from profilers.errors import ProfilerError
 
 PRECISIONS = ("fp32", "fp16")
 # The columns that identify a measurement; a re-run skips a job whose key already has an `ok` row.
+# Waiting longer than a day for a quiet machine is a typo, not a plan.
+MAX_WAIT_QUIET_S = 86_400.0
 KEY_COLUMNS = ("model", "config_id", "target", "backend", "device", "precision", "batch")
 
 
@@ -105,7 +107,7 @@ class Settings:
     """How a measurement is run and when it stops.
 
     Args:
-        ci_rel: stop when the confidence interval of the median lies within median * (1 +- ci_rel).
+        ci_rel: stop when the interval a re-run's median should fall in lies within median * (1 +- ci_rel).
         confidence: confidence level of that interval.
         min_queries: measured inferences before a job may stop (64: enough for a p90, as MLPerf asks).
         max_seconds: measuring time per job after which it stops unconverged.
@@ -120,6 +122,9 @@ class Settings:
         max_workers: how many job workers are alive (and interleaved) at once.
         seed: seeds the per-round shuffle of the job order (and the input tensor).
         cache_dir: where built artifacts are kept; default $PROFILERS_CACHE_DIR or ~/.cache/planner/profilers.
+        contention_cores: a row is flagged `contended` when other processes kept more than this many cores
+            busy on average during its bursts (profilers.load).
+        wait_quiet_s: before measuring, wait up to this long for the machine to be quiet (0: do not wait).
     """
 
     ci_rel: float = 0.02
@@ -136,6 +141,8 @@ class Settings:
     max_workers: int = 8
     seed: int = 0
     cache_dir: Path | None = None
+    contention_cores: float = 0.25
+    wait_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -151,6 +158,8 @@ class Settings:
             "timeout_s": self.timeout_s > 0,
             "build_timeout_s": self.build_timeout_s > 0,
             "max_workers": self.max_workers >= 1,
+            "contention_cores": self.contention_cores > 0,
+            "wait_quiet_s": 0 <= self.wait_quiet_s <= MAX_WAIT_QUIET_S,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

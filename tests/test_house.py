@@ -122,3 +122,20 @@ def test_a_wheel_install_ships_the_targets_and_schemas(tmp_path: Path):
         cwd=tmp_path, capture_output=True, text=True, env=environment,
     )  # fmt: skip
     assert schemas.returncode == 0, schemas.stderr
+
+
+def test_schemas_know_every_field_of_the_classes_they_describe():
+    """A field added to a saved format's class must be added to its schema too (or files with it fail)."""
+    import dataclasses
+
+    from planner.measure.targets import Budgets, Connection, Hardware, Target
+    from profilers.documents import load_schema
+    from profilers.jobs import Job, Settings
+
+    jobs = load_schema("profilers", "jobs")["$defs"]
+    assert {f.name for f in dataclasses.fields(Job)} == set(jobs["job"]["properties"])
+    assert {f.name for f in dataclasses.fields(Settings)} == set(jobs["settings"]["properties"])
+    target = load_schema("planner", "target")["properties"]
+    assert {f.name for f in dataclasses.fields(Target)} - {"path"} == set(target)
+    for name, cls in (("connection", Connection), ("budgets", Budgets), ("hardware", Hardware)):
+        assert {f.name for f in dataclasses.fields(cls)} == set(target[name]["properties"]), name

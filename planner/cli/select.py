@@ -106,6 +106,8 @@ def selection_json(
         "fastest": describe_row(selection.fastest),
         "ladder": [describe_row(row) for _, row in selection.ladder.iterrows()],
         "proposal": _proposal_json(target, selection, proposal, results_dir),
+        "within_noise": selection.within_noise,
+        "margins": [margin.to_dict() for margin in selection.margins],
         "candidates": len(selection.candidates),
         "unscored": int(selection.candidates.attrs.get("unscored", 0)),
     }
@@ -159,6 +161,9 @@ def print_selection(
         )
         rows = [("fastest", selection.fastest)]
     console.print(candidate_table(rows, selection.budget.metric))
+    for margin in selection.margins:
+        if margin.within_noise:
+            console.print(f"[yellow]unsettled[/]: {margin.describe()}; a re-run may choose otherwise")
     if selection.fits and len(selection.ladder) > 1:
         steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(f"ladder (fastest to most accurate): {steps}")
