@@ -56,10 +56,21 @@ def profile_command(
     ci: Annotated[float | None, typer.Option(help="Stop at a median CI of +-this.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per configuration.")] = None,
     min_queries: Annotated[int | None, typer.Option(help="Inferences before stopping.")] = None,
+    calibration_data: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-data",
+            help="Images that calibrate int8 quantization (a --data source: digits, a folder, an .npz).",
+        ),
+    ] = None,
+    calibration_size: Annotated[
+        int, typer.Option(help="Calibration images (from the data's calibration split).")
+    ] = 128,
 ) -> None:
     """Profile configurations of a model on one or more targets and add the rows to OUT/latency.parquet.
 
-    The model is rebuilt from a planner checkpoint's recorded options; --in-channels, --num-classes and
+    A target listing int8 among its precisions quantizes each configuration with --calibration-data
+    first. The model is rebuilt from a planner checkpoint's recorded options; --in-channels, --num-classes and
     --input-size set them for a reference checkpoint or a fresh model. A re-run resumes: what OUT already
     holds is not measured again unless --force.
     """
@@ -80,6 +91,12 @@ def profile_command(
         model_name, checkpoint, in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )
     configs = stage.configurations(model, parse_widths(widths), config_files)
+    calibration = None
+    if calibration_data is not None:
+        from planner.measure.quantize import calibration_inputs
+
+        shape = (1, model.in_channels, model.input_size, model.input_size)
+        calibration = calibration_inputs(calibration_data, shape, calibration_size)
     if estimate:
         rows, skipped = stage.estimate_configs(model, configs, targets, out)
         for key in skipped:
@@ -115,6 +132,7 @@ def profile_command(
             ray_address=ray,
             weights=stage.weights_key(checkpoint),
             progress=progress,
+            calibration=calibration,
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
@@ -122,7 +140,7 @@ def profile_command(
 
 def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
     title = "estimated latency (roofline, not measured)" if estimated else "measured latency"
-    rows = rows.sort_values(["target", "macs"]) if len(rows) else rows
+    rows = rows.sort_values(["target", "macs", "precision"]) if len(rows) else rows
     labels = [
         f"{width:g}x" if pd.notna(width) else f"layers:{config_id}"
         for width, config_id in zip(rows.get("width", []), rows.get("config_id", []), strict=True)
@@ -130,6 +148,7 @@ def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
     table = Table(title=title)
     table.add_column("target", no_wrap=True)
     table.add_column("config", no_wrap=True, min_width=max(map(len, labels), default=6))
+    table.add_column("precision")
     table.add_column("status")
     for column in ("p50 ms", "p90 ms", "95% CI of p50", "n", "MMACs", "peak MB"):
         table.add_column(column, justify="right")
@@ -140,6 +159,7 @@ def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
         table.add_row(
             str(row["target"]),
             label,
+            str(row["precision"]),
             str(row["status"]) if row["status"] == "ok" else f"{row['status']}: {row['error']}",
             _number(row.get("p50_ms"), 3),
             _number(row.get("p90_ms"), 3),

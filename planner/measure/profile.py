@@ -6,12 +6,15 @@ Plain functions, so the CLI, the demo and the search code call the same stage:
     rows = profile_configs(model, [model.config(w) for w in model.widths], [load_target("cpu")], out)
 
 Exports are cached under OUT/artifacts/ (by configuration id, input shape and weights), so a re-run or a
-second target reuses them. Measured rows land in OUT/latency.parquet as they come, through the device-side
-profiler (locally, over SSH, or on a Ray fleet); a re-run skips what OUT already holds unless `force`.
+second target reuses them. A target that lists int8 among its `precisions` also gets each export
+quantized with the calibration images (planner.measure.quantize), cached beside it the same way.
+Measured rows land in OUT/latency.parquet as they come, through the device-side profiler (locally, over
+SSH, or on a Ray fleet); a re-run skips what OUT already holds unless `force`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from planner.errors import PlannerError
+from planner.measure.quantize import Calibration
 from planner.measure.targets import Target
 from planner.widths import WidthConfig
 from profilers.jobs import Job, Settings, file_digest
@@ -165,6 +169,33 @@ def export_artifacts(
     return artifacts
 
 
+def quantize_artifacts(
+    artifacts: list[Artifact], target: Target, calibration: Calibration | None
+) -> tuple[list[Artifact], list[str]]:
+    """The int8 (QDQ) version of each artifact for the target's backend, and why any could not be made.
+
+    A configuration whose quantization fails is left out (its FP32 rows are still measured); the
+    messages name the file and the op the quantizer stopped at.
+    """
+    from planner.measure.quantize import checked_calibration, quantize_onnx
+
+    if calibration is None:
+        raise PlannerError(
+            f"target {target.name} lists int8: give --calibration-data (a --data source: digits, "
+            "digits-distorted, an image folder or an .npz) to calibrate the quantization"
+        )
+    quantized, failures = [], []
+    for artifact in artifacts:
+        checked_calibration(calibration, artifact.input_shape)
+        try:
+            onnx = quantize_onnx(artifact.onnx, calibration, target.backend)
+        except PlannerError as error:
+            failures.append(str(error))
+            continue
+        quantized.append(dataclasses.replace(artifact, onnx=onnx))
+    return quantized, failures
+
+
 def make_jobs(artifacts: list[Artifact], target: Target) -> list[Job]:
     """One profiler job per artifact, carrying the identity and cost columns of its result row."""
     return [
@@ -184,10 +215,25 @@ def make_jobs(artifacts: list[Artifact], target: Target) -> list[Job]:
                 "input_shape": artifact.shape_text,
                 "macs": artifact.macs,
                 "params": artifact.params,
+                **_quantization_columns(artifact),
             },
         )
         for artifact in artifacts
     ]
+
+
+def _quantization_columns(artifact: Artifact) -> dict[str, Any]:
+    """For a quantized artifact: its file, scheme and calibration digest (the manifest copies them)."""
+    from planner.measure.quantize import quantization_record
+
+    record = quantization_record(artifact.onnx)
+    if not record:
+        return {}
+    return {
+        "artifact": artifact.onnx.name,
+        "quantization": record.get("scheme"),
+        "calibration_sha256": record.get("calibration_sha256"),
+    }
 
 
 def pending_jobs(jobs: list[Job], out_dir: Path | str, force: bool = False) -> list[Job]:
@@ -229,11 +275,15 @@ def profile_configs(
     weights: str = "init",
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    calibration: Calibration | None = None,
 ) -> pd.DataFrame:
-    """Measure every configuration on every target; return their measured rows (old and new) from OUT.
+    """Measure every configuration on every target at each of its precisions; return their measured rows
+    (old and new) from OUT.
 
     Local targets run one after another on this machine (never two measurements at once); SSH targets
-    run on their host; with `ray_address` every target runs on its fleet node, all in parallel.
+    run on their host; with `ray_address` every target runs on its fleet node, all in parallel. The
+    precisions of one target are measured interleaved, in one run. A quantization that fails leaves out
+    that configuration's int8 job: everything else is measured and stored, then a PlannerError says why.
     """
     from planner.measure.fleet import run_fleet
     from planner.measure.remote import require_host, run_remote
@@ -245,11 +295,18 @@ def profile_configs(
     if not ray_address:
         for target in targets:
             require_host(target)
-    jobs_by_target = {}
+    jobs_by_target: dict[str, list[Job]] = {}
+    failures: list[str] = []
     for target in targets:
         target_model = model_for_target(model, target)
         artifacts = export_artifacts(target_model, configs, out_dir, target, weights)
-        jobs_by_target[target.name] = make_jobs(artifacts, target)
+        jobs_by_target[target.name] = []
+        for precision in target.planned_precisions:
+            chosen = artifacts
+            if precision == "int8":
+                chosen, failed = quantize_artifacts(artifacts, target, calibration)
+                failures += failed
+            jobs_by_target[target.name] += make_jobs(chosen, target.at_precision(precision))
     todo = {name: pending_jobs(jobs, out_dir, force) for name, jobs in jobs_by_target.items()}
     for name, jobs in jobs_by_target.items():
         report(name, len(jobs) - len(todo[name]), len(jobs))
@@ -277,6 +334,9 @@ def profile_configs(
                 store_rows(out_dir, run_remote(jobs, target, settings, device_line))
             else:
                 run_jobs(jobs, out_dir, settings, force=True, progress=counter.on_event)
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise PlannerError(f"{failures[0]}{more}; the other rows are in {out_dir}")
     wanted = {row_key(job.identity()) for jobs in jobs_by_target.values() for job in jobs}
     table = load_latency(out_dir)
     table = table[~table["estimated"].fillna(False).astype(bool)]

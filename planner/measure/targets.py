@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.errors import PlannerError
-from profilers.backends import BACKENDS
+from profilers.backends import BACKENDS, get_backend
 from profilers.jobs import PRECISIONS
 
 TARGETS_DIR_ENV = "PLANNER_TARGETS_DIR"
@@ -92,6 +92,7 @@ class Target:
     backend: str
     device: str = "CPU"
     precision: str = "fp32"
+    precisions: tuple[str, ...] = ()
     threads: int = 0
     batch: int = 1
     description: str = ""
@@ -105,6 +106,15 @@ class Target:
     @property
     def is_remote(self) -> bool:
         return self.connection.is_remote
+
+    @property
+    def planned_precisions(self) -> tuple[str, ...]:
+        """Every precision `planner profile` measures here: `precisions`, else the one `precision`."""
+        return self.precisions or (self.precision,)
+
+    def at_precision(self, precision: str) -> Target:
+        """This target run at one of its precisions (what a job, a row and a manifest rung carry)."""
+        return dataclasses.replace(self, precision=precision)
 
     def with_host(self, spec: str) -> Target:
         """This target reached over SSH at `spec` (`[user@]host[:port]`), as given by `--host`."""
@@ -271,6 +281,16 @@ def _check_values(target: Target, path: Path) -> None:
         fail("backend", f"must be one of {', '.join(BACKENDS)}, got {target.backend!r}")
     if target.precision not in PRECISIONS:
         fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {target.precision!r}")
+    offered = get_backend(target.backend).precisions
+    for key, values in (("precision", (target.precision,)), ("precisions", target.precisions)):
+        for value in values:
+            if value not in offered:
+                fail(
+                    key,
+                    f"asks for {value!r}, which {target.backend} cannot run: it offers {', '.join(offered)}",
+                )
+    if len(set(target.precisions)) != len(target.precisions):
+        fail("precisions", "lists a precision twice")
     if target.threads < 0:
         fail("threads", "must be 0 (all cores) or a positive count")
     if target.batch < 1:
