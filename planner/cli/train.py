@@ -124,16 +124,25 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _accuracy_table(title: str, results) -> Table:
-    table = Table("configuration", "config id", "top-1 %", "top-5 %", "calibrated", title=title)
+def _accuracy_table(title: str, results, precision: str | None = None) -> Table:
+    from planner.stats import wilson_interval
+
+    table = Table(
+        "configuration", "config id", "top-1 %", "95% interval", "top-5 %", "calibrated", title=title
+    )
+    if precision is not None:
+        table.add_column("precision")
     for result in results:
         top5 = "" if result.top5 is None else f"{result.top5:.2f}"
+        low, high = wilson_interval(round(result.top1 * result.samples / 100), result.samples)
         table.add_row(
             result.config.label,
             result.config.id,
             f"{result.top1:.2f}",
+            f"{low:.1f}-{high:.1f}",
             top5,
             "yes" if result.calibrated else "",
+            *([precision] if precision is not None else []),
         )
     return table
 
@@ -254,11 +263,25 @@ def evaluate_command(
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
+    target_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Score the artifacts this target measured, through its runtime (repeatable).",
+        ),
+    ] = None,
+    targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra target files.")] = None,
+    calibration_size: Annotated[
+        int, typer.Option(help="Calibration images for an int8 artifact profile did not write.")
+    ] = 128,
 ) -> None:
     """Top-1 (and top-5) per configuration, added to OUT/accuracy.parquet under profile's config ids.
 
     Configurations without trained BN statistics are calibrated first on the data's calibration split,
-    or use the statistics a `planner calibrate` checkpoint carries.
+    or use the statistics a `planner calibrate` checkpoint carries. With --target, the exact artifacts
+    `planner profile` measured there (ONNX, IR, int8) run through the target's runtime at each of its
+    precisions instead of torch; rows record target, precision and runtime.
     """
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
@@ -269,6 +292,11 @@ def evaluate_command(
     dataset = _load(data, saved, input_size)
     model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
     configs = _configs(model, parse_widths(widths), config_files)
+    if target_names:
+        _evaluate_on_targets(
+            model, configs, dataset, split, checkpoint, target_names, targets_dir, out, calibration_size
+        )
+        return
     batches = dataset.batches(split, batch_size)
     calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
     results = evaluate(
@@ -299,6 +327,40 @@ def evaluate_command(
         title = f"{model.name} on {dataset.name} ({split}, {results[0].samples} images)"
         Console().print(_accuracy_table(title, results))
     console.print(f"wrote {len(rows)} rows to {path}", highlight=False)
+
+
+def _evaluate_on_targets(
+    model, configs, dataset, split: str, checkpoint: Path, names: list[str], targets_dir, out: Path, size: int
+) -> None:
+    from planner.accuracy.runtime import evaluate_target
+    from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
+    from planner.measure.profile import weights_key
+    from planner.measure.targets import load_target
+
+    targets = [load_target(name, targets_dir) for name in names]
+    digest = checkpoint_digest(checkpoint)
+    for target in targets:
+        by_precision = evaluate_target(
+            model, configs, target, dataset, split, out, weights_key(checkpoint), calibration_size=size
+        )
+        for precision, results in by_precision.items():
+            rows = accuracy_rows(
+                model.name,
+                results,
+                dataset.name,
+                split,
+                digest,
+                target=target.name,
+                precision=precision,
+                runtime=target.backend,
+            )
+            path = write_accuracy(out, rows)
+            title = (
+                f"{model.name} on {dataset.name} ({split}, {results[0].samples} images) "
+                f"through {target.backend} ({target.name})"
+            )
+            Console().print(_accuracy_table(title, results, precision))
+            console.print(f"wrote {len(rows)} rows to {path}", highlight=False)
 
 
 @app.command("calibrate")

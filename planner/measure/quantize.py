@@ -61,12 +61,18 @@ def calibration_inputs(
 
     if count < 1:
         raise PlannerError(f"calibration size must be at least 1, got {count}")
-    dataset = load_dataset(source)
+    return calibration_from(load_dataset(source), input_shape, count)
+
+
+def calibration_from(
+    dataset, input_shape: tuple[int, ...], count: int = DEFAULT_CALIBRATION_SIZE
+) -> Calibration:
+    """The same images as `calibration_inputs`, from a loaded `planner.accuracy.data.Dataset`."""
     split = "calibration" if dataset.size("calibration") else "train"
     images = dataset.splits[split][0][:count].numpy().astype(np.float32)
     if not len(images):
-        raise PlannerError(f"calibration data {source} has no images in its calibration or train split")
-    return checked_calibration(Calibration(images, f"{source}:{split}[:{len(images)}]"), input_shape)
+        raise PlannerError(f"calibration data {dataset.name} has no images in its calibration or train split")
+    return checked_calibration(Calibration(images, f"{dataset.name}:{split}[:{len(images)}]"), input_shape)
 
 
 def checked_calibration(calibration: Calibration, input_shape: tuple[int, ...]) -> Calibration:

@@ -98,6 +98,10 @@ class OpenVinoSession(Session):
     def infer(self) -> None:
         self.request.infer()
 
+    def outputs(self, feed: np.ndarray) -> np.ndarray:
+        result = self.compiled.create_infer_request().infer([feed])
+        return np.asarray(next(iter(result.values())))
+
     def release(self) -> None:
         self.request = None
         self.compiled = None
