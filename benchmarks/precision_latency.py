@@ -109,7 +109,8 @@ def main() -> None:
         f"{args.threads or 'all cores'}), 224x224 input, batch 1, untrained weights; int8 calibrated on "
         f"{calibration.source}. Table: precision_latency.csv.",
         "",
-        "| backend | width | fp32 p50 ms (95% CI) | int8 p50 ms (95% CI) | int8 speed-up | fp32 min | int8 min |",
+        "| backend | width | fp32 p50 ms (95% CI) | int8 p50 ms (95% CI) | int8 speed-up | fp32 min "
+        "| int8 min |",
         "|---|---|---|---|---|---|---|",
     ]
     for (backend, width), rows in table.groupby(["backend", "width"]):
