@@ -75,6 +75,7 @@ def select_for_target(
     model: str | None,
     allow_estimates: bool,
     tables: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    significance: bool = True,
 ) -> Selection:
     latency, accuracy = tables if tables is not None else read_tables(results_dir)
     table = candidates(
@@ -86,7 +87,7 @@ def select_for_target(
         allow_estimates=allow_estimates,
         results_dir=results_dir,
     )
-    return select(table, budget)
+    return select(table, budget, significance)
 
 
 def measure_proposal(
@@ -162,8 +163,18 @@ def select_command(
         float | None, typer.Option("--max-seconds", help="Time limit for measuring a proposed width.")
     ] = None,
     targets_dir: TargetsDirOption = None,
+    no_significance: Annotated[
+        bool,
+        typer.Option(
+            "--no-significance",
+            help="Take the most accurate even when a faster one is not significantly worse (McNemar).",
+        ),
+    ] = False,
 ) -> None:
     """The most accurate configuration whose latency upper bound fits the budget (exit 1 if none fits).
+
+    A faster configuration that is not significantly less accurate on the same images (McNemar's exact
+    test, p >= 0.05) is preferred, and the output says so; --no-significance turns that off.
 
     For a universally slimmable model the widest width predicted to fit (monotone interpolation over
     the measured widths) is measured on the target and accepted only if it fits and has an accuracy.
@@ -175,12 +186,13 @@ def select_command(
         raise PlannerError(f"--max-seconds must be positive, got {max_seconds:g}")
     target = load_target(target_name, targets_dir)
     budget = budget_for(target, max_latency, max_memory, metric)
-    selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+    significance = not no_significance
+    selection = select_for_target(target, budget, results_dir, model, allow_estimates, None, significance)
     proposal = universal_proposal(selection)
     if proposal is not None and measure:
         Console(stderr=True).print(f"measuring the proposed width {proposal.width:g} on {target.name} ...")
         proposal = measure_proposal(proposal, selection, target, results_dir, checkpoint, max_seconds)
-        selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+        selection = select_for_target(target, budget, results_dir, model, allow_estimates, None, significance)
     if as_json:
         typer.echo(json.dumps(selection_json(target, selection, proposal, results_dir), indent=2))
     else:
@@ -208,6 +220,7 @@ def selection_json(
         "proposal": _proposal_json(target, selection, proposal, results_dir),
         "candidates": len(selection.candidates),
         "unscored": int(selection.candidates.attrs.get("unscored", 0)),
+        "significance_note": selection.significance_note,
     }
 
 
@@ -245,7 +258,8 @@ def print_selection(
 ) -> None:
     model = selection.candidates["model"].iloc[0]
     console.print(
-        f"[bold]{model}[/] on [bold]{target.name}[/] ({target.backend} {target.device} {target.precision}); "
+        f"[bold]{model}[/] on [bold]{target.name}[/] ({target.backend} {target.device} "
+        f"{', '.join(target.planned_precisions)}); "
         f"budget: {selection.budget.describe()}; {len(selection.candidates)} measured configurations"
     )
     unscored = int(selection.candidates.attrs.get("unscored", 0))
@@ -259,6 +273,8 @@ def print_selection(
         )
         rows = [("fastest", selection.fastest)]
     console.print(candidate_table(rows, selection.budget.metric))
+    if selection.significance_note:
+        console.print(f"within noise: {selection.significance_note}", highlight=False)
     if selection.fits and len(selection.ladder) > 1:
         steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(f"ladder (fastest to most accurate): {steps}")
@@ -283,6 +299,10 @@ def candidate_table(rows: list[tuple[str, pd.Series | None]], metric: str) -> Ta
     lines = {
         "configuration": lambda r: f"{label(r)} ({r['config_id']})",
         "top-1 accuracy": lambda r: _number(r["accuracy"], "{:.2f}%"),
+        "top-1 95% interval": lambda r: (
+            f"{_number(r.get('accuracy_ci_low'), '{:.1f}')}-{_number(r.get('accuracy_ci_high'), '{:.1f}')}% "
+            f"of {_number(r.get('accuracy_n'), '{:.0f}')} ({r.get('accuracy_runtime') or 'torch'})"
+        ),
         bound: lambda r: format_ms(r["bound_ms"]),
         "p50 [95% CI]": lambda r: format_interval(r["p50_ms"], r["ci_low_ms"], r["ci_high_ms"]),
         "p90 / p99": lambda r: f"{format_ms(r['p90_ms'])} / {format_ms(r['p99_ms'])}",
