@@ -128,3 +128,50 @@ def test_a_failing_quantization_keeps_the_fp32_rows(exports, tmp_path, capsys, m
     assert code == 2 and "failed: 'Conv_3 has no scale'" in err and len(err.strip().splitlines()) == 1
     table = load_latency(out)
     assert list(table["precision"]) == ["fp32"] and list(table["status"]) == ["ok"]
+
+
+def test_int8_pipeline_profile_evaluate_manifest_ships_the_measured_file(exports, tmp_path, capsys):
+    import hashlib
+
+    import planner
+    from planner.accuracy.table import load_accuracy
+    from planner.deploy.manifest import export_ladder, load_manifest, write_manifest
+    from planner.plan.pareto import candidates, read_tables
+    from planner.plan.select import Budget, select
+
+    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    checkpoint = planner.save_checkpoint(model, tmp_path / "weights.pt")
+    out = tmp_path / "out"
+    calibrate = ["--calibration-data", "digits", "--calibration-size", "16"]
+    profile = ["profile", "-t", "cpu-int8", "--checkpoint", str(checkpoint), "--widths", "0.25,1.0"]
+    code, _, err = run_cli([*profile, "--out", str(out), *QUICK, *calibrate], capsys)
+    assert code == 0, err
+    evaluate = ["evaluate", "s_cnn_small", "--checkpoint", str(checkpoint), "--data", "digits"]
+    code, _, err = run_cli([*evaluate, "-t", "cpu-int8", "--widths", "0.25,1.0", "--out", str(out)], capsys)
+    assert code == 0, err
+    accuracy = load_accuracy(out)
+    assert set(zip(accuracy["runtime"], accuracy["precision"], strict=True)) == {
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+    }
+    # Ship the int8 rungs only (which precision wins depends on this machine's timing).
+    latency_table, accuracy_table = read_tables(out)
+    table = candidates(latency_table, accuracy_table, "cpu-int8")
+    selection = select(table[table["precision"] == "int8"].reset_index(drop=True), Budget(1e4), False)
+    target = load_target("cpu-int8")
+    exported = export_ladder(selection, target, checkpoint, out)
+    deploy = tmp_path / "deploy"
+    write_manifest(selection, target, exported.model, checkpoint, exported.onnx, deploy / "cpu-int8")
+    manifest = load_manifest(deploy / "cpu-int8")
+    latency = load_latency(out)
+    assert manifest["precision"] == "int8" and manifest["ladder"]
+    for rung in manifest["ladder"]:
+        shipped = deploy / "cpu-int8" / rung["artifact"]["files"][0]["path"]
+        row = latency[(latency["config_id"] == rung["config_id"]) & (latency["precision"] == "int8")].iloc[0]
+        measured = out / "artifacts" / row["artifact"]
+        assert (
+            hashlib.sha256(shipped.read_bytes()).hexdigest()
+            == hashlib.sha256(measured.read_bytes()).hexdigest()
+        )
+        assert rung["quantization"]["calibration_sha256"] == row["calibration_sha256"]
+        assert rung["accuracy"]["runtime"] == "onnxruntime" and rung["accuracy"]["n"] == 360

@@ -1,6 +1,8 @@
 """Per-device deployment manifests: what to ship, why it was chosen, and the ladder to step down on.
 
-A manifest is JSON validated by a versioned JSON Schema (planner/schemas/manifest.schema.json). It names
+A manifest is JSON validated by a versioned JSON Schema (planner/deploy/schemas/manifest.schema.json; version
+1 manifests still load against manifest.schema.v1.json). Each rung is a configuration at a precision:
+an int8 rung ships the very QDQ file that was profiled and evaluated, with its quantization record. It names
 the chosen configuration with its per-layer channel counts and the artifact built for the device's
 backend (path relative to the manifest, sha256), the measured statistics with their interval, the
 accuracy, the budget, the environment the numbers were measured in, and the ladder: the Pareto-optimal
@@ -34,7 +36,8 @@ from profilers.jobs import file_digest
 if TYPE_CHECKING:
     from planner.models.base import SlimmableNetwork
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = {1: "schemas/manifest.schema.v1.json", 2: "schemas/manifest.schema.json"}
 MANIFEST_NAME = "manifest.json"
 _STATISTICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "ci_low_ms", "ci_high_ms",
                "first_ms", "throughput_ips")  # fmt: skip
@@ -43,30 +46,54 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
                 "jetson_clocks")  # fmt: skip
 
 
-def schema() -> dict[str, Any]:
-    """The manifest JSON Schema shipped with planner."""
-    schema_file = resources.files("planner.deploy").joinpath("schemas/manifest.schema.json")
+def schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The manifest JSON Schema of a version shipped with planner."""
+    schema_file = resources.files("planner.deploy").joinpath(READABLE_VERSIONS[version])
     text = schema_file.read_text(encoding="utf-8")
     return json.loads(text)
 
 
 @dataclass(frozen=True)
 class LadderExports:
-    """The model with the shipped weights, and each ladder configuration's ONNX by configuration id."""
+    """The model with the shipped weights, and each rung's ONNX by `rung_key` (config id, precision)."""
 
     model: SlimmableNetwork
     onnx: dict[str, Path]
 
 
+def rung_key(row: pd.Series | Mapping[str, Any]) -> str:
+    """A rung's identity: the configuration id, with the precision unless fp32 (`0b455aa42d-int8`)."""
+    precision = row.get("precision")
+    if not isinstance(precision, str) or precision in ("", "fp32"):
+        return str(row["config_id"])
+    return f"{row['config_id']}-{precision}"
+
+
 def export_ladder(selection: Selection, target: Target, checkpoint: Path, results_dir: Path) -> LadderExports:
-    """Every rung exported with the checkpoint's weights, through the profiler's cache (RESULTS/artifacts)."""
+    """Every rung exported with the checkpoint's weights, through the profiler's cache (RESULTS/artifacts).
+
+    An int8 rung is the quantized file its latency row names (what was measured and evaluated).
+    """
     from planner.measure.profile import build_model, export_artifacts, model_for_target, weights_key
 
     name = selection.candidates["model"].iloc[0]
     model = model_for_target(build_model(name, checkpoint), target)
     configs = [model.validate(WidthConfig.from_json(text)) for text in selection.ladder["config"]]
     artifacts = export_artifacts(model, configs, results_dir, target, weights_key(checkpoint))
-    return LadderExports(model, {artifact.config.id: artifact.onnx for artifact in artifacts})
+    fp32 = {artifact.config.id: artifact.onnx for artifact in artifacts}
+    onnx = {}
+    for _, row in selection.ladder.iterrows():
+        path = fp32[row["config_id"]]
+        if row.get("precision") == "int8":
+            named = row.get("artifact")
+            path = path.parent / str(named) if isinstance(named, str) and named else None
+            if path is None or not path.is_file():
+                raise PlannerError(
+                    f"the int8 file of {label(row)} that was profiled is not in {results_dir}/artifacts; "
+                    f"re-run planner profile --target {target.name} with the same --calibration-data"
+                )
+        onnx[rung_key(row)] = path
+    return LadderExports(model, onnx)
 
 
 def write_manifest(
@@ -92,7 +119,9 @@ def write_manifest(
         for _, row in selection.ladder.iterrows()
     ]
     choice = selection.choice
-    chosen = next(rung for rung in rungs if rung["config_id"] == choice["config_id"])
+    chosen = next(rung for rung in rungs if rung["key"] == rung_key(choice))
+    for rung in rungs:
+        del rung["key"]
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -109,11 +138,11 @@ def write_manifest(
             "name": target.name,
             "backend": target.backend,
             "device": target.device,
-            "precision": target.precision,
+            "precision": chosen["precision"],
             "batch": target.batch,
             "threads": target.threads,
         },
-        "precision": target.precision,
+        "precision": chosen["precision"],
         "budget": selection.budget.to_dict(),
         "configuration": chosen,
         "ladder": rungs,
@@ -141,18 +170,28 @@ def _rung(
     config = WidthConfig.from_json(row["config"])
     if config.id != row["config_id"]:
         raise PlannerError(f"results row {row['config_id']} holds a configuration whose id is {config.id}")
-    if config.id not in exports:
+    key = rung_key(row)
+    if key not in exports:
         raise PlannerError(f"no exported ONNX for {label(row)} ({config.id})")
+    precision = str(row.get("precision") or "fp32")
+    onnx = exports[key]
     return {
+        "key": key,
         "config_id": config.id,
         "label": label(row),
         "width": config.width,
         "channels": config.channels,
+        "precision": precision,
+        "batch": _integer(row.get("batch")) or target.batch,
+        "quantization": _quantization(onnx) if precision == "int8" else None,
         "accuracy": {
             "top1": _finite(row["accuracy"]),
             "dataset": str(row.get("accuracy_dataset") or ""),
             "split": str(row.get("accuracy_split") or ""),
             "source": str(row.get("accuracy_source") or ""),
+            "runtime": str(row.get("accuracy_runtime") or "torch"),
+            "n": _integer(row.get("accuracy_n")),
+            "ci95": [_finite(row.get("accuracy_ci_low")), _finite(row.get("accuracy_ci_high"))],
         },
         "latency": {
             "metric": metric,
@@ -166,7 +205,23 @@ def _rung(
         },
         "memory": {key: _integer(row.get(key)) for key in _MEMORY},
         "cost": {"macs": _integer(row.get("macs")), "params": _integer(row.get("params"))},
-        "artifact": build_artifact(exports[config.id], target, out_dir / f"{label(row)}-{config.id}"),
+        "artifact": build_artifact(
+            onnx, target.at_precision(precision), out_dir / f"{label(row).replace(' ', '-')}-{config.id}"
+        ),
+    }
+
+
+def _quantization(quantized: Path) -> dict[str, Any]:
+    from planner.measure.quantize import quantization_record
+
+    record = quantization_record(quantized)
+    if not record:
+        raise PlannerError(f"{quantized} has no quantization record ({quantized.with_suffix('.json').name})")
+    return {
+        "scheme": record["scheme"],
+        "calibration_sha256": record["calibration_sha256"],
+        "calibration": str(record.get("calibration", "")),
+        "fp32_sha256": record["fp32_sha256"],
     }
 
 
@@ -197,8 +252,8 @@ def build_artifact(onnx: Path, target: Target, directory: Path) -> dict[str, Any
     if target.backend == "tensorrt":
         engine = "model.engine"
         command = ["trtexec", f"--onnx={local.name}", f"--saveEngine={engine}", "--skipInference"]
-        if target.precision in ("fp16", "int8"):
-            command.insert(3, f"--{target.precision}")
+        if target.precision in ("fp16", "int8"):  # int8: explicit Q/DQ, FP16 for the layers between
+            command[3:3] = ["--fp16", "--int8"] if target.precision == "int8" else ["--fp16"]
         artifact["build"] = {
             "command": command,
             "cwd": directory.name,
@@ -294,12 +349,13 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise PlannerError(f"manifest {path} is not valid JSON: {error}") from None
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise PlannerError(
-            f"manifest {path} has schema_version {version!r}; this planner reads version {SCHEMA_VERSION}"
+            f"manifest {path} has schema_version {version!r}; this planner reads versions {readable}"
         )
     try:
-        jsonschema.validate(manifest, schema())
+        jsonschema.validate(manifest, schema(version))
     except jsonschema.ValidationError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "top level"
         raise PlannerError(f"manifest {path} does not match the schema at {where}: {error.message}") from None
