@@ -212,11 +212,15 @@ def _rung(
 
 
 def _quantization(quantized: Path) -> dict[str, Any]:
-    from planner.measure.quantize import quantization_record
-
-    record = quantization_record(quantized)
-    if not record:
-        raise PlannerError(f"{quantized} has no quantization record ({quantized.with_suffix('.json').name})")
+    """The sidecar planner.measure.quantize wrote beside the int8 file (read here without importing it)."""
+    sidecar = quantized.with_suffix(".json")
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        record = {key: record[key] for key in ("scheme", "calibration_sha256", "fp32_sha256")} | record
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise PlannerError(
+            f"{quantized}: its quantization record {sidecar.name} is missing or corrupt"
+        ) from None
     return {
         "scheme": record["scheme"],
         "calibration_sha256": record["calibration_sha256"],
