@@ -106,3 +106,28 @@ def test_an_evaluation_split_that_does_not_fit_the_model_is_refused(tmp_path, di
     model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=16)
     with pytest.raises(PlannerError, match="images of shape 1x8x8, s_cnn_small on cpu takes 1x16x16"):
         evaluate_target(model, [model.config(1.0)], load_target("cpu"), digits, "val", tmp_path)
+
+
+def test_device_side_predict_writes_each_jobs_outputs(exports, tmp_path, capsys):
+    from profilers.cli import main as profilers_main
+    from profilers.jobs import Job, write_jobs_file
+    from profilers.predict import predict
+
+    onnx = sorted((exports / "artifacts").glob("*.onnx"))[:2]
+    jobs = [Job(onnx=path, backend="onnxruntime") for path in onnx]
+    jobs_file = write_jobs_file(tmp_path / "jobs.json", jobs)
+    images = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "split.npz", x=images)
+    out = tmp_path / "outputs.npz"
+    argv = ["predict", "--jobs", str(jobs_file), "--images", str(tmp_path / "split.npz"), "--out", str(out)]
+    assert profilers_main(argv) == 0
+    with np.load(out) as outputs:
+        assert sorted(outputs) == ["job0", "job1"]
+        for index, job in enumerate(jobs):
+            assert outputs[f"job{index}"].shape == (5, 10)
+            assert np.allclose(outputs[f"job{index}"], predict(job, images), atol=1e-5)
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((5, 3, 8, 8), dtype=np.float32))
+    argv[4] = str(tmp_path / "wrong.npz")
+    assert profilers_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: evaluation images are 3x8x8") and "takes 1x8x8" in err and "\n" not in err
