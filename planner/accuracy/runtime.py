@@ -5,8 +5,10 @@ target's runtime on the evaluation split.
 
 The files are the ones `planner profile` measured: the same exports under OUT/artifacts/ (same weights
 key), the int8 file named in the latency rows (else quantized here from the data's calibration split, the
-way profile does), built into the same profiler cache entry (profilers.predict). Torch-side accuracy
-(planner.accuracy.evaluate) stays: the table's `runtime` column tells the two apart.
+way profile does), built into the same profiler cache entry (profilers.predict). On an SSH target the
+artifacts and the split's images (an .npz, without labels) go to the device, `python -m profilers
+predict` runs them there, and the outputs come back (planner.measure.remote.predict_remote). Torch-side
+accuracy (planner.accuracy.evaluate) stays: the table's `runtime` column tells the two apart.
 """
 
 from __future__ import annotations
@@ -46,11 +48,6 @@ def evaluate_target(
     settings: Settings | None = None,
 ) -> dict[str, list[ConfigAccuracy]]:
     """Top-1 (top-5 with more than 5 classes) of every configuration at each of the target's precisions."""
-    if target.is_remote:
-        raise PlannerError(
-            f"target {target.name} is reached over SSH: evaluating on the device is not implemented yet; "
-            "evaluate on a local target with the same backend"
-        )
     out_dir = Path(out_dir)
     target_model = model_for_target(model, target)
     artifacts = export_artifacts(target_model, configs, out_dir, target, weights)
@@ -80,9 +77,14 @@ def evaluate_target(
                     raise PlannerError(failures[0])
                 chosen = chosen + quantized
         jobs = make_jobs(chosen, target.at_precision(precision))
+        if target.is_remote:
+            from planner.measure.remote import predict_remote
+
+            outputs = predict_remote(jobs, target, images)
+        else:
+            outputs = [predict(job, images, settings) for job in jobs]
         results[precision] = [
-            _score(artifact.config, predict(job, images, settings), labels)
-            for artifact, job in zip(chosen, jobs, strict=True)
+            _score(artifact.config, output, labels) for artifact, output in zip(chosen, outputs, strict=True)
         ]
     return results
 
