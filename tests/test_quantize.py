@@ -147,8 +147,18 @@ def test_int8_pipeline_profile_evaluate_manifest_ships_the_measured_file(exports
     code, _, err = run_cli([*profile, "--out", str(out), *QUICK, *calibrate], capsys)
     assert code == 0, err
     evaluate = ["evaluate", "s_cnn_small", "--checkpoint", str(checkpoint), "--data", "digits"]
-    code, _, err = run_cli([*evaluate, "-t", "cpu-int8", "--widths", "0.25,1.0", "--out", str(out)], capsys)
+    code, printed, err = run_cli(
+        [*evaluate, "-t", "cpu-int8", "--widths", "0.25,1.0", "--out", str(out), "--json"], capsys
+    )
     assert code == 0, err
+    scored = json.loads(printed)["results"]
+    assert sorted((r["width"], r["precision"]) for r in scored) == [
+        (0.25, "fp32"),
+        (0.25, "int8"),
+        (1.0, "fp32"),
+        (1.0, "int8"),
+    ]
+    assert all(r["ci95"][0] <= r["top1"] <= r["ci95"][1] and r["samples"] == 360 for r in scored)
     accuracy = load_accuracy(out)
     assert set(zip(accuracy["runtime"], accuracy["precision"], strict=True)) == {
         ("onnxruntime", "fp32"),

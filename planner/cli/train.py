@@ -294,7 +294,16 @@ def evaluate_command(
     configs = _configs(model, parse_widths(widths), config_files)
     if target_names:
         _evaluate_on_targets(
-            model, configs, dataset, split, checkpoint, target_names, targets_dir, out, calibration_size
+            model,
+            configs,
+            dataset,
+            split,
+            checkpoint,
+            target_names,
+            targets_dir,
+            out,
+            calibration_size,
+            as_json,
         )
         return
     batches = dataset.batches(split, batch_size)
@@ -330,8 +339,19 @@ def evaluate_command(
 
 
 def _evaluate_on_targets(
-    model, configs, dataset, split: str, checkpoint: Path, names: list[str], targets_dir, out: Path, size: int
+    model,
+    configs,
+    dataset,
+    split: str,
+    checkpoint: Path,
+    names: list[str],
+    targets_dir,
+    out: Path,
+    size: int,
+    as_json: bool,
 ) -> None:
+    import pandas as pd
+
     from planner.accuracy.runtime import evaluate_target
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
     from planner.measure.profile import weights_key
@@ -339,6 +359,7 @@ def _evaluate_on_targets(
 
     targets = [load_target(name, targets_dir) for name in names]
     digest = checkpoint_digest(checkpoint)
+    report = []
     for target in targets:
         by_precision = evaluate_target(
             model, configs, target, dataset, split, out, weights_key(checkpoint), calibration_size=size
@@ -355,12 +376,32 @@ def _evaluate_on_targets(
                 runtime=target.backend,
             )
             path = write_accuracy(out, rows)
+            console.print(f"wrote {len(rows)} rows to {path}", highlight=False)
+            if as_json:
+                top1 = rows[rows["metric"] == "top1"]
+                report += [
+                    {
+                        "target": target.name,
+                        "precision": precision,
+                        "runtime": target.backend,
+                        "config_id": row["config_id"],
+                        "width": None if pd.isna(row["width"]) else float(row["width"]),
+                        "top1": float(row["value"]),
+                        "ci95": [float(row["ci_low"]), float(row["ci_high"])],
+                        "samples": int(row["n"]),
+                    }
+                    for _, row in top1.iterrows()
+                ]
+                continue
             title = (
                 f"{model.name} on {dataset.name} ({split}, {results[0].samples} images) "
                 f"through {target.backend} ({target.name})"
             )
             Console().print(_accuracy_table(title, results, precision))
-            console.print(f"wrote {len(rows)} rows to {path}", highlight=False)
+    if as_json:
+        typer.echo(
+            json.dumps({"model": model.name, "dataset": dataset.name, "split": split, "results": report})
+        )
 
 
 @app.command("calibrate")
