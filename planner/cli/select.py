@@ -18,7 +18,14 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target, load_target
 from planner.plan.pareto import METRICS, candidates, latency_bound, read_tables
 from planner.plan.select import Budget, Proposal, Selection, describe_row, label, propose_width, select
-from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms, parse_size_bytes
+from planner.units import (
+    format_bytes,
+    format_interval,
+    format_ms,
+    parse_duration_ms,
+    parse_rate_per_s,
+    parse_size_bytes,
+)
 
 DEFAULT_RESULTS_DIR = Path("out")  # where `planner profile` writes by default
 
@@ -170,6 +177,12 @@ def select_command(
             help="Take the most accurate even when a faster one is not significantly worse (McNemar).",
         ),
     ] = False,
+    min_throughput: Annotated[
+        str | None,
+        typer.Option(
+            "--min-throughput", help="Images per second at least, e.g. 500/s (batched rows count b)."
+        ),
+    ] = None,
 ) -> None:
     """The most accurate configuration whose latency upper bound fits the budget (exit 1 if none fits).
 
@@ -186,6 +199,8 @@ def select_command(
         raise PlannerError(f"--max-seconds must be positive, got {max_seconds:g}")
     target = load_target(target_name, targets_dir)
     budget = budget_for(target, max_latency, max_memory, metric)
+    if min_throughput is not None:
+        budget = dataclasses.replace(budget, min_throughput_ips=parse_rate_per_s(min_throughput))
     significance = not no_significance
     selection = select_for_target(target, budget, results_dir, model, allow_estimates, None, significance)
     proposal = universal_proposal(selection)

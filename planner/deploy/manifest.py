@@ -63,10 +63,14 @@ class LadderExports:
 
 def rung_key(row: pd.Series | Mapping[str, Any]) -> str:
     """A rung's identity: the configuration id, with the precision unless fp32 (`0b455aa42d-int8`)."""
+    key = str(row["config_id"])
     precision = row.get("precision")
-    if not isinstance(precision, str) or precision in ("", "fp32"):
-        return str(row["config_id"])
-    return f"{row['config_id']}-{precision}"
+    if isinstance(precision, str) and precision not in ("", "fp32"):
+        key += f"-{precision}"
+    batch = row.get("batch")
+    if batch is not None and not pd.isna(batch) and int(batch) != 1:
+        key += f"-b{int(batch)}"
+    return key
 
 
 def export_ladder(selection: Selection, target: Target, checkpoint: Path, results_dir: Path) -> LadderExports:
@@ -79,11 +83,14 @@ def export_ladder(selection: Selection, target: Target, checkpoint: Path, result
     name = selection.candidates["model"].iloc[0]
     model = model_for_target(build_model(name, checkpoint), target)
     configs = [model.validate(WidthConfig.from_json(text)) for text in selection.ladder["config"]]
-    artifacts = export_artifacts(model, configs, results_dir, target, weights_key(checkpoint))
-    fp32 = {artifact.config.id: artifact.onnx for artifact in artifacts}
+    fp32 = {}
+    for batch in sorted({int(b) if not pd.isna(b) else 1 for b in selection.ladder.get("batch", [1])}):
+        artifacts = export_artifacts(model, configs, results_dir, target, weights_key(checkpoint), batch)
+        fp32.update({(artifact.config.id, batch): artifact.onnx for artifact in artifacts})
     onnx = {}
     for _, row in selection.ladder.iterrows():
-        path = fp32[row["config_id"]]
+        batch = row.get("batch")
+        path = fp32[(row["config_id"], int(batch) if batch is not None and not pd.isna(batch) else 1)]
         if row.get("precision") == "int8":
             named = row.get("artifact")
             path = path.parent / str(named) if isinstance(named, str) and named else None
@@ -206,7 +213,9 @@ def _rung(
         "memory": {key: _integer(row.get(key)) for key in _MEMORY},
         "cost": {"macs": _integer(row.get("macs")), "params": _integer(row.get("params"))},
         "artifact": build_artifact(
-            onnx, target.at_precision(precision), out_dir / f"{label(row).replace(' ', '-')}-{config.id}"
+            onnx,
+            target.at_precision(precision).at_batch(_integer(row.get("batch")) or target.batch),
+            out_dir / f"{label(row).replace(' ', '-')}-{config.id}",
         ),
     }
 

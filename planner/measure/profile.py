@@ -113,10 +113,6 @@ def configurations(
 
 def model_for_target(model: SlimmableNetwork, target: Target) -> SlimmableNetwork:
     """`model` itself, or a copy built at the target's input shape when the target overrides it."""
-    if target.batch != 1:
-        raise PlannerError(
-            f"target {target.name} asks for batch {target.batch}; exports are batch 1 for now: set batch = 1"
-        )
     if target.input_shape is None:
         return model
     _, channels, height, width = target.input_shape
@@ -147,20 +143,25 @@ def export_artifacts(
     out_dir: Path | str,
     target: Target,
     weights: str = "init",
+    batch: int = 1,
 ) -> list[Artifact]:
-    """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend)."""
+    """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend),
+    with a static batch dimension of `batch` (the file name carries the shape)."""
     from planner.nn.counting import count
     from planner.nn.export import export_onnx, export_program
 
     directory = Path(out_dir) / ARTIFACTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    shape = (1, model.in_channels, model.input_size, model.input_size)
+    shape = (batch, model.in_channels, model.input_size, model.input_size)
     shape_text = "x".join(map(str, shape))
     artifacts = []
     for config in configs:
         onnx = directory / f"{model.name}-{config.id}-{shape_text}-{weights}.onnx"
         if not onnx.is_file():
-            export_onnx(model, config, onnx)
+            if batch == 1:
+                export_onnx(model, config, onnx)
+            else:
+                _export_batched(model, config, onnx, shape)
         program = onnx.with_suffix(".pt2")
         if target.backend == "torch" and not program.is_file():
             export_program(model, config, program)
@@ -194,6 +195,15 @@ def quantize_artifacts(
             continue
         quantized.append(dataclasses.replace(artifact, onnx=onnx))
     return quantized, failures
+
+
+def _export_batched(model: SlimmableNetwork, config: WidthConfig, onnx: Path, shape: tuple[int, ...]) -> None:
+    import torch
+
+    from planner.nn.export import export_module
+    from planner.nn.materialize import materialize
+
+    export_module(materialize(model, config), torch.zeros(shape), onnx)
 
 
 def make_jobs(artifacts: list[Artifact], target: Target) -> list[Job]:
@@ -299,14 +309,17 @@ def profile_configs(
     failures: list[str] = []
     for target in targets:
         target_model = model_for_target(model, target)
-        artifacts = export_artifacts(target_model, configs, out_dir, target, weights)
         jobs_by_target[target.name] = []
-        for precision in target.planned_precisions:
-            chosen = artifacts
-            if precision == "int8":
-                chosen, failed = quantize_artifacts(artifacts, target, calibration)
-                failures += failed
-            jobs_by_target[target.name] += make_jobs(chosen, target.at_precision(precision))
+        for batch in target.planned_batches:
+            artifacts = export_artifacts(target_model, configs, out_dir, target, weights, batch)
+            for precision in target.planned_precisions:
+                chosen = artifacts
+                if precision == "int8":
+                    chosen, failed = quantize_artifacts(artifacts, target, calibration)
+                    failures += failed
+                jobs_by_target[target.name] += make_jobs(
+                    chosen, target.at_batch(batch).at_precision(precision)
+                )
     todo = {name: pending_jobs(jobs, out_dir, force) for name, jobs in jobs_by_target.items()}
     for name, jobs in jobs_by_target.items():
         report(name, len(jobs) - len(todo[name]), len(jobs))

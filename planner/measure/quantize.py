@@ -157,28 +157,36 @@ def _failure(error: Exception) -> str:
     return text
 
 
-def _input_name(onnx: Path) -> str:
+def _input(onnx: Path) -> tuple[str, int]:
+    """The model's input name and static batch size."""
     import onnx as onnx_lib
 
     model = onnx_lib.load(str(onnx), load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
-    return next(value.name for value in model.graph.input if value.name not in initializers)
+    value = next(value for value in model.graph.input if value.name not in initializers)
+    first = value.type.tensor_type.shape.dim[0]
+    return value.name, int(first.dim_value) if first.HasField("dim_value") and first.dim_value > 0 else 1
 
 
-def _batches(calibration: Calibration) -> list[np.ndarray]:
-    """One (1, C, H, W) batch per image: exports are static batch 1."""
-    return [image[None] for image in np.ascontiguousarray(calibration.inputs, dtype=np.float32)]
+def _batches(calibration: Calibration, batch: int) -> list[np.ndarray]:
+    """The images cut into the export's static batch (an incomplete last batch is left out)."""
+    images = np.ascontiguousarray(calibration.inputs, dtype=np.float32)
+    if len(images) < batch:
+        raise PlannerError(
+            f"calibration data {calibration.source} has {len(images)} images, fewer than one batch of {batch}"
+        )
+    return [images[start : start + batch] for start in range(0, len(images) - batch + 1, batch)]
 
 
 def _onnxruntime(onnx: Path, calibration: Calibration, out: Path, symmetric: bool, scratch: str) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    name = _input_name(onnx)
+    name, size = _input(onnx)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds = iter([{name: batch} for batch in _batches(calibration)])
+            self.feeds = iter([{name: batch} for batch in _batches(calibration, size)])
 
         def get_next(self) -> dict | None:
             return next(self.feeds, None)
@@ -206,9 +214,9 @@ def _nncf(onnx: Path, calibration: Calibration, out: Path) -> None:
         raise PlannerError(
             "int8 for openvino quantizes with NNCF: pip install 'planner[quantize]' (nncf)"
         ) from None
-    name = _input_name(onnx)
+    name, size = _input(onnx)
     model = onnx_lib.load(str(onnx))
-    batches = _batches(calibration)
+    batches = _batches(calibration, size)
     dataset = nncf.Dataset(batches, lambda batch: {name: batch})
     quantized = nncf.quantize(model, dataset, subset_size=len(batches))
     onnx_lib.save(quantized, str(out))

@@ -95,6 +95,7 @@ class Target:
     precisions: tuple[str, ...] = ()
     threads: int = 0
     batch: int = 1
+    batches: tuple[int, ...] = ()
     description: str = ""
     aliases: tuple[str, ...] = ()
     input_shape: tuple[int, ...] | None = None
@@ -111,6 +112,15 @@ class Target:
     def planned_precisions(self) -> tuple[str, ...]:
         """Every precision `planner profile` measures here: `precisions`, else the one `precision`."""
         return self.precisions or (self.precision,)
+
+    @property
+    def planned_batches(self) -> tuple[int, ...]:
+        """Every static batch size `planner profile` exports and measures: `batches`, else `batch`."""
+        return self.batches or (self.batch,)
+
+    def at_batch(self, batch: int) -> Target:
+        """This target run at one of its batch sizes (each is its own static-shape artifact)."""
+        return dataclasses.replace(self, batch=batch)
 
     def at_precision(self, precision: str) -> Target:
         """This target run at one of its precisions (what a job, a row and a manifest rung carry)."""
@@ -295,6 +305,8 @@ def _check_values(target: Target, path: Path) -> None:
         fail("threads", "must be 0 (all cores) or a positive count")
     if target.batch < 1:
         fail("batch", "must be at least 1")
+    if any(batch < 1 for batch in target.batches) or len(set(target.batches)) != len(target.batches):
+        fail("batches", "must list distinct batch sizes of at least 1")
     if target.input_shape is not None and (
         len(target.input_shape) != 4 or min(target.input_shape) < 1 or target.input_shape[0] != target.batch
     ):

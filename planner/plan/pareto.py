@@ -161,10 +161,13 @@ def candidates(
     # a measurement beats an estimate of the same configuration; then the newest run wins
     rows = rows.assign(_estimated=rows["estimated"].fillna(False).astype(bool))
     rows = rows.sort_values(["_estimated", "timestamp"], ascending=[True, False], kind="stable")
-    rows = rows.drop_duplicates(["model", "config_id", "precision"]).drop(columns="_estimated")
+    if "batch" not in rows:
+        rows = rows.assign(batch=1)
+    rows = rows.drop_duplicates(["model", "config_id", "precision", "batch"]).drop(columns="_estimated")
 
     scores = _top1(accuracy, model, results_dir, target, sorted(rows["precision"].unique()))
-    joined = rows.merge(scores, on=["model", "config_id", "precision"], how="inner", validate="one_to_one")
+    # accuracy does not depend on the batch size: one accuracy row serves every batch of a configuration
+    joined = rows.merge(scores, on=["model", "config_id", "precision"], how="inner", validate="many_to_one")
     if joined.empty:
         raise PlannerError(
             f"no accuracy for the configurations of {model} measured on {target!r}; run "

@@ -40,23 +40,29 @@ class Budget:
     max_latency_ms: float
     metric: str = "p90"
     max_memory_bytes: int | None = None
+    min_throughput_ips: float | None = None  # images per second (a batch of b counts b images)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "metric": self.metric,
             "max_latency_ms": self.max_latency_ms,
             "max_memory_bytes": self.max_memory_bytes,
         }
+        if self.min_throughput_ips is not None:
+            data["min_throughput_ips"] = self.min_throughput_ips
+        return data
 
     def describe(self) -> str:
         bound = "upper 95% bound of p50" if self.metric == "p50" else self.metric
         text = f"{bound} <= {format_ms(self.max_latency_ms)}"
         if self.max_memory_bytes is not None:
             text += f", memory <= {self.max_memory_bytes / 2**20:.4g} MiB"
+        if self.min_throughput_ips is not None:
+            text += f", throughput >= {self.min_throughput_ips:g}/s"
         return text
 
 
@@ -122,6 +128,11 @@ def fits_budget(table: pd.DataFrame, budget: Budget) -> pd.Series:
     fits = table["bound_ms"] <= budget.max_latency_ms
     if budget.max_memory_bytes is not None:
         fits &= table["memory_bytes"].fillna(math.inf) <= budget.max_memory_bytes
+    if budget.min_throughput_ips is not None:
+        throughput = (
+            table["throughput_ips"] if "throughput_ips" in table else pd.Series(math.nan, table.index)
+        )
+        fits &= pd.to_numeric(throughput, errors="coerce").fillna(0) >= budget.min_throughput_ips
     return fits.fillna(False).astype(bool)
 
 
@@ -236,7 +247,8 @@ def describe_row(row: pd.Series) -> dict[str, Any]:
         value = row.get(key)
         if value is None or pd.isna(value):
             return None
-        return int(value) if key in ("n", "macs", "params", "memory_bytes", "accuracy_n") else float(value)
+        integers = ("n", "macs", "params", "memory_bytes", "accuracy_n", "batch")
+        return int(value) if key in integers else float(value)
 
     width = row.get("width")
     return {
@@ -244,6 +256,8 @@ def describe_row(row: pd.Series) -> dict[str, Any]:
         "config_id": row["config_id"],
         "width": None if width is None or pd.isna(width) else float(width),
         "precision": row.get("precision") if isinstance(row.get("precision"), str) else "fp32",
+        "batch": number("batch"),
+        "throughput_ips": number("throughput_ips"),
         "accuracy_top1": number("accuracy"),
         "accuracy_ci": [number("accuracy_ci_low"), number("accuracy_ci_high")],
         "accuracy_images": number("accuracy_n"),
@@ -263,4 +277,7 @@ def label(row: pd.Series) -> str:
     width = row.get("width")
     name = f"{float(width):g}x" if width is not None and not pd.isna(width) else f"layers:{row['config_id']}"
     precision = row.get("precision")
-    return f"{name} {precision}" if isinstance(precision, str) and precision not in ("", "fp32") else name
+    if isinstance(precision, str) and precision not in ("", "fp32"):
+        name = f"{name} {precision}"
+    batch = row.get("batch")
+    return f"{name} b{int(batch)}" if batch is not None and not pd.isna(batch) and int(batch) != 1 else name
