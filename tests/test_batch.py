@@ -59,3 +59,16 @@ def test_profile_measures_each_batch_and_select_honours_a_throughput_budget(expo
         assert all(rung["throughput_ips"] >= floor for rung in report["ladder"])
     else:  # nothing reached the floor on this (loaded) machine: said so, with exit 1
         assert code == 1 and report["choice"] is None
+
+
+def test_a_batched_target_is_evaluated_on_its_batch_1_artifacts(tmp_path):
+    from planner.accuracy.data import load_dataset
+    from planner.accuracy.runtime import evaluate_target
+
+    path = tmp_path / "batched.toml"
+    path.write_text('backend = "onnxruntime"\nbatch = 4\n')
+    model = small_model()
+    digits = load_dataset("digits")
+    scored = evaluate_target(model, [model.config(0.25)], read_target(path), digits, "val", tmp_path)
+    (result,) = scored["fp32"]
+    assert result.samples == digits.size("val")

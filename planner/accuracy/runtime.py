@@ -47,7 +47,11 @@ def evaluate_target(
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     settings: Settings | None = None,
 ) -> dict[str, list[ConfigAccuracy]]:
-    """Top-1 (top-5 with more than 5 classes) of every configuration at each of the target's precisions."""
+    """Top-1 (top-5 with more than 5 classes) of every configuration at each of the target's precisions.
+
+    Scored on the batch-1 artifacts: a batched export holds the same weights and graph, and accuracy
+    does not depend on how many images one inference takes.
+    """
     out_dir = Path(out_dir)
     target_model = model_for_target(model, target)
     artifacts = export_artifacts(target_model, configs, out_dir, target, weights)
@@ -76,7 +80,7 @@ def evaluate_target(
                 if failures:
                     raise PlannerError(failures[0])
                 chosen = chosen + quantized
-        jobs = make_jobs(chosen, target.at_precision(precision))
+        jobs = make_jobs(chosen, target.at_batch(1).at_precision(precision))
         if target.is_remote:
             from planner.measure.remote import predict_remote
 
@@ -97,7 +101,10 @@ def _profiled_int8(artifacts: list[Artifact], target: Target, out_dir: Path) -> 
     if "artifact" not in table or not len(table):
         return []
     rows = table[
-        (table["target"] == target.name) & (table["precision"] == "int8") & (table["status"] == "ok")
+        (table["target"] == target.name)
+        & (table["precision"] == "int8")
+        & (table["status"] == "ok")
+        & (table["batch"] == 1)
     ]
     named = dict(zip(rows["config_id"], rows["artifact"], strict=True))
     found = []
