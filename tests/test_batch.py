@@ -60,6 +60,29 @@ def test_profile_measures_each_batch_and_select_honours_a_throughput_budget(expo
     else:  # nothing reached the floor on this (loaded) machine: said so, with exit 1
         assert code == 1 and report["choice"] is None
 
+    # A manifest of the batch-4 fp32 rungs ships static batch-4 files.
+    import onnx
+
+    import planner
+    from planner.deploy.manifest import export_ladder, load_manifest, write_manifest
+    from planner.plan.pareto import candidates, read_tables
+    from planner.plan.select import Budget
+    from planner.plan.select import select as choose
+
+    checkpoint = planner.save_checkpoint(model, tmp_path / "weights.pt")
+    latency, scores = read_tables(out)
+    found = candidates(latency, scores, "batched")
+    selection = choose(found[(found["batch"] == 4) & (found["precision"] == "fp32")], Budget(1e4), False)
+    target = read_target(targets / "batched.toml")
+    exported = export_ladder(selection, target, checkpoint, out)
+    write_manifest(selection, target, exported.model, checkpoint, exported.onnx, tmp_path / "deploy")
+    manifest = load_manifest(tmp_path / "deploy")
+    assert {rung["batch"] for rung in manifest["ladder"]} == {4}
+    for rung in manifest["ladder"]:
+        assert rung["label"].endswith(" b4")
+        shipped = onnx.load(str(tmp_path / "deploy" / rung["artifact"]["files"][0]["path"]))
+        assert shipped.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+
 
 def test_a_batched_target_is_evaluated_on_its_batch_1_artifacts(tmp_path):
     from planner.accuracy.data import load_dataset
