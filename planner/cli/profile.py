@@ -140,7 +140,7 @@ def profile_command(
 
 def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
     title = "estimated latency (roofline, not measured)" if estimated else "measured latency"
-    rows = rows.sort_values(["target", "macs", "precision"]) if len(rows) else rows
+    rows = rows.sort_values(["target", "macs", "precision", "batch"]) if len(rows) else rows
     labels = [
         f"{width:g}x" if pd.notna(width) else f"layers:{config_id}"
         for width, config_id in zip(rows.get("width", []), rows.get("config_id", []), strict=True)
@@ -159,7 +159,7 @@ def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
         table.add_row(
             str(row["target"]),
             label,
-            str(row["precision"]),
+            str(row["precision"]) + (f" b{int(row['batch'])}" if int(row["batch"]) != 1 else ""),
             str(row["status"]) if row["status"] == "ok" else f"{row['status']}: {row['error']}",
             _number(row.get("p50_ms"), 3),
             _number(row.get("p90_ms"), 3),
