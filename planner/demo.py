@@ -1,8 +1,11 @@
 """`planner demo`: the whole pipeline on this machine's CPU in one command, with no network.
 
-Trains s_cnn_small on scikit-learn's digits (shipped with scikit-learn), evaluates every width, profiles
-every width on ONNX Runtime and OpenVINO, selects under a budget in the middle of each target's measured
-range (so the budget actually excludes something), and writes the manifests and the Pareto report.
+Trains s_cnn_small on digits-distorted (scikit-learn's digits, rotated, scaled, shifted and noisy: data
+on which accuracy grows with width), evaluates every width in torch, quantizes every width to int8 with
+the data's calibration split, profiles every width in FP32 and INT8 on ONNX Runtime and OpenVINO,
+scores each shipped artifact through its runtime, selects under a budget in the middle of each target's
+measured range (so the budget actually excludes something; differences within noise go to the faster),
+and writes the manifests and the Pareto report.
 Every stage is the same function the individual commands call. A re-run resumes: the checkpoint is
 reused and measured configurations are not measured again.
 """
@@ -24,8 +27,8 @@ from planner.plan.pareto import candidates, read_tables
 from planner.plan.select import Budget, Selection, select
 
 MODEL = "s_cnn_small"
-DATASET = "digits"
-TARGETS = ("cpu", "openvino-cpu")
+DATASET = "digits-distorted"
+TARGETS = ("cpu-int8", "openvino-cpu-int8")
 METRIC = "p90"
 
 
@@ -71,10 +74,12 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
     import planner
     from planner.accuracy.data import load_dataset
     from planner.accuracy.evaluate import evaluate
+    from planner.accuracy.runtime import evaluate_target
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
     from planner.accuracy.train import train
     from planner.measure.artifacts import export_ladder, weights_key
     from planner.measure.profile import profile_configs
+    from planner.measure.quantize import calibration_from
     from profilers.jobs import Settings
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +107,34 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
 
     targets = [load_target(name) for name in TARGETS]
     say(
-        f"profiling {len(configs)} widths on {', '.join(TARGETS)} "
+        f"profiling {len(configs)} widths in fp32 and int8 on {', '.join(TARGETS)} "
         f"(to a 95% CI of +-2%, at most {max_seconds:g} s each)"
     )
     settings = dataclasses.replace(Settings(), max_seconds=max_seconds)
-    profile_configs(model, configs, targets, results_dir, settings=settings, weights=weights_key(checkpoint))
+    shape = (1, model.in_channels, model.input_size, model.input_size)
+    calibration = calibration_from(dataset, shape)
+    weights = weights_key(checkpoint)
+    profile_configs(
+        model, configs, targets, results_dir, settings=settings, weights=weights, calibration=calibration
+    )
+    for target in targets:
+        scored = evaluate_target(model, configs, target, dataset, "val", results_dir, weights)
+        for precision, results in scored.items():
+            rows = accuracy_rows(
+                MODEL,
+                results,
+                DATASET,
+                "val",
+                checkpoint_digest(checkpoint),
+                target=target.name,
+                precision=precision,
+                runtime=target.backend,
+            )
+            write_accuracy(results_dir, rows)
+            say(
+                f"  {target.name} {precision} through {target.backend}: "
+                + ", ".join(f"{r.config.label} {r.top1:.1f}%" for r in results)
+            )
 
     latency, accuracy = read_tables(results_dir)
     selections, manifests, panels = {}, {}, []
@@ -118,7 +146,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
         if not selection.fits:  # the fastest configuration is always within the middle budget
             raise PlannerError(f"no configuration fits {selection.budget.describe()} on {target.name}")
         selections[target.name] = selection
-        exports = export_ladder(MODEL, list(selection.ladder["config"]), target, checkpoint, results_dir)
+        exports = export_ladder(selection.ladder, target, checkpoint, results_dir)
         manifests[target.name] = write_manifest(
             selection, target, exports.model, checkpoint, exports.onnx, out_dir / "deploy" / target.name
         )

@@ -61,6 +61,18 @@ def parse_size_bytes(text: str) -> int:
     return size
 
 
+def parse_rate_per_s(text: str) -> float:
+    """`500/s` or `500` -> images per second (a throughput budget)."""
+    body = text.strip().removesuffix("/s").strip()
+    try:
+        value = float(body)
+    except ValueError:
+        raise PlannerError(f"malformed throughput {text!r}: expected images per second, e.g. 500/s") from None
+    if not math.isfinite(value) or value <= 0:
+        raise PlannerError(f"throughput budget must be positive, got {text!r}")
+    return value
+
+
 def _time_unit(value: float) -> tuple[float, str]:
     """Factor from milliseconds and the unit that shows `value` with 1 to 3 integer digits."""
     if value < 1e-3:

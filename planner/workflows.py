@@ -38,6 +38,7 @@ def select_on_target(
     measure: bool = True,
     checkpoint: Path | None = None,
     max_seconds: float | None = None,
+    significance: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> Chosen:
     """`planner select`: the best measured configuration; for a US model also the interpolated widest
@@ -47,13 +48,13 @@ def select_on_target(
         raise PlannerError(f"{flag} is only used to measure a proposed width; drop it or --no-measure")
     if max_seconds is not None and not max_seconds > 0:
         raise PlannerError(f"--max-seconds must be positive, got {max_seconds:g}")
-    selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+    selection = select_for_target(target, budget, results_dir, model, allow_estimates, None, significance)
     proposal = universal_proposal(selection)
     if proposal is not None and measure:
         if log is not None:
             log(f"measuring the proposed width {proposal.width:g} on {target.name} ...")
         proposal = measure_proposal(proposal, selection, target, results_dir, checkpoint, max_seconds)
-        selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+        selection = select_for_target(target, budget, results_dir, model, allow_estimates, None, significance)
     return Chosen(target, selection, proposal)
 
 
@@ -148,8 +149,7 @@ def write_manifests(
     for target, selection in zip(targets, selections, strict=True):
         path = None
         if selection.fits:
-            name = selection.candidates["model"].iloc[0]
-            exports = export_ladder(name, list(selection.ladder["config"]), target, checkpoint, results_dir)
+            exports = export_ladder(selection.ladder, target, checkpoint, results_dir)
             path = write_manifest(
                 selection, target, exports.model, checkpoint, exports.onnx, deploy_dir / target.name
             )

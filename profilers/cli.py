@@ -1,7 +1,12 @@
 """`python -m profilers`: the device-side command the SSH and Ray runners start on a device.
 
     python -m profilers run --jobs jobs.json --out DIR [--force] [--ci 0.02 ...]
+    python -m profilers predict --jobs jobs.json --images split.npz --out outputs.npz
     python -m profilers backends [--json]
+
+`predict` runs each job's artifact (the same cache entry `run` measures) on the images (`x` in the .npz,
+N x C x H x W float32) and writes each job's outputs as `job<i>` in one .npz: the device half of
+evaluating the shipped artifact's accuracy; labels never leave the planner side.
 
 Exit codes: 0 every job measured, 1 some job failed (its row says why; the others are kept),
 2 bad input (one line on stderr), 130 interrupted (finished rows are kept).
@@ -60,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     for flag, (_, kind, text) in _SETTING_FLAGS.items():
         run.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, default=None, help=text)
+    predict = commands.add_parser("predict", help="run each job's artifact on images, write the outputs")
+    predict.add_argument("--jobs", type=Path, required=True, help="JSON list of jobs (paths relative to it)")
+    predict.add_argument("--images", type=Path, required=True, help=".npz with x: N x C x H x W float32")
+    predict.add_argument("--out", type=Path, required=True, help=".npz to write (job0, job1, ...)")
     listing = commands.add_parser("backends", help="list the runtimes and devices available here")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -100,6 +109,26 @@ def _run(arguments: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def _predict(arguments: argparse.Namespace) -> int:
+    import numpy as np
+
+    from profilers.files import replacing
+    from profilers.predict import predict
+
+    jobs, file_settings = load_jobs_file(arguments.jobs)
+    try:
+        with np.load(arguments.images, allow_pickle=False) as data:
+            images = data["x"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ProfilerError(f"cannot read images {arguments.images}: {str(error).splitlines()[0]}") from None
+    outputs = {f"job{index}": predict(job, images, file_settings) for index, job in enumerate(jobs)}
+    with replacing(arguments.out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **outputs)
+    print(f"{len(jobs)} artifacts run on {len(images)} images; outputs in {arguments.out}")
+    return 0
+
+
 def _backends(arguments: argparse.Namespace) -> int:
     listing = available_backends()
     if arguments.json:
@@ -118,7 +147,8 @@ def _backends(arguments: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
-        return _run(arguments) if arguments.command == "run" else _backends(arguments)
+        commands = {"run": _run, "predict": _predict, "backends": _backends}
+        return commands[arguments.command](arguments)
     except ProfilerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

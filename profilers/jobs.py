@@ -17,7 +17,8 @@ from typing import Any
 from profilers.documents import check, load_schema, read_json
 from profilers.errors import ProfilerError
 
-PRECISIONS = ("fp32", "fp16")
+# int8 runs a quantized ONNX (QuantizeLinear/DequantizeLinear pairs), written by `planner profile`.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # The columns that identify a measurement; a re-run skips a job whose key already has an `ok` row.
 # Waiting longer than a day for a quiet machine is a typo, not a plan.
 MAX_WAIT_QUIET_S = 86_400.0
@@ -32,7 +33,7 @@ class Job:
         onnx: static-shape ONNX file; the torch backend reads the `torch.export` program beside it (`.pt2`).
         backend: onnxruntime, openvino, torch, tensorrt or trtexec (`profilers.backends.BACKENDS`).
         device: the backend's device name (CPU, GPU, NPU, CUDA, ...).
-        precision: fp32 or fp16.
+        precision: fp32, fp16, bf16 (what the backend offers), or int8 for a quantized (QDQ) ONNX.
         threads: intra-op threads; 0 means every core this process may use.
         batch: batch size; must match a static batch dimension of the ONNX input.
         metadata: copied into the result row (model, config_id, width, config, target, macs, params, ...).

@@ -23,6 +23,7 @@ class ModelFile:
     input_name: str
     input_shape: tuple[int, ...]
     weight_bytes: int
+    quantized: bool = False  # holds QuantizeLinear/DequantizeLinear (or QLinear*) nodes: an int8 model
 
     @classmethod
     def inspect(cls, path: Path, batch: int = 1) -> ModelFile:
@@ -60,7 +61,11 @@ class ModelFile:
                 "export at that batch size"
             )
         return cls(
-            path=path, input_name=value.name, input_shape=tuple(shape), weight_bytes=initializer_bytes(model)
+            path=path,
+            input_name=value.name,
+            input_shape=tuple(shape),
+            weight_bytes=initializer_bytes(model),
+            quantized=is_quantized(model),
         )
 
     @property
@@ -70,6 +75,14 @@ class ModelFile:
     def random_input(self, seed: int = 0) -> np.ndarray:
         """The fixed input every inference sees: f32 noise in [0, 1), same for every backend and run."""
         return np.random.default_rng(seed).random(self.input_shape, dtype=np.float32)
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether the graph carries int8 quantization (QDQ pairs or QLinear operators)."""
+    return any(
+        node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type.startswith("QLinear")
+        for node in model.graph.node
+    )
 
 
 def initializer_bytes(model: onnx.ModelProto) -> int:

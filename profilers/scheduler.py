@@ -230,6 +230,11 @@ def validate(jobs: Sequence[Job]) -> dict[int, ModelFile]:
         models[index] = ModelFile.inspect(job.onnx, job.batch)
         backend = get_backend(job.backend)
         backend.check(job)
+        if job.precision == "int8" and not models[index].quantized:
+            raise ProfilerError(
+                f"{job.onnx} has no QuantizeLinear/DequantizeLinear nodes: int8 measures a quantized ONNX "
+                "(planner profile writes one from --calibration-data)"
+            )
         backend.artifact_for(models[index], job)
         key = job.key()
         if key in seen:

@@ -25,13 +25,19 @@ def test_demo_runs_the_whole_pipeline_and_resumes(capsys, tmp_path):
 
     latency = pd.read_parquet(out / "results" / "latency.parquet")
     accuracy = pd.read_parquet(out / "results" / "accuracy.parquet")
-    assert set(latency["target"]) == {"cpu", "openvino-cpu"}
+    assert set(latency["target"]) == {"cpu-int8", "openvino-cpu-int8"}
+    assert set(latency["precision"]) == {"fp32", "int8"} and len(latency) == 16  # 4 widths x 2 x 2
     assert (latency["status"] == "ok").all() and not latency["estimated"].any()
-    assert sorted(accuracy.loc[accuracy["metric"] == "top1", "width"]) == [0.25, 0.5, 0.75, 1.0]
-    top1 = accuracy.loc[accuracy["metric"] == "top1", "value"]
-    assert top1.min() > 25 and top1.max() > 60  # ten classes: chance is 10%; digits is learnt fast
+    top1 = accuracy[accuracy["metric"] == "top1"]
+    torch_side = top1[top1["runtime"] == "torch"]
+    assert sorted(torch_side["width"]) == [0.25, 0.5, 0.75, 1.0]
+    # every shipped artifact scored through its runtime, with its interval
+    through = top1[top1["runtime"] != "torch"]
+    assert len(through) == 16 and (through["n"] == torch_side["n"].iloc[0]).all()
+    assert ((through["ci_low"] < through["value"]) & (through["value"] < through["ci_high"])).all()
+    assert top1["value"].min() > 25 and top1["value"].max() > 60  # ten classes: chance is 10%
 
-    for target in ("cpu", "openvino-cpu"):
+    for target in ("cpu-int8", "openvino-cpu-int8"):
         manifest = load_manifest(out / "deploy" / target / "manifest.json")
         budget = manifest["budget"]["max_latency_ms"]
         measured = latency[latency["target"] == target]

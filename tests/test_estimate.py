@@ -109,7 +109,7 @@ def test_estimate_needs_figures_for_the_precision(tmp_path: Path) -> None:
     targets = tmp_path / "targets"
     targets.mkdir()
     (targets / "half.toml").write_text(
-        'backend = "onnxruntime"\nprecision = "fp16"\n[hardware]\npeak_fp32_gflops = 10.0\nsource = "x"\n'
+        'backend = "openvino"\nprecision = "fp16"\n[hardware]\npeak_fp32_gflops = 10.0\nsource = "x"\n'
     )
     model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
     with pytest.raises(PlannerError, match="memory_bandwidth_gbs"):

@@ -35,8 +35,7 @@ def deployed(tmp_path_factory):
         _, latency, accuracy = four_widths(target=name)
         target = load_target(name)
         selection = select(candidates(latency, accuracy, name), Budget(3.0, "p90"))
-        configs = list(selection.ladder["config"])
-        exports = export_ladder("s_cnn_small", configs, target, checkpoint, root / "results")
+        exports = export_ladder(selection.ladder, target, checkpoint, root / "results")
         paths[name] = write_manifest(
             selection, target, exports.model, checkpoint, exports.onnx, root / "deploy" / name
         )
@@ -52,7 +51,9 @@ def test_manifests_validate_against_the_schema(deployed):
 def test_choice_ladder_budget_and_channels(deployed):
     model, checkpoint, paths = deployed
     manifest = load_manifest(paths["cpu"])
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
+    assert {rung["precision"] for rung in manifest["ladder"]} == {"fp32"}
+    assert all(rung["quantization"] is None and rung["batch"] == 1 for rung in manifest["ladder"])
     assert manifest["configuration"]["width"] == 0.5
     assert manifest["configuration"]["channels"] == model.config(0.5).channels
     assert [rung["width"] for rung in manifest["ladder"]] == [0.25, 0.5]  # fastest to most accurate
@@ -131,7 +132,8 @@ def test_changed_artifact_is_refused(deployed, tmp_path):
     ("edit", "message"),
     [
         (lambda m: m.pop("ladder"), "schema"),
-        (lambda m: m.update(schema_version=2), "schema_version 2"),
+        (lambda m: m.update(schema_version=3), "schema_version 3"),
+        (lambda m: m["configuration"].pop("precision"), "schema"),
         (lambda m: m["configuration"]["artifact"]["files"][0].update(path="/etc/passwd"), "schema"),
         (lambda m: m["configuration"]["artifact"]["files"][0].update(path="../../x"), "leaves"),
     ],
@@ -144,6 +146,20 @@ def test_malformed_manifest_is_refused(deployed, tmp_path, edit, message):
     broken.write_text(json.dumps(manifest))
     with pytest.raises(PlannerError, match=message):
         load_manifest(broken)
+
+
+def test_a_version_1_manifest_still_loads(deployed, tmp_path):
+    _, _, paths = deployed
+    manifest = json.loads(paths["cpu"].read_text())
+    manifest["schema_version"] = 1
+    for rung in [manifest["configuration"], *manifest["ladder"]]:
+        for key in ("precision", "batch", "quantization"):
+            rung.pop(key)
+        for key in ("runtime", "n", "ci95"):
+            rung["accuracy"].pop(key)
+    old = paths["cpu"].parent / "manifest.v1.json"
+    old.write_text(json.dumps(manifest))
+    assert load_manifest(old)["configuration"]["width"] == 0.5
 
 
 def test_accuracy_from_other_weights_is_refused(deployed, tmp_path):

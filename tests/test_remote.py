@@ -258,3 +258,28 @@ def test_dropped_connection_is_retried_without_measuring_twice(
     # Rows measured before the drop kept their run; the retry measured only the rest (a second run id).
     assert rows["run_id"].nunique() == 2
     assert rows["config_id"].is_unique
+
+
+def test_evaluate_over_ssh_runs_the_artifacts_on_the_device(server: Server, tmp_path: Path) -> None:
+    from planner.accuracy.data import load_dataset
+    from planner.accuracy.runtime import evaluate_target
+
+    # The "device" runs this checkout's profilers (the venv may have another tree installed).
+    wrapper = tmp_path / "device-python"
+    root = Path(__file__).resolve().parent.parent
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{root}" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    target_file = server.targets_dir / "lab-box.toml"
+    target_file.write_text(target_file.read_text().replace(f'"{sys.executable}"', f'"{wrapper}"'))
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    digits = load_dataset("digits")
+    configs = [model.config(0.25)]
+    remote = evaluate_target(
+        model, configs, load_target("lab-box", server.targets_dir), digits, "val", tmp_path / "out"
+    )
+    local = evaluate_target(model, configs, load_target("cpu"), digits, "val", tmp_path / "out")
+    (far,), (near,) = remote["fp32"], local["fp32"]
+    assert far.samples == near.samples == digits.size("val")
+    assert (far.hits == near.hits).mean() > 0.99  # same file, same runtime, another process
+    assert len(list((server.device_dir / "artifacts").glob("*.onnx"))) == 1
+    assert not list((server.device_dir / "runs").iterdir())  # the split and outputs were cleaned up

@@ -12,9 +12,10 @@ it is an error.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from planner.accuracy.data import Batch, Dataset, load_dataset
@@ -35,24 +36,27 @@ class ConfigAccuracy:
     top5: float | None
     samples: int
     calibrated: bool
+    hits: np.ndarray | None = field(default=None, compare=False)  # top-1 correct, per image in order
 
     def metrics(self) -> dict[str, float]:
         return {"top1": self.top1} if self.top5 is None else {"top1": self.top1, "top5": self.top5}
 
 
-def _score(model: SlimmableNetwork, batches: Sequence[Batch]) -> tuple[float, float | None, int]:
+def _score(model: SlimmableNetwork, batches: Sequence[Batch]) -> tuple[float, float | None, int, np.ndarray]:
     k = 5 if model.num_classes >= TOP5_MIN_CLASSES else 1
-    correct1 = correct5 = total = 0
+    correct5 = total = 0
+    top1_hits = []
     with torch.no_grad():
         for images, labels in batches:
             top = model(images).topk(k, dim=1).indices
             hits = top == labels[:, None]
-            correct1 += int(hits[:, 0].sum())
+            top1_hits.append(hits[:, 0].numpy())
             correct5 += int(hits.any(dim=1).sum())
             total += len(labels)
     if total == 0:
         raise PlannerError("no evaluation data: the evaluation split is empty")
-    return 100.0 * correct1 / total, (100.0 * correct5 / total if k == 5 else None), total
+    first = np.concatenate(top1_hits)
+    return 100.0 * first.sum() / total, (100.0 * correct5 / total if k == 5 else None), total, first
 
 
 def evaluate(
@@ -83,9 +87,9 @@ def evaluate(
         else:
             model.set_config(config)
         model.eval()
-        top1, top5, samples = _score(model, batches)
+        top1, top5, samples, hits = _score(model, batches)
         calibrated = stored is not None or model.needs_calibration(config)
-        results.append(ConfigAccuracy(config, top1, top5, samples, calibrated))
+        results.append(ConfigAccuracy(config, float(top1), top5, samples, calibrated, hits))
     return results
 
 

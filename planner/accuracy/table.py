@@ -5,11 +5,17 @@
     load_accuracy(out_dir) -> DataFrame
     planner.accuracy.imported.read_accuracy_csv(path) -> DataFrame   (accuracy measured elsewhere)
 
-Rows join the latency rows on (model, config_id): the id is `WidthConfig.id`, the same hash
-`planner profile` records. Writing upserts: a row replaces the stored row with the same key (a
-re-evaluation), and both files are replaced atomically (temp file + os.replace) under a lock file, so a
-reader never sees a half-written table and two writers never drop each other's rows. Columns are
-documented in docs/ARCHITECTURE.md.
+Rows join the latency rows on (model, config_id, precision): the id is `WidthConfig.id`, the same hash
+`planner profile` records. `runtime` says where a row was scored: `torch` (the slimmable model in
+torch, FP32, `target` empty) or a backend (`onnxruntime`, `openvino`) running the exact artifact a
+target measured, at that target's `precision`. Every row carries `n` (images), a 95% Wilson interval
+(`ci_low`, `ci_high`, percent) and, for top-1, `hits`: which images were right, as a hex bitset
+(planner.stats), so two rows scored on the same images can be compared pairwise. Tables written before
+these columns load with them empty (`runtime` torch for measured rows, `precision` fp32).
+
+Writing upserts: a row replaces the stored row with the same key (a re-evaluation), and both files are
+replaced atomically (temp file + os.replace) under a lock file, so a reader never sees a half-written
+table and two writers never drop each other's rows. Columns are documented in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
+from planner.stats import encode_hits, wilson_interval
 from profilers.files import locked, replacing
 from profilers.jobs import file_digest
 
@@ -37,15 +44,23 @@ COLUMNS = [
     "checkpoint",
     "source",
     "timestamp",
+    "target",
+    "precision",
+    "runtime",
+    "n",
+    "ci_low",
+    "ci_high",
+    "hits",
 ]
-KEY = ["model", "config_id", "metric", "dataset", "split", "checkpoint", "source"]
+KEY = ["model", "config_id", "metric", "dataset", "split", "checkpoint", "source", "target", "precision"]
+NUMERIC = {"width": float, "value": float, "ci_low": float, "ci_high": float}
 METRICS = ("top1", "top5")
 PARQUET, CSV = "accuracy.parquet", "accuracy.csv"
 
 
 def _empty() -> pd.DataFrame:
     frame = pd.DataFrame({column: pd.Series(dtype=object) for column in COLUMNS})
-    return frame.astype({"width": float, "value": float})
+    return frame.astype({**NUMERIC, "n": "Int64"})
 
 
 def now() -> str:
@@ -58,37 +73,65 @@ def checkpoint_digest(path: str | Path | None) -> str:
 
 
 def accuracy_rows(
-    model_name: str, results: Sequence, dataset: str, split: str, checkpoint: str = ""
+    model_name: str,
+    results: Sequence,
+    dataset: str,
+    split: str,
+    checkpoint: str = "",
+    *,
+    target: str = "",
+    precision: str = "fp32",
+    runtime: str = "torch",
 ) -> pd.DataFrame:
-    """Measured rows from `planner.accuracy.evaluate.ConfigAccuracy` results."""
+    """Measured rows from `ConfigAccuracy` results (torch's, or a runtime's: planner.accuracy.runtime)."""
     stamp = now()
-    rows = [
-        {
-            "model": model_name,
-            "config_id": result.config.id,
-            "width": np.nan if result.config.width is None else result.config.width,
-            "config": result.config.to_json(indent=None),
-            "metric": metric,
-            "value": value,
-            "dataset": dataset,
-            "split": split,
-            "checkpoint": checkpoint,
-            "source": "measured",
-            "timestamp": stamp,
-        }
-        for result in results
-        for metric, value in result.metrics().items()
-    ]
+    rows = []
+    for result in results:
+        for metric, value in result.metrics().items():
+            n = int(result.samples)
+            low, high = wilson_interval(round(value * n / 100.0), n)
+            hits = getattr(result, "hits", None)
+            rows.append(
+                {
+                    "model": model_name,
+                    "config_id": result.config.id,
+                    "width": np.nan if result.config.width is None else result.config.width,
+                    "config": result.config.to_json(indent=None),
+                    "metric": metric,
+                    "value": value,
+                    "dataset": dataset,
+                    "split": split,
+                    "checkpoint": checkpoint,
+                    "source": "measured",
+                    "timestamp": stamp,
+                    "target": target,
+                    "precision": precision,
+                    "runtime": runtime,
+                    "n": n,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "hits": encode_hits(hits) if metric == "top1" and hits is not None else "",
+                }
+            )
     return normalised(pd.DataFrame(rows, columns=COLUMNS))
 
 
 def normalised(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame[COLUMNS].copy()
-    frame["width"] = pd.to_numeric(frame["width"]).astype(float)
-    frame["value"] = pd.to_numeric(frame["value"]).astype(float)
+    frame = frame.copy()
+    if "runtime" not in frame:  # a table from before runtimes: measured rows were scored in torch
+        source = frame["source"] if "source" in frame else pd.Series("", index=frame.index)
+        frame["runtime"] = np.where(source.astype(str) == "measured", "torch", "")
     for column in COLUMNS:
-        if column not in ("width", "value"):
-            frame[column] = frame[column].fillna("").astype(str)
+        if column not in frame:
+            frame[column] = np.nan if column in NUMERIC or column == "n" else ""
+    frame = frame[COLUMNS]
+    for column in NUMERIC:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["n"] = pd.to_numeric(frame["n"], errors="coerce").round().astype("Int64")
+    for column in COLUMNS:
+        if column not in NUMERIC and column != "n":
+            frame[column] = frame[column].astype(object).fillna("").astype(str)
+    frame.loc[frame["precision"] == "", "precision"] = "fp32"
     return frame.reset_index(drop=True)
 
 

@@ -20,12 +20,12 @@ def demo_command(
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for everything the demo makes.")
     ] = Path("demo"),
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs on digits.")] = 6,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs on digits-distorted.")] = 6,
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", help="Profiling time limit per width and runtime.")
     ] = 8.0,
 ) -> None:
-    """The whole pipeline on s_cnn_small and scikit-learn's digits, on ONNX Runtime and OpenVINO (CPU)."""
+    """The whole pipeline on s_cnn_small and digits-distorted, FP32 and INT8 on ONNX Runtime and OpenVINO."""
     from planner.demo import run_demo
 
     if epochs < 1:
@@ -49,6 +49,8 @@ def demo_command(
         console.print(
             candidate_table([("choice", selection.choice), ("runner-up", selection.runner_up)], "p90")
         )
+        if selection.significance_note:
+            console.print(f"within noise: {selection.significance_note}", highlight=False)
         steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(f"ladder: {steps}")
     console.print(f"\ndone in {time.perf_counter() - start:.0f} s", highlight=False, soft_wrap=True)

@@ -24,6 +24,7 @@ from planner.cli.options import (
 )
 from planner.errors import PlannerError
 from planner.measure.targets import load_target
+from planner.plan.select import label as row_label
 
 console = Console(stderr=True)
 
@@ -66,10 +67,21 @@ def profile_command(
     require_quiet: Annotated[
         bool, typer.Option("--require-quiet", help="Exit 1 when a row was measured on a busy machine.")
     ] = False,
+    calibration_data: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration-data",
+            help="Images that calibrate int8 quantization (a --data source: digits, a folder, an .npz).",
+        ),
+    ] = None,
+    calibration_size: Annotated[
+        int, typer.Option(help="Calibration images (from the data's calibration split).")
+    ] = 128,
 ) -> None:
     """Profile configurations of a model on one or more targets and add the rows to OUT/latency.parquet.
 
-    The model is rebuilt from a planner checkpoint's recorded options; --in-channels, --num-classes and
+    A target listing int8 among its precisions quantizes each configuration with --calibration-data
+    first. The model is rebuilt from a planner checkpoint's recorded options; --in-channels, --num-classes and
     --input-size set them for a reference checkpoint or a fresh model. A re-run resumes: what OUT already
     holds is not measured again unless --force.
     """
@@ -95,6 +107,12 @@ def profile_command(
         model_name, checkpoint, in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )
     configs = configurations(model, parse_widths(widths), config_files)
+    calibration = None
+    if calibration_data is not None:
+        from planner.measure.quantize import calibration_inputs
+
+        shape = (1, model.in_channels, model.input_size, model.input_size)
+        calibration = calibration_inputs(calibration_data, shape, calibration_size)
     if estimate:
         rows, skipped = estimate_configs(model, configs, targets, out)
         for key in skipped:
@@ -130,6 +148,7 @@ def profile_command(
             ray_address=ray,
             weights=weights_key(checkpoint),
             progress=progress,
+            calibration=calibration,
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
@@ -161,11 +180,8 @@ def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
 def _summary(rows: pd.DataFrame, out: Path, estimated: bool, output: Console | None = None) -> None:
     """The rows as a table that fits an 80-column terminal: the interval as +-% of p50, errors below it."""
     title = "estimated latency (roofline, not measured)" if estimated else "measured latency"
-    rows = rows.sort_values(["target", "macs"]) if len(rows) else rows
-    labels = [
-        f"{width:g}x" if pd.notna(width) else f"layers:{config_id}"
-        for width, config_id in zip(rows.get("width", []), rows.get("config_id", []), strict=True)
-    ]
+    rows = rows.sort_values(["target", "macs", "precision", "batch"]) if len(rows) else rows
+    labels = [row_label(row) for _, row in rows.iterrows()]
     cells, errors = [], []
     for label, (_, row) in zip(labels, rows.iterrows(), strict=True):
         interval = "-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target, load_target
 from planner.plan.budgets import budget_for
 from planner.plan.select import Proposal, Selection, describe_row, label
-from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms
+from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms, parse_rate_per_s
 from planner.workflows import select_on_target, write_manifests
 
 MaxLatencyOption = Annotated[
@@ -62,22 +63,42 @@ def select_command(
         float | None, typer.Option("--max-seconds", help="Time limit for measuring a proposed width.")
     ] = None,
     targets_dir: TargetsDirOption = None,
+    no_significance: Annotated[
+        bool,
+        typer.Option(
+            "--no-significance",
+            help="Take the most accurate even when a faster one is not significantly worse (McNemar).",
+        ),
+    ] = False,
+    min_throughput: Annotated[
+        str | None,
+        typer.Option(
+            "--min-throughput", help="Images per second at least, e.g. 500/s (batched rows count b)."
+        ),
+    ] = None,
 ) -> None:
     """The most accurate configuration whose latency upper bound fits the budget (exit 1 if none fits).
+
+    A faster configuration that is not significantly less accurate on the same images (McNemar's exact
+    test, p >= 0.05) is preferred, and the output says so; --no-significance turns that off.
 
     For a universally slimmable model the widest width predicted to fit (monotone interpolation over
     the measured widths) is measured on the target and accepted only if it fits and has an accuracy.
     """
     target = load_target(target_name, targets_dir)
+    budget = budget_for(target, max_latency, max_memory, metric)
+    if min_throughput is not None:
+        budget = dataclasses.replace(budget, min_throughput_ips=parse_rate_per_s(min_throughput))
     chosen = select_on_target(
         target,
-        budget_for(target, max_latency, max_memory, metric),
+        budget,
         results_dir,
         model=model,
         allow_estimates=allow_estimates,
         measure=measure,
         checkpoint=checkpoint,
         max_seconds=max_seconds,
+        significance=not no_significance,
         log=Console(stderr=True).print,
     )
     selection, proposal = chosen.selection, chosen.proposal
@@ -110,6 +131,7 @@ def selection_json(
         "margins": [margin.to_dict() for margin in selection.margins],
         "candidates": len(selection.candidates),
         "unscored": int(selection.candidates.attrs.get("unscored", 0)),
+        "significance_note": selection.significance_note,
     }
 
 
@@ -147,7 +169,8 @@ def print_selection(
 ) -> None:
     model = selection.candidates["model"].iloc[0]
     console.print(
-        f"[bold]{model}[/] on [bold]{target.name}[/] ({target.backend} {target.device} {target.precision}); "
+        f"[bold]{model}[/] on [bold]{target.name}[/] ({target.backend} {target.device} "
+        f"{', '.join(target.planned_precisions)}); "
         f"budget: {selection.budget.describe()}; {len(selection.candidates)} measured configurations"
     )
     unscored = int(selection.candidates.attrs.get("unscored", 0))
@@ -164,6 +187,8 @@ def print_selection(
     for margin in selection.margins:
         if margin.within_noise:
             console.print(f"[yellow]unsettled[/]: {margin.describe()}; a re-run may choose otherwise")
+    if selection.significance_note:
+        console.print(f"within noise: {selection.significance_note}", highlight=False)
     if selection.fits and len(selection.ladder) > 1:
         steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(f"ladder (fastest to most accurate): {steps}")
@@ -188,6 +213,10 @@ def candidate_table(rows: list[tuple[str, pd.Series | None]], metric: str) -> Ta
     lines = {
         "configuration": lambda r: f"{label(r)} ({r['config_id']})",
         "top-1 accuracy": lambda r: _number(r["accuracy"], "{:.2f}%"),
+        "top-1 95% interval": lambda r: (
+            f"{_number(r.get('accuracy_ci_low'), '{:.1f}')}-{_number(r.get('accuracy_ci_high'), '{:.1f}')}% "
+            f"of {_number(r.get('accuracy_n'), '{:.0f}')} ({r.get('accuracy_runtime') or 'torch'})"
+        ),
         bound: lambda r: format_ms(r["bound_ms"]),
         "p50 [95% CI]": lambda r: format_interval(r["p50_ms"], r["ci_low_ms"], r["ci_high_ms"]),
         "p90 / p99": lambda r: f"{format_ms(r['p90_ms'])} / {format_ms(r['p99_ms'])}",

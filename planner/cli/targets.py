@@ -44,7 +44,7 @@ def _table(targets: list[Target]) -> Table:
             ", ".join(target.aliases),
             target.backend,
             target.device,
-            target.precision,
+            ", ".join(target.planned_precisions),
             reached,
             f"{peak:g}" if peak else "-",
             f"{bandwidth:g}" if bandwidth else "-",

@@ -62,16 +62,25 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _accuracy_table(title: str, results) -> Table:
-    table = Table("configuration", "config id", "top-1 %", "top-5 %", "calibrated", title=title)
+def _accuracy_table(title: str, results, precision: str | None = None) -> Table:
+    from planner.stats import wilson_interval
+
+    table = Table(
+        "configuration", "config id", "top-1 %", "95% interval", "top-5 %", "calibrated", title=title
+    )
+    if precision is not None:
+        table.add_column("precision")
     for result in results:
         top5 = "" if result.top5 is None else f"{result.top5:.2f}"
+        low, high = wilson_interval(round(result.top1 * result.samples / 100), result.samples)
         table.add_row(
             result.config.label,
             result.config.id,
             f"{result.top1:.2f}",
+            f"{low:.1f}-{high:.1f}",
             top5,
             "yes" if result.calibrated else "",
+            *([precision] if precision is not None else []),
         )
     return table
 
@@ -347,16 +356,38 @@ def evaluate_command(
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
+    target_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Score the artifacts this target measured, through its runtime (repeatable).",
+        ),
+    ] = None,
+    targets_dir: Annotated[Path | None, typer.Option("--targets-dir", help="Extra target files.")] = None,
+    calibration_size: Annotated[
+        int, typer.Option(help="Calibration images for an int8 artifact profile did not write.")
+    ] = 128,
 ) -> None:
     """Top-1 (and top-5) per configuration, added to OUT/accuracy.parquet under profile's config ids.
 
     Configurations without trained BN statistics are calibrated first on the data's calibration split,
-    or use the statistics a `planner calibrate` checkpoint carries.
+    or use the statistics a `planner calibrate` checkpoint carries. With --target, the exact artifacts
+    `planner profile` measured there (ONNX, IR, int8) run through the target's runtime at each of its
+    precisions instead of torch; rows record target, precision and runtime.
     """
     from planner.accuracy.evaluate import checkpoint_on_data, evaluate_checkpoint
 
     shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
     on_data = checkpoint_on_data(model_name, checkpoint, data, parse_widths(widths), config_files, **shape)
+    if target_names:
+        from planner.accuracy.runtime import evaluate_on_targets
+        from planner.measure.targets import load_target
+
+        targets = [load_target(name, targets_dir) for name in target_names]
+        scores = evaluate_on_targets(on_data, checkpoint, targets, out, split, calibration_size)
+        _print_target_scores(on_data, scores, split, as_json)
+        return
     done = evaluate_checkpoint(on_data, checkpoint, out, split, batch_size, calibration_batches)
     model, dataset, results = done.model, done.dataset, done.results
     if as_json:
@@ -377,6 +408,41 @@ def evaluate_command(
         title = f"{model.name} on {dataset.name} ({split}, {results[0].samples} images)"
         Console().print(_accuracy_table(title, results))
     console.print(f"wrote {done.rows} rows to {done.path}", highlight=False)
+
+
+def _print_target_scores(on_data, scores, split: str, as_json: bool) -> None:
+    import pandas as pd
+
+    model, dataset = on_data.model, on_data.dataset
+    report = []
+    for score in scores:
+        target, precision, results, rows = score.target, score.precision, score.results, score.rows
+        console.print(f"wrote {len(rows)} rows to {score.path}", highlight=False)
+        if as_json:
+            top1 = rows[rows["metric"] == "top1"]
+            report += [
+                {
+                    "target": target.name,
+                    "precision": precision,
+                    "runtime": target.backend,
+                    "config_id": row["config_id"],
+                    "width": None if pd.isna(row["width"]) else float(row["width"]),
+                    "top1": float(row["value"]),
+                    "ci95": [float(row["ci_low"]), float(row["ci_high"])],
+                    "samples": int(row["n"]),
+                }
+                for _, row in top1.iterrows()
+            ]
+            continue
+        title = (
+            f"{model.name} on {dataset.name} ({split}, {results[0].samples} images) "
+            f"through {target.backend} ({target.name})"
+        )
+        Console().print(_accuracy_table(title, results, precision))
+    if as_json:
+        typer.echo(
+            json.dumps({"model": model.name, "dataset": dataset.name, "split": split, "results": report})
+        )
 
 
 @app.command("calibrate")

@@ -1,6 +1,8 @@
 """Per-device deployment manifests: what to ship, why it was chosen, and the ladder to step down on.
 
-A manifest is JSON validated by a versioned JSON Schema (planner/schemas/manifest.schema.json). It names
+A manifest is JSON validated by a versioned JSON Schema (planner/schemas/manifest.schema.json; version
+1 manifests still load against manifest-v1.schema.json). Each rung is a configuration at a precision:
+an int8 rung ships the very QDQ file that was profiled and evaluated, with its quantization record. It names
 the chosen configuration with its per-layer channel counts and the artifact built for the device's
 backend (path relative to the manifest, sha256), the measured statistics with their interval, the
 accuracy, the budget, the environment the numbers were measured in, and the ladder: the Pareto-optimal
@@ -24,13 +26,15 @@ import pandas as pd
 
 from planner.errors import PlannerError
 from planner.measure.targets import Target
-from planner.plan.select import Selection, label
+from planner.plan.select import Selection, label, rung_key
 from planner.widths import WidthConfig
 from profilers.documents import check, load_schema, read_json
 from profilers.files import replacing
 from profilers.jobs import file_digest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# schema version -> the schema file (planner/schemas/<name>.schema.json) a manifest of it is checked with
+READABLE_VERSIONS = {1: "manifest-v1", 2: "manifest"}
 MANIFEST_NAME = "manifest.json"
 # How a device-side reader knows the network: what rebuilds it, in this order.
 MODEL_KEYS = ("name", "widths", "universal", "num_classes", "in_channels", "input_size")
@@ -41,9 +45,9 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
                 "jetson_clocks")  # fmt: skip
 
 
-def schema() -> dict[str, Any]:
-    """The manifest JSON Schema shipped with planner."""
-    return load_schema("planner", "manifest")
+def schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """The manifest JSON Schema of a version shipped with planner."""
+    return load_schema("planner", READABLE_VERSIONS[version])
 
 
 def write_manifest(
@@ -70,7 +74,9 @@ def write_manifest(
         for _, row in selection.ladder.iterrows()
     ]
     choice = selection.choice
-    chosen = next(rung for rung in rungs if rung["config_id"] == choice["config_id"])
+    chosen = next(rung for rung in rungs if rung["key"] == rung_key(choice))
+    for rung in rungs:
+        del rung["key"]
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -82,11 +88,11 @@ def write_manifest(
             "name": target.name,
             "backend": target.backend,
             "device": target.device,
-            "precision": target.precision,
+            "precision": chosen["precision"],
             "batch": target.batch,
             "threads": target.threads,
         },
-        "precision": target.precision,
+        "precision": chosen["precision"],
         "budget": selection.budget.to_dict(),
         "configuration": chosen,
         "ladder": rungs,
@@ -114,18 +120,28 @@ def _rung(
     config = WidthConfig.from_json(row["config"])
     if config.id != row["config_id"]:
         raise PlannerError(f"results row {row['config_id']} holds a configuration whose id is {config.id}")
-    if config.id not in exports:
+    key = rung_key(row)
+    if key not in exports:
         raise PlannerError(f"no exported ONNX for {label(row)} ({config.id})")
+    precision = str(row.get("precision") or "fp32")
+    onnx = exports[key]
     return {
+        "key": key,
         "config_id": config.id,
         "label": label(row),
         "width": config.width,
         "channels": config.channels,
+        "precision": precision,
+        "batch": _integer(row.get("batch")) or target.batch,
+        "quantization": _quantization(onnx) if precision == "int8" else None,
         "accuracy": {
             "top1": _finite(row["accuracy"]),
             "dataset": str(row.get("accuracy_dataset") or ""),
             "split": str(row.get("accuracy_split") or ""),
             "source": str(row.get("accuracy_source") or ""),
+            "runtime": str(row.get("accuracy_runtime") or "torch"),
+            "n": _integer(row.get("accuracy_n")),
+            "ci95": [_finite(row.get("accuracy_ci_low")), _finite(row.get("accuracy_ci_high"))],
         },
         "latency": {
             "metric": metric,
@@ -139,7 +155,29 @@ def _rung(
         },
         "memory": {key: _integer(row.get(key)) for key in _MEMORY},
         "cost": {"macs": _integer(row.get("macs")), "params": _integer(row.get("params"))},
-        "artifact": build_artifact(exports[config.id], target, out_dir / f"{label(row)}-{config.id}"),
+        "artifact": build_artifact(
+            onnx,
+            target.at_precision(precision).at_batch(_integer(row.get("batch")) or target.batch),
+            out_dir / f"{label(row).replace(' ', '-')}-{config.id}",
+        ),
+    }
+
+
+def _quantization(quantized: Path) -> dict[str, Any]:
+    """The sidecar planner.measure.quantize wrote beside the int8 file (read here without importing it)."""
+    sidecar = quantized.with_suffix(".json")
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        record = {key: record[key] for key in ("scheme", "calibration_sha256", "fp32_sha256")} | record
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise PlannerError(
+            f"{quantized}: its quantization record {sidecar.name} is missing or corrupt"
+        ) from None
+    return {
+        "scheme": record["scheme"],
+        "calibration_sha256": record["calibration_sha256"],
+        "calibration": str(record.get("calibration", "")),
+        "fp32_sha256": record["fp32_sha256"],
     }
 
 
@@ -170,8 +208,8 @@ def build_artifact(onnx: Path, target: Target, directory: Path) -> dict[str, Any
     if target.backend == "tensorrt":
         engine = "model.engine"
         command = ["trtexec", f"--onnx={local.name}", f"--saveEngine={engine}", "--skipInference"]
-        if target.precision in ("fp16", "int8"):
-            command.insert(3, f"--{target.precision}")
+        if target.precision in ("fp16", "int8"):  # int8: explicit Q/DQ, FP16 for the layers between
+            command[3:3] = ["--fp16", "--int8"] if target.precision == "int8" else ["--fp16"]
         artifact["build"] = {
             "command": command,
             "cwd": directory.name,
@@ -257,11 +295,12 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         path = path / MANIFEST_NAME
     manifest = read_json(path, "manifest", error=PlannerError)
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise PlannerError(
-            f"manifest {path} has schema_version {version!r}; this planner reads version {SCHEMA_VERSION}"
+            f"manifest {path} has schema_version {version!r}; this planner reads versions {readable}"
         )
-    check(manifest, schema(), f"manifest {path}", PlannerError)
+    check(manifest, schema(version), f"manifest {path}", PlannerError)
     base = path.parent.resolve()
     for rung in [manifest["configuration"], *manifest["ladder"]]:
         for entry in rung["artifact"]["files"]:

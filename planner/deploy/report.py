@@ -1,9 +1,11 @@
 """The trade-off on each target, as people read it: Pareto plots (PNG and offline HTML) and a table.
 
-Each target gets one panel: top-1 accuracy against latency, marker area proportional to memory, the
-Pareto-optimal configurations joined by a line and labelled, the dominated ones greyed out, and the
-latency budget as a dashed line. The table lists every candidate with its numbers and whether it is on
-the front; it is written as CSV (for tools) and Markdown (for people).
+Each target gets one panel: top-1 accuracy against latency, marker area proportional to memory, marker
+shape by precision (circle fp32, square int8, triangle fp16, diamond bf16), the accuracy's 95% interval
+as a vertical bar where the table has one, the Pareto-optimal configurations joined by a line and
+labelled (width and precision), the dominated ones greyed out, and the latency budget as a dashed line.
+The table lists every candidate with its numbers and whether it is on the front; it is written as CSV
+(for tools) and Markdown (for people).
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ TABLE_COLUMNS = {
     "backend": "backend",
     "label": "config",
     "config_id": "id",
+    "precision": "precision",
     "accuracy": "top-1 %",
+    "accuracy_ci_low": "top-1 95% low",
+    "accuracy_ci_high": "top-1 95% high",
+    "accuracy_n": "images",
+    "accuracy_runtime": "scored by",
     "p50_ms": "p50 ms",
     "ci_low_ms": "p50 CI low ms",
     "ci_high_ms": "p50 CI high ms",
@@ -66,7 +73,7 @@ def summary_table(panels: list[Panel]) -> pd.DataFrame:
     """Every candidate of every panel, fastest first per target, with the Pareto flag."""
     frames = []
     for panel in panels:
-        table = panel.table.assign(
+        table = _with_precision_columns(panel.table).assign(
             label=[label(row) for _, row in panel.table.iterrows()],
             memory_mib=panel.table["memory_bytes"] / 2**20,
             pareto=front_flags(panel.table),
@@ -90,6 +97,21 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+MARKERS = {"fp32": "o", "int8": "s", "fp16": "^", "bf16": "D"}
+
+
+def _with_precision_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Tables from before precisions and intervals: fp32, no interval, scored in torch."""
+    defaults = {
+        "precision": "fp32",
+        "accuracy_ci_low": np.nan,
+        "accuracy_ci_high": np.nan,
+        "accuracy_n": np.nan,
+        "accuracy_runtime": "torch",
+    }
+    return table.assign(**{key: value for key, value in defaults.items() if key not in table})
 
 
 def _largest_memory(panels: list[Panel]) -> float:
@@ -119,14 +141,30 @@ def plot_png(panels: list[Panel], path: Path, title: str) -> Path:
     figure, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 4.8 * rows), squeeze=False)
     reference = _largest_memory(panels)
     for axis, panel in zip(axes.flat, panels, strict=False):
-        table = panel.table.sort_values("p90_ms")
+        table = _with_precision_columns(panel.table).sort_values("p90_ms")
         on_front = front_flags(table).to_numpy()
         sizes = _marker_sizes(table["memory_bytes"], reference, 30, 400)
         x, y = table["p90_ms"].to_numpy(float), table["accuracy"].to_numpy(float)
-        axis.scatter(x[~on_front], y[~on_front], s=sizes[~on_front], c="lightgrey", edgecolors="grey",
-                     label="dominated", zorder=2)  # fmt: skip
-        axis.scatter(x[on_front], y[on_front], s=sizes[on_front], c="tab:blue", edgecolors="navy",
-                     alpha=0.8, label="Pareto-optimal", zorder=3)  # fmt: skip
+        low, high = table["accuracy_ci_low"].to_numpy(float), table["accuracy_ci_high"].to_numpy(float)
+        known = np.isfinite(low) & np.isfinite(high)
+        if known.any():
+            error = [y[known] - low[known], high[known] - y[known]]
+            axis.errorbar(x[known], y[known], yerr=error, fmt="none", ecolor="grey", elinewidth=0.8,
+                          capsize=2, alpha=0.6, zorder=1, label="top-1 95% interval")  # fmt: skip
+        precision = table["precision"].fillna("fp32").astype(str).to_numpy()
+        several = len(set(precision)) > 1
+        for value in sorted(
+            set(precision), key=list(MARKERS).index if set(precision) <= set(MARKERS) else str
+        ):
+            mine = precision == value
+            suffix = f" {value}" if several else ""
+            marker = MARKERS.get(value, "o")
+            dominated, optimal = mine & ~on_front, mine & on_front
+            axis.scatter(x[dominated], y[dominated], s=sizes[dominated], c="lightgrey", edgecolors="grey",
+                         marker=marker, label=f"dominated{suffix}", zorder=2)  # fmt: skip
+            colour = "tab:orange" if value == "int8" else "tab:blue"
+            axis.scatter(x[optimal], y[optimal], s=sizes[optimal], c=colour, edgecolors="navy",
+                         marker=marker, alpha=0.8, label=f"Pareto-optimal{suffix}", zorder=3)  # fmt: skip
         staircase = pareto_mask(y, x)
         axis.plot(x[staircase], y[staircase], color="tab:blue", linewidth=1, drawstyle="steps-post",
                   label="best accuracy within latency", zorder=1)  # fmt: skip
@@ -154,6 +192,9 @@ def plot_png(panels: list[Panel], path: Path, title: str) -> Path:
     return path
 
 
+_PLOTLY_SYMBOLS = {"fp32": "circle", "int8": "square", "fp16": "triangle-up", "bf16": "diamond"}
+
+
 def plot_html(panels: list[Panel], path: Path, title: str) -> Path:
     """Interactive Plotly page with plotly.js inline, so it opens offline."""
     import plotly.graph_objects as go
@@ -165,7 +206,11 @@ def plot_html(panels: list[Panel], path: Path, title: str) -> Path:
     reference = _largest_memory(panels)
     for index, panel in enumerate(panels):
         row, column = index // columns + 1, index % columns + 1
-        table = panel.table.sort_values("p90_ms").assign(on_front=lambda t: front_flags(t))
+        table = (
+            _with_precision_columns(panel.table)
+            .sort_values("p90_ms")
+            .assign(on_front=lambda t: front_flags(t))
+        )
         table = table.assign(size=_marker_sizes(table["memory_bytes"], reference, 8, 40))
         for optimal, colour, name in (
             (False, "lightgrey", "dominated"),
@@ -173,7 +218,8 @@ def plot_html(panels: list[Panel], path: Path, title: str) -> Path:
         ):
             part = table[table["on_front"] == optimal]
             hover = [
-                f"{label(r)} ({r['config_id']})<br>top-1 {r['accuracy']:.2f}%<br>p90 {r['p90_ms']:.3g} ms"
+                f"{label(r)} ({r['config_id']})<br>top-1 {r['accuracy']:.2f}% "
+                f"[{r['accuracy_ci_low']:.3g}, {r['accuracy_ci_high']:.3g}]<br>p90 {r['p90_ms']:.3g} ms"
                 f"<br>p50 {r['p50_ms']:.3g} ms [{r['ci_low_ms']:.3g}, {r['ci_high_ms']:.3g}]"
                 f"<br>memory {r['memory_bytes'] / 2**20:.3g} MiB"
                 for _, r in part.iterrows()
@@ -183,7 +229,12 @@ def plot_html(panels: list[Panel], path: Path, title: str) -> Path:
                     x=part["p90_ms"],
                     y=part["accuracy"],
                     mode="markers+lines" if optimal else "markers",
-                    marker={"size": part["size"], "color": colour, "line": {"width": 1, "color": "grey"}},
+                    marker={
+                        "size": part["size"],
+                        "color": colour,
+                        "symbol": [_PLOTLY_SYMBOLS.get(p, "circle") for p in part["precision"]],
+                        "line": {"width": 1, "color": "grey"},
+                    },
                     name=f"{panel.target}: {name}",
                     text=hover,
                     hoverinfo="text",

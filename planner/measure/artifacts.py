@@ -7,16 +7,21 @@ second target and the manifest (which ships the very file that was measured) reu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 from planner.errors import PlannerError
 from planner.measure.targets import Target
+from planner.plan.select import label, rung_key
 from planner.widths import WidthConfig
 from profilers.jobs import Job, file_digest
 
 if TYPE_CHECKING:
+    from planner.measure.quantize import Calibration
     from planner.models.base import SlimmableNetwork
 
 ARTIFACTS_DIR = "artifacts"
@@ -44,10 +49,6 @@ def weights_key(checkpoint: Path | str | None) -> str:
 
 def model_for_target(model: SlimmableNetwork, target: Target) -> SlimmableNetwork:
     """`model` itself, or a copy built at the target's input shape when the target overrides it."""
-    if target.batch != 1:
-        raise PlannerError(
-            f"target {target.name} asks for batch {target.batch}; exports are batch 1 for now: set batch = 1"
-        )
     if target.input_shape is None:
         return model
     _, channels, height, width = target.input_shape
@@ -78,26 +79,67 @@ def export_artifacts(
     out_dir: Path | str,
     target: Target,
     weights: str = "init",
+    batch: int = 1,
 ) -> list[Artifact]:
-    """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend)."""
+    """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend),
+    with a static batch dimension of `batch` (the file name carries the shape)."""
     from planner.nn.counting import count
     from planner.nn.export import export_onnx, export_program
 
     directory = Path(out_dir) / ARTIFACTS_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    shape = (1, model.in_channels, model.input_size, model.input_size)
+    shape = (batch, model.in_channels, model.input_size, model.input_size)
     shape_text = "x".join(map(str, shape))
     artifacts = []
     for config in configs:
         onnx = directory / f"{model.name}-{config.id}-{shape_text}-{weights}.onnx"
         if not onnx.is_file():
-            export_onnx(model, config, onnx)
+            if batch == 1:
+                export_onnx(model, config, onnx)
+            else:
+                _export_batched(model, config, onnx, shape)
         program = onnx.with_suffix(".pt2")
         if target.backend == "torch" and not program.is_file():
             export_program(model, config, program)
         cost = count(model, config)
         artifacts.append(Artifact(config, onnx, shape, cost.macs, cost.params))
     return artifacts
+
+
+def quantize_artifacts(
+    artifacts: list[Artifact], target: Target, calibration: Calibration | None
+) -> tuple[list[Artifact], list[str]]:
+    """The int8 (QDQ) version of each artifact for the target's backend, and why any could not be made.
+
+    A configuration whose quantization fails is left out (its FP32 rows are still measured); the
+    messages name the file and the op the quantizer stopped at.
+    """
+    from planner.measure.quantize import checked_calibration, quantize_onnx
+
+    if calibration is None:
+        raise PlannerError(
+            f"target {target.name} lists int8: give --calibration-data (a --data source: digits, "
+            "digits-distorted, an image folder or an .npz) to calibrate the quantization"
+        )
+    quantized, failures = [], []
+    for artifact in artifacts:
+        checked_calibration(calibration, artifact.input_shape)
+        try:
+            onnx = quantize_onnx(artifact.onnx, calibration, target.backend)
+        except PlannerError as error:
+            failures.append(str(error))
+            continue
+        quantized.append(dataclasses.replace(artifact, onnx=onnx))
+    return quantized, failures
+
+
+def _export_batched(model: SlimmableNetwork, config: WidthConfig, onnx: Path, shape: tuple[int, ...]) -> None:
+    import torch
+
+    from planner.nn.export import export_module
+    from planner.nn.materialize import materialize
+
+    export_module(materialize(model, config), torch.zeros(shape), onnx)
 
 
 def make_jobs(artifacts: list[Artifact], target: Target) -> list[Job]:
@@ -119,10 +161,25 @@ def make_jobs(artifacts: list[Artifact], target: Target) -> list[Job]:
                 "input_shape": artifact.shape_text,
                 "macs": artifact.macs,
                 "params": artifact.params,
+                **_quantization_columns(artifact),
             },
         )
         for artifact in artifacts
     ]
+
+
+def _quantization_columns(artifact: Artifact) -> dict[str, Any]:
+    """For a quantized artifact: its file, scheme and calibration digest (the manifest copies them)."""
+    from planner.measure.quantize import quantization_record
+
+    record = quantization_record(artifact.onnx)
+    if not record:
+        return {}
+    return {
+        "artifact": artifact.onnx.name,
+        "quantization": record.get("scheme"),
+        "calibration_sha256": record.get("calibration_sha256"),
+    }
 
 
 @dataclass(frozen=True)
@@ -133,15 +190,34 @@ class LadderExports:
     onnx: dict[str, Path]
 
 
-def export_ladder(
-    model_name: str, configs: list[str], target: Target, checkpoint: Path, results_dir: Path
-) -> LadderExports:
-    """Every rung (configuration JSON) exported with the checkpoint's weights through RESULTS/artifacts."""
+def export_ladder(ladder: pd.DataFrame, target: Target, checkpoint: Path, results_dir: Path) -> LadderExports:
+    """Every rung of a selection's ladder exported with the checkpoint's weights, through the export cache
+    (RESULTS/artifacts), keyed by `rung_key`. An int8 rung is the quantized file its latency row names
+    (what was measured and evaluated)."""
     from planner.nn.build import build_model
     from planner.nn.checkpoint import build_options
 
-    model = model_for_target(build_model(model_name, checkpoint), target)
-    validated = [model.validate(WidthConfig.from_json(text)) for text in configs]
-    artifacts = export_artifacts(model, validated, results_dir, target, weights_key(checkpoint))
+    model = model_for_target(build_model(str(ladder["model"].iloc[0]), checkpoint), target)
+    configs = [model.validate(WidthConfig.from_json(text)) for text in ladder["config"]]
+    fp32 = {}
+    for batch in sorted({_batch(b) for b in ladder.get("batch", [1])}):
+        artifacts = export_artifacts(model, configs, results_dir, target, weights_key(checkpoint), batch)
+        fp32.update({(artifact.config.id, batch): artifact.onnx for artifact in artifacts})
+    onnx = {}
+    for _, row in ladder.iterrows():
+        path = fp32[(row["config_id"], _batch(row.get("batch")))]
+        if row.get("precision") == "int8":
+            named = row.get("artifact")
+            path = path.parent / str(named) if isinstance(named, str) and named else None
+            if path is None or not path.is_file():
+                raise PlannerError(
+                    f"the int8 file of {label(row)} that was profiled is not in {results_dir}/artifacts; "
+                    f"re-run planner profile --target {target.name} with the same --calibration-data"
+                )
+        onnx[rung_key(row)] = path
     described = {**build_options(model), "universal": bool(model.universal)}
-    return LadderExports(described, {artifact.config.id: artifact.onnx for artifact in artifacts})
+    return LadderExports(described, onnx)
+
+
+def _batch(value: Any) -> int:
+    return 1 if value is None or pd.isna(value) else int(value)

@@ -26,7 +26,7 @@ from planner.nn.counting import count
 from planner.nn.materialize import materialize
 from planner.widths import WidthConfig
 
-BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2}
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 # An assumed per-operator dispatch cost (kernel launch / runtime op overhead); not a vendor figure.
 DEFAULT_LAYER_OVERHEAD_US = 5.0
 _TIMED_LAYERS = (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d)

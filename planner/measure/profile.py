@@ -3,9 +3,10 @@
     model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
     rows = profile_configs(model, configurations(model), [load_target("cpu")], out)
 
-Each target gets its artifacts (planner.measure.artifacts) and one profiler job per configuration; the
-rows land in RESULTS/latency.parquet as they come; a re-run skips what RESULTS already holds unless
-`force`.
+Each target gets its artifacts (planner.measure.artifacts: one export per configuration and batch, and
+with int8 among the target's `precisions` each export quantized with the calibration images) and one
+profiler job per artifact and precision; the rows land in RESULTS/latency.parquet as they come; a re-run
+skips what RESULTS already holds unless `force`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from planner.measure.artifacts import export_artifacts, make_jobs, model_for_target
+from planner.errors import PlannerError
+from planner.measure.artifacts import export_artifacts, make_jobs, model_for_target, quantize_artifacts
+from planner.measure.quantize import Calibration
 from planner.measure.targets import Target
 from planner.widths import WidthConfig
 from profilers.jobs import Job, Settings
@@ -65,11 +68,15 @@ def profile_configs(
     weights: str = "init",
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    calibration: Calibration | None = None,
 ) -> pd.DataFrame:
-    """Measure every configuration on every target; return their measured rows (old and new) from OUT.
+    """Measure every configuration on every target at each of its precisions; return their measured rows
+    (old and new) from OUT.
 
     Local targets run one after another on this machine (never two measurements at once); SSH targets
-    run on their host; with `ray_address` every target runs on its fleet node, all in parallel.
+    run on their host; with `ray_address` every target runs on its fleet node, all in parallel. The
+    precisions of one target are measured interleaved, in one run. A quantization that fails leaves out
+    that configuration's int8 job: everything else is measured and stored, then a PlannerError says why.
     """
     from planner.measure.fleet import run_fleet
     from planner.measure.remote import require_host, run_remote
@@ -81,11 +88,21 @@ def profile_configs(
     if not ray_address:
         for target in targets:
             require_host(target)
-    jobs_by_target = {}
+    jobs_by_target: dict[str, list[Job]] = {}
+    failures: list[str] = []
     for target in targets:
         target_model = model_for_target(model, target)
-        artifacts = export_artifacts(target_model, configs, out_dir, target, weights)
-        jobs_by_target[target.name] = make_jobs(artifacts, target)
+        jobs_by_target[target.name] = []
+        for batch in target.planned_batches:
+            artifacts = export_artifacts(target_model, configs, out_dir, target, weights, batch)
+            for precision in target.planned_precisions:
+                chosen = artifacts
+                if precision == "int8":
+                    chosen, failed = quantize_artifacts(artifacts, target, calibration)
+                    failures += failed
+                jobs_by_target[target.name] += make_jobs(
+                    chosen, target.at_batch(batch).at_precision(precision)
+                )
     todo = {name: pending_jobs(jobs, out_dir, force) for name, jobs in jobs_by_target.items()}
     for name, jobs in jobs_by_target.items():
         report(name, len(jobs) - len(todo[name]), len(jobs))
@@ -113,6 +130,9 @@ def profile_configs(
                 store_rows(out_dir, run_remote(jobs, target, settings, device_line))
             else:
                 run_jobs(jobs, out_dir, settings, force=True, progress=counter.on_event)
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise PlannerError(f"{failures[0]}{more}; the other rows are in {out_dir}")
     wanted = {row_key(job.identity()) for jobs in jobs_by_target.values() for job in jobs}
     table = load_latency(out_dir)
     table = table[~table["estimated"].fillna(False).astype(bool)]

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
@@ -212,3 +213,59 @@ async def _upload_jobs(sftp, jobs: list[Job], settings: Settings, run_dir: str) 
 
 def _on_device(job: Job, onnx: Path) -> Job:
     return dataclasses.replace(job, onnx=onnx)
+
+
+def predict_remote(jobs: list[Job], target: Target, images: np.ndarray) -> list[np.ndarray]:
+    """Run each job's artifact on `images` on the target's SSH host (`python -m profilers predict`).
+
+    The images travel as one .npz (`x` only: the labels stay here), beside the artifacts the profiler
+    uses; the outputs come back as one .npz. Same host-key and login checks as `run_remote`.
+    """
+    require_host(target)
+    asyncssh = _import_asyncssh()
+    address = target.connection.address
+    try:
+        return asyncio.run(_predict_session(asyncssh, jobs, target, images))
+    except asyncssh.HostKeyNotVerifiable as error:
+        raise PlannerError(
+            f"host key of {address} is not trusted ({error.reason}): see planner profile"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise PlannerError(f"{address} refused the login: install your key with ssh-copy-id") from None
+    except (OSError, asyncssh.Error, TimeoutError) as error:
+        raise PlannerError(f"cannot evaluate on {address}: {_reason(error)}") from None
+
+
+async def _predict_session(asyncssh, jobs: list[Job], target: Target, images: np.ndarray) -> list[np.ndarray]:
+    connection = target.connection
+    options = {"username": connection.user} if connection.user else {}
+    key = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:12]
+    run_dir = posixpath.join(connection.workdir, "runs", f"predict-{run_key(jobs, Settings())}-{key}")
+    async with asyncssh.connect(
+        connection.host, port=connection.port, connect_timeout=CONNECT_TIMEOUT_S, **options
+    ) as ssh:
+        with tempfile.TemporaryDirectory(prefix="planner-predict-") as local:
+            split = Path(local) / "split.npz"
+            np.savez(split, x=np.ascontiguousarray(images, dtype=np.float32))
+            async with ssh.start_sftp_client() as sftp:
+                artifacts_dir = posixpath.join(connection.workdir, "artifacts")
+                await sftp.makedirs(artifacts_dir, exist_ok=True)
+                await sftp.makedirs(run_dir, exist_ok=True)
+                for file in _artifact_files(jobs):
+                    await _upload_once(sftp, file, posixpath.join(artifacts_dir, file.name))
+                await _upload_jobs(sftp, jobs, Settings(), run_dir)
+                await sftp.put(str(split), posixpath.join(run_dir, "split.npz"))
+            argv = [connection.python, "-m", "profilers", "predict", "--jobs"]
+            argv += [posixpath.join(run_dir, "jobs.json"), "--images", posixpath.join(run_dir, "split.npz")]
+            argv += ["--out", posixpath.join(run_dir, "outputs.npz")]
+            done = await ssh.run(shlex.join(argv), check=False)
+            if done.exit_status != 0:
+                lines = [line for line in str(done.stderr or "").splitlines() if line.strip()]
+                detail = lines[-1].removeprefix("error: ") if lines else f"exit status {done.exit_status}"
+                raise PlannerError(f"evaluation on {connection.host} failed: {detail}")
+            fetched = Path(local) / "outputs.npz"
+            async with ssh.start_sftp_client() as sftp:
+                await sftp.get(posixpath.join(run_dir, "outputs.npz"), str(fetched))
+                await sftp.rmtree(run_dir, ignore_errors=True)
+            with np.load(fetched, allow_pickle=False) as outputs:
+                return [outputs[f"job{index}"] for index in range(len(jobs))]

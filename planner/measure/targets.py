@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.errors import PlannerError
-from profilers.backends import BACKENDS
+from profilers.backends import BACKENDS, get_backend
 from profilers.documents import check, load_schema
 from profilers.jobs import PRECISIONS
 
@@ -92,8 +92,10 @@ class Target:
     backend: str
     device: str = "CPU"
     precision: str = "fp32"
+    precisions: tuple[str, ...] = ()
     threads: int = 0
     batch: int = 1
+    batches: tuple[int, ...] = ()
     description: str = ""
     aliases: tuple[str, ...] = ()
     input_shape: tuple[int, ...] | None = None
@@ -105,6 +107,24 @@ class Target:
     @property
     def is_remote(self) -> bool:
         return self.connection.is_remote
+
+    @property
+    def planned_precisions(self) -> tuple[str, ...]:
+        """Every precision `planner profile` measures here: `precisions`, else the one `precision`."""
+        return self.precisions or (self.precision,)
+
+    @property
+    def planned_batches(self) -> tuple[int, ...]:
+        """Every static batch size `planner profile` exports and measures: `batches`, else `batch`."""
+        return self.batches or (self.batch,)
+
+    def at_batch(self, batch: int) -> Target:
+        """This target run at one of its batch sizes (each is its own static-shape artifact)."""
+        return dataclasses.replace(self, batch=batch)
+
+    def at_precision(self, precision: str) -> Target:
+        """This target run at one of its precisions (what a job, a row and a manifest rung carry)."""
+        return dataclasses.replace(self, precision=precision)
 
     def with_host(self, spec: str) -> Target:
         """This target reached over SSH at `spec` (`[user@]host[:port]`), as given by `--host`."""
@@ -217,7 +237,9 @@ def read_target(path: Path) -> Target:
         "budgets": Budgets(**data.get("budgets", {})),
         "hardware": Hardware(**data["hardware"]) if "hardware" in data else None,
     }
-    sequences = {key: tuple(data[key]) for key in ("aliases", "input_shape") if key in data}
+    sequences = {
+        key: tuple(data[key]) for key in ("aliases", "input_shape", "precisions", "batches") if key in data
+    }
     target = Target(**{**data, **parts, **sequences, "path": path})
     _check_values(target, path)
     return target
@@ -233,6 +255,18 @@ def _check_values(target: Target, path: Path) -> None:
         fail("backend", f"must be one of {', '.join(BACKENDS)}, got {target.backend!r}")
     if target.precision not in PRECISIONS:
         fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {target.precision!r}")
+    offered = get_backend(target.backend).precisions
+    for key, values in (("precision", (target.precision,)), ("precisions", target.precisions)):
+        for value in values:
+            if value not in offered:
+                fail(
+                    key,
+                    f"asks for {value!r}, which {target.backend} cannot run: it offers {', '.join(offered)}",
+                )
+    if len(set(target.precisions)) != len(target.precisions):
+        fail("precisions", "lists a precision twice")
+    if len(set(target.batches)) != len(target.batches):
+        fail("batches", "must list distinct batch sizes")
     if target.input_shape is not None and target.input_shape[0] != target.batch:
         fail("input_shape", "must be [batch, channels, height, width] with its batch matching batch")
     connection = target.connection

@@ -43,8 +43,10 @@ def select_for_target(
     model: str | None = None,
     allow_estimates: bool = False,
     tables: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    significance: bool = True,
 ) -> Selection:
-    """Select on `target` from the results directory's tables (or the already read `tables`)."""
+    """Select on `target` from the results directory's tables (or the already read `tables`); with
+    `significance`, a faster candidate whose accuracy is not significantly lower is preferred."""
     latency, accuracy = tables if tables is not None else read_tables(results_dir)
     table = candidates(
         latency,
@@ -55,4 +57,4 @@ def select_for_target(
         allow_estimates=allow_estimates,
         results_dir=results_dir,
     )
-    return select(table, budget)
+    return select(table, budget, significance)

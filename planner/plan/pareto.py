@@ -1,7 +1,8 @@
 """Pareto front per target over accuracy (max), latency (min) and memory (min).
 
 The solver reads only the results tables: `candidates()` joins the latency rows of one target with the
-accuracy rows on `(model, config_id)` into one row per configuration, and `pareto_mask()` marks the rows
+accuracy rows on `(model, config_id, precision)` into one row per configuration and precision (accuracy
+measured through the target's runtime first, torch's for fp32 otherwise), and `pareto_mask()` marks the rows
 no other row beats on all three objectives at once. Everything after this stage (select, manifest,
 report) works on the candidates table.
 """
@@ -127,6 +128,10 @@ def candidates(
             f"run `planner profile --target {target} --model MODEL --out {results_dir}` first"
         )
     rows = rows[rows["status"] == "ok"]
+    precision = (
+        rows["precision"] if "precision" in rows else pd.Series("fp32", index=rows.index, dtype=object)
+    )
+    rows = rows.assign(precision=precision.astype(object).fillna("fp32").astype(str))
     estimated = rows["estimated"].fillna(False).astype(bool)
     if not allow_estimates:
         if estimated.all() and len(rows):
@@ -156,10 +161,13 @@ def candidates(
     # a measurement beats an estimate of the same configuration; then the newest run wins
     rows = rows.assign(_estimated=rows["estimated"].fillna(False).astype(bool))
     rows = rows.sort_values(["_estimated", "timestamp"], ascending=[True, False], kind="stable")
-    rows = rows.drop_duplicates(["model", "config_id"]).drop(columns="_estimated")
+    if "batch" not in rows:
+        rows = rows.assign(batch=1)
+    rows = rows.drop_duplicates(["model", "config_id", "precision", "batch"]).drop(columns="_estimated")
 
-    scores = _top1(accuracy, model, results_dir)
-    joined = rows.merge(scores, on=["model", "config_id"], how="inner", validate="one_to_one")
+    scores = _top1(accuracy, model, results_dir, target, sorted(rows["precision"].unique()))
+    # accuracy does not depend on the batch size: one accuracy row serves every batch of a configuration
+    joined = rows.merge(scores, on=["model", "config_id", "precision"], how="inner", validate="many_to_one")
     if joined.empty:
         raise PlannerError(
             f"no accuracy for the configurations of {model} measured on {target!r}; run "
@@ -174,8 +182,16 @@ def candidates(
     return joined.sort_values(["bound_ms", "accuracy"], ascending=[True, False]).reset_index(drop=True)
 
 
-def _top1(accuracy: pd.DataFrame, model: str, results_dir: Path | str) -> pd.DataFrame:
-    """The newest top-1 per configuration of `model` (measured beats imported)."""
+def _top1(
+    accuracy: pd.DataFrame, model: str, results_dir: Path | str, target: str, precisions: list[str]
+) -> pd.DataFrame:
+    """The top-1 per (configuration, precision) of `model` on `target`, for the latency `precisions`.
+
+    Best first: measured through this target's runtime at that precision (the artifact that ships),
+    then measured in torch (FP32), then imported; the newest of each. Torch's FP32 figure stands in for
+    fp16/bf16 (TensorRT cannot be evaluated everywhere; `accuracy_runtime` says torch), never for int8:
+    an int8 row with no accuracy through the runtime stays unscored.
+    """
     rows = (
         accuracy[(accuracy["model"] == model) & (accuracy["metric"] == ACCURACY_METRIC)]
         if len(accuracy)
@@ -186,18 +202,41 @@ def _top1(accuracy: pd.DataFrame, model: str, results_dir: Path | str) -> pd.Dat
             f"no accuracy results for {model} in {results_dir}; run `planner evaluate {model} "
             f"--checkpoint CKPT --data DATA --out {results_dir}` (or `planner accuracy import FILE.csv`)"
         )
-    rows = rows.assign(_imported=rows["source"] != "measured")
-    rows = rows.sort_values(["_imported", "timestamp"], ascending=[True, False], kind="stable")
-    rows = rows.drop_duplicates(["model", "config_id"])
+    target_column = rows["target"] if "target" in rows else pd.Series("", index=rows.index)
+    precision = rows["precision"] if "precision" in rows else pd.Series("fp32", index=rows.index)
+    rows = rows.assign(precision=precision.astype(object).replace("", "fp32").fillna("fp32").astype(str))
+    precision = rows["precision"]
+    on_target = target_column == target
+    reference = (target_column == "") & (precision == "fp32")
+    rank = np.where(on_target, 0, np.where(rows["source"] == "measured", 1, 2))
+    rows = rows.assign(_rank=rank)[on_target | reference]
+    stand_ins = [
+        rows[rows["_rank"] > 0].assign(precision=other)
+        for other in precisions
+        if other not in ("fp32", "int8")
+    ]
+    rows = pd.concat([rows, *stand_ins], ignore_index=True) if stand_ins else rows
+    rows = rows.sort_values(["_rank", "timestamp"], ascending=[True, False], kind="stable")
+    rows = rows.drop_duplicates(["model", "config_id", "precision"])
+
+    def column(name: str, default: object = "") -> pd.Series:
+        return rows[name] if name in rows else pd.Series(default, index=rows.index)
+
     return pd.DataFrame(
         {
             "model": rows["model"],
             "config_id": rows["config_id"],
+            "precision": column("precision", "fp32"),
             "accuracy": pd.to_numeric(rows["value"], errors="coerce"),
             "accuracy_dataset": rows["dataset"],
             "accuracy_split": rows["split"],
             "accuracy_checkpoint": rows["checkpoint"],
             "accuracy_source": rows["source"],
+            "accuracy_runtime": column("runtime"),
+            "accuracy_n": pd.to_numeric(column("n", np.nan), errors="coerce"),
+            "accuracy_ci_low": pd.to_numeric(column("ci_low", np.nan), errors="coerce"),
+            "accuracy_ci_high": pd.to_numeric(column("ci_high", np.nan), errors="coerce"),
+            "accuracy_hits": column("hits"),
         }
     )
 

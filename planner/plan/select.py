@@ -2,14 +2,18 @@
 
 `select()` is a pure function of the candidates table (planner.plan.pareto): a configuration fits when its
 latency bound (the upper 95% bound of the median for p50, the measured value for p90/p99) and its
-memory are within the budget. For a universally slimmable model, `propose_width()` interpolates the
-measured latencies over width (monotone PCHIP) to find the widest width that should fit; a proposal is
-only a prediction until that width is measured.
+memory are within the budget. Among those, the most accurate wins, unless a faster one is not
+significantly less accurate on the same images (McNemar's exact test on the per-image hits the accuracy
+rows carry, p >= 0.05): then the fastest such one wins, and `Selection.significance_note` says why
+(`significance=False` restores the plain argmax). For a universally slimmable model, `propose_width()`
+interpolates the measured latencies over width (monotone PCHIP) to find the widest width that should
+fit; a proposal is only a prediction until that width is measured.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +22,7 @@ import pandas as pd
 from scipy.interpolate import PchipInterpolator
 
 from planner.plan.pareto import METRICS, pareto_mask
+from planner.stats import SIGNIFICANCE, decode_hits, mcnemar_p
 from planner.units import format_ms
 
 # best first: most accurate, then fastest, then tightest bound, then smallest
@@ -36,23 +41,29 @@ class Budget:
     max_latency_ms: float
     metric: str = "p90"
     max_memory_bytes: int | None = None
+    min_throughput_ips: float | None = None  # images per second (a batch of b counts b images)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "metric": self.metric,
             "max_latency_ms": self.max_latency_ms,
             "max_memory_bytes": self.max_memory_bytes,
         }
+        if self.min_throughput_ips is not None:
+            data["min_throughput_ips"] = self.min_throughput_ips
+        return data
 
     def describe(self) -> str:
         bound = "upper 95% bound of p50" if self.metric == "p50" else self.metric
         text = f"{bound} <= {format_ms(self.max_latency_ms)}"
         if self.max_memory_bytes is not None:
             text += f", memory <= {self.max_memory_bytes / 2**20:.4g} MiB"
+        if self.min_throughput_ips is not None:
+            text += f", throughput >= {self.min_throughput_ips:g}/s"
         return text
 
 
@@ -98,6 +109,7 @@ class Selection:
     fitting: pd.DataFrame
     ladder: pd.DataFrame
     fastest: pd.Series
+    significance_note: str | None = None  # why a faster configuration beat the most accurate one
 
     @property
     def fits(self) -> bool:
@@ -205,17 +217,69 @@ def fits_budget(table: pd.DataFrame, budget: Budget) -> pd.Series:
     fits = table["bound_ms"] <= budget.max_latency_ms
     if budget.max_memory_bytes is not None:
         fits &= table["memory_bytes"].fillna(math.inf) <= budget.max_memory_bytes
+    if budget.min_throughput_ips is not None:
+        throughput = (
+            table["throughput_ips"] if "throughput_ips" in table else pd.Series(math.nan, table.index)
+        )
+        fits &= pd.to_numeric(throughput, errors="coerce").fillna(0) >= budget.min_throughput_ips
     return fits.fillna(False).astype(bool)
 
 
-def select(table: pd.DataFrame, budget: Budget) -> Selection:
-    """Pick from a candidates table (pareto.candidates); ties in accuracy go to the lower latency."""
+def select(table: pd.DataFrame, budget: Budget, significance: bool = True) -> Selection:
+    """Pick from a candidates table (pareto.candidates); ties in accuracy go to the lower latency, and
+    so do differences the paired test cannot tell from noise unless `significance` is False."""
     if table.empty:
         raise ValueError("select() needs at least one candidate")
     fitting = table[fits_budget(table, budget)]
     fitting = fitting.sort_values(**_PREFERENCE, kind="stable").reset_index(drop=True)
     fastest = table.sort_values(["bound_ms", "accuracy"], ascending=[True, False], kind="stable").iloc[0]
-    return Selection(budget, table, fitting, ladder(fitting), fastest)
+    note = None
+    if significance and len(fitting) > 1:
+        fitting, note = _faster_within_noise(fitting)
+    rungs = fitting
+    if note is not None:
+        choice = fitting.iloc[0]
+        rungs = fitting[
+            (fitting["latency_ms"] <= choice["latency_ms"]) & (fitting["accuracy"] <= choice["accuracy"])
+        ]
+    return Selection(budget, table, fitting, ladder(rungs), fastest, note)
+
+
+def _faster_within_noise(fitting: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """`fitting` with the fastest configuration not significantly less accurate than the best moved first.
+
+    Only rows scored on the same images as the best (same dataset, split and count, with hits stored)
+    are compared; anything else keeps the plain order.
+    """
+    best = fitting.iloc[0]
+    best_hits = _hits(best)
+    if best_hits is None:
+        return fitting, None
+    faster = fitting[fitting["latency_ms"] < best["latency_ms"]].sort_values("latency_ms", kind="stable")
+    for index, row in faster.iterrows():
+        hits = _hits(row)
+        same_images = all(row.get(key) == best.get(key) for key in ("accuracy_dataset", "accuracy_split"))
+        if hits is None or not same_images or hits.shape != best_hits.shape:
+            continue
+        p = mcnemar_p(best_hits, hits)
+        if p < SIGNIFICANCE:
+            continue
+        order = [index] + [i for i in fitting.index if i != index]
+        note = (
+            f"{label(row)} ({row['accuracy']:.2f}%, {format_ms(row['latency_ms'])}) is faster than "
+            f"{label(best)} ({best['accuracy']:.2f}%, {format_ms(best['latency_ms'])}) and not significantly "
+            f"less accurate on the same {len(hits)} images (McNemar exact p = {p:.2f}); "
+            "--no-significance picks the most accurate"
+        )
+        return fitting.loc[order].reset_index(drop=True), note
+    return fitting, None
+
+
+def _hits(row: pd.Series) -> np.ndarray | None:
+    n = row.get("accuracy_n")
+    if n is None or pd.isna(n):
+        return None
+    return decode_hits(row.get("accuracy_hits", ""), int(n))
 
 
 def ladder(fitting: pd.DataFrame) -> pd.DataFrame:
@@ -272,14 +336,21 @@ def describe_row(row: pd.Series) -> dict[str, Any]:
         value = row.get(key)
         if value is None or pd.isna(value):
             return None
-        return int(value) if key in ("n", "macs", "params", "memory_bytes") else float(value)
+        integers = ("n", "macs", "params", "memory_bytes", "accuracy_n", "batch")
+        return int(value) if key in integers else float(value)
 
     width = row.get("width")
     return {
         "model": row["model"],
         "config_id": row["config_id"],
         "width": None if width is None or pd.isna(width) else float(width),
+        "precision": row.get("precision") if isinstance(row.get("precision"), str) else "fp32",
+        "batch": number("batch"),
+        "throughput_ips": number("throughput_ips"),
         "accuracy_top1": number("accuracy"),
+        "accuracy_ci": [number("accuracy_ci_low"), number("accuracy_ci_high")],
+        "accuracy_images": number("accuracy_n"),
+        "accuracy_runtime": row.get("accuracy_runtime") or None,
         "latency_ms": number("latency_ms"),
         "bound_ms": number("bound_ms"),
         **{key: number(key) for key in ("p50_ms", "p90_ms", "p99_ms", "ci_low_ms", "ci_high_ms", "n")},
@@ -290,7 +361,25 @@ def describe_row(row: pd.Series) -> dict[str, Any]:
     }
 
 
+def rung_key(row: pd.Series | Mapping[str, Any]) -> str:
+    """A rung's identity: the configuration id, with the precision unless fp32 (`0b455aa42d-int8`) and the
+    batch unless 1 (`-b8`): what a manifest's ladder and its exported files are keyed by."""
+    key = str(row["config_id"])
+    precision = row.get("precision")
+    if isinstance(precision, str) and precision not in ("", "fp32"):
+        key += f"-{precision}"
+    batch = row.get("batch")
+    if batch is not None and not pd.isna(batch) and int(batch) != 1:
+        key += f"-b{int(batch)}"
+    return key
+
+
 def label(row: pd.Series) -> str:
     """How a person names a configuration: its width, or its id for a per-layer one."""
     width = row.get("width")
-    return f"{float(width):g}x" if width is not None and not pd.isna(width) else f"layers:{row['config_id']}"
+    name = f"{float(width):g}x" if width is not None and not pd.isna(width) else f"layers:{row['config_id']}"
+    precision = row.get("precision")
+    if isinstance(precision, str) and precision not in ("", "fp32"):
+        name = f"{name} {precision}"
+    batch = row.get("batch")
+    return f"{name} b{int(batch)}" if batch is not None and not pd.isna(batch) and int(batch) != 1 else name

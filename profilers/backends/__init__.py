@@ -44,6 +44,12 @@ class Session:
     def infer(self) -> None:
         raise NotImplementedError
 
+    def outputs(self, feed: np.ndarray) -> np.ndarray:
+        """The first output for `feed` (evaluation, not timing): `profilers.predict` scores artifacts."""
+        raise ProfilerError(
+            f"{type(self).__name__} cannot return outputs: evaluate on onnxruntime or openvino"
+        )
+
     def release(self) -> None:
         """Free what activate() loaded."""
 

@@ -37,7 +37,7 @@ class OnnxRuntimeBackend(Backend):
     sdk_module = "onnxruntime"
     install_hint = "pip install onnxruntime (onnxruntime-gpu for CUDA/TensorRT)"
     artifact_name = "model.optimized.onnx"
-    precisions = ("fp32",)
+    precisions = ("fp32", "int8")  # int8: a QDQ ONNX, run by ORT's int8 kernels
 
     def devices(self) -> list[str]:
         available = set(self.sdk().get_available_providers())
@@ -94,6 +94,9 @@ class OnnxRuntimeSession(Session):
 
     def infer(self) -> None:
         self.session.run(None, self.inputs)
+
+    def outputs(self, feed: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.model.input_name: feed})[0])
 
     def release(self) -> None:
         self.session = None

@@ -1,8 +1,10 @@
 """OpenVINO: `ov.Core` on CPU (GPU, NPU when present), from an IR converted once from the ONNX file.
 
 Compiled with the LATENCY performance hint (one stream, as `benchmark_app -hint latency`), f32 inference
-precision unless fp16 is asked (CPUs with bf16/AMX would otherwise silently run bf16), and the thread
-count in INFERENCE_NUM_THREADS on CPU. The input tensor is bound once, so a run times only inference.
+precision unless fp16 or bf16 is asked (CPUs with bf16/AMX would otherwise silently run bf16), and the
+thread count in INFERENCE_NUM_THREADS on CPU. int8 is a quantized (QDQ) ONNX: OpenVINO turns its pairs
+into FakeQuantize and runs those layers in int8, the rest in f32. Which of fp16, bf16 and int8 a device
+can run is its OPTIMIZATION_CAPABILITIES. The input tensor is bound once, so a run times only inference.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from profilers.errors import ProfilerError, first_line
 from profilers.jobs import Job
 from profilers.modelfile import ModelFile
 
-_PRECISION_HINT = {"fp32": "f32", "fp16": "f16"}
+_PRECISION_HINT = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
+# precision -> the OPTIMIZATION_CAPABILITIES entry a device needs for it
+_CAPABILITY = {"fp16": "FP16", "bf16": "BF16", "int8": "INT8"}
 
 
 class OpenVinoBackend(Backend):
@@ -25,7 +29,7 @@ class OpenVinoBackend(Backend):
     sdk_module = "openvino"
     install_hint = "pip install openvino"
     artifact_name = "model.xml"  # with model.bin beside it
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "bf16", "int8")
 
     def devices(self) -> list[str]:
         devices = list(self.sdk().Core().available_devices)
@@ -35,6 +39,20 @@ class OpenVinoBackend(Backend):
 
     def version(self) -> str:
         return str(self.sdk().get_version())
+
+    def check(self, job: Job) -> None:
+        super().check(job)
+        if job.precision not in _CAPABILITY:
+            return
+        try:
+            capabilities = set(self.sdk().Core().get_property(job.device, "OPTIMIZATION_CAPABILITIES"))
+        except Exception:  # a device plugin without the property: let compile decide
+            return
+        if _CAPABILITY[job.precision] not in capabilities:
+            offered = ["fp32"] + [p for p, c in _CAPABILITY.items() if c in capabilities]
+            raise ProfilerError(
+                f"openvino on {job.device} here supports precision {', '.join(offered)}, not {job.precision}"
+            )
 
     def build(self, model: ModelFile, job: Job, out_dir: Path) -> None:
         ov = self.sdk()
@@ -79,6 +97,10 @@ class OpenVinoSession(Session):
 
     def infer(self) -> None:
         self.request.infer()
+
+    def outputs(self, feed: np.ndarray) -> np.ndarray:
+        result = self.request.infer([feed])  # evaluation only: a timed session never calls this
+        return np.asarray(next(iter(result.values())))
 
     def release(self) -> None:
         self.request = None

@@ -46,6 +46,7 @@ def trtexec_command(
     load_engine: Path | None = None,
     save_engine: Path | None = None,
     fp16: bool = False,
+    int8: bool = False,
     warmup_ms: int = 200,
     duration_s: float = 0,
     iterations: int = 10,
@@ -63,6 +64,8 @@ def trtexec_command(
         command.append(f"--saveEngine={save_engine}")
     if fp16:
         command.append("--fp16")
+    if int8:  # explicit quantization: the ONNX holds the Q/DQ scales, so no --calib cache
+        command.append("--int8")
     command += [
         f"--warmUp={int(warmup_ms)}",
         f"--duration={duration_s:g}",
@@ -119,7 +122,7 @@ class TrtexecBackend(Backend):
     sdk_module = ""
     install_hint = "install TensorRT (JetPack on a Jetson) and put trtexec on PATH"
     artifact_name = "model.engine"
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
 
     def installed(self) -> bool:
         try:
@@ -153,7 +156,8 @@ class TrtexecBackend(Backend):
             find_trtexec(),
             onnx=model.path,
             save_engine=out_dir / self.artifact_name,
-            fp16=job.precision == "fp16",
+            fp16=job.precision in ("fp16", "int8"),
+            int8=job.precision == "int8",
             warmup_ms=0,
             iterations=1,
         )
@@ -176,7 +180,8 @@ class TrtexecSession(Session):
         command = trtexec_command(
             self.trtexec,
             load_engine=self.engine,
-            fp16=self.job.precision == "fp16",
+            fp16=self.job.precision in ("fp16", "int8"),
+            int8=self.job.precision == "int8",
             warmup_ms=warmup_ms,
             iterations=iterations,
             export_times=times,
