@@ -49,7 +49,7 @@ def test_profile_measures_each_batch_and_select_honours_a_throughput_budget(expo
     accuracy.to_parquet(out / "accuracy.parquet", index=False)
     single = table[(table["batch"] == 1) & (table["precision"] == "fp32")]
     floor = float(single["throughput_ips"].max()) * 1.05
-    select = ["select", "-t", "batched", "--targets-dir", str(targets), "--results", str(out), "--json"]
+    select = ["select", "-t", "batched", "--targets-dir", str(targets), "--out", str(out), "--json"]
     select += ["--max-latency", "10s", "--min-throughput", f"{floor:.1f}/s", "--no-measure"]
     code, printed, err = run_cli(select, capsys)
     report = json.loads(printed)

@@ -90,7 +90,7 @@ def test_select_cli_says_why_and_no_significance_turns_it_off(tmp_path, capsys):
         "select",
         "--target",
         "cpu",
-        "--results",
+        "--out",
         str(results),
         "--max-latency",
         "2.5ms",
