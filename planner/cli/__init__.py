@@ -43,6 +43,7 @@ COMMAND_MODULES = [
     "train",
     "demo",
     "legr",
+    "loadtest",
 ]
 
 

@@ -1,6 +1,7 @@
 """Per-device deployment manifests: what to ship, why it was chosen, and the ladder to step down on.
 
-A manifest is JSON validated by a versioned JSON Schema (planner/schemas/manifest.schema.json). It names
+A manifest is JSON validated by a versioned JSON Schema (profilers/schemas/manifest.schema.json, shipped
+device-side so the ladder runtime checks the same file). It names
 the chosen configuration with its per-layer channel counts and the artifact built for the device's
 backend (path relative to the manifest, sha256), the measured statistics with their interval, the
 accuracy, the budget, the environment the numbers were measured in, and the ladder: the Pareto-optimal
@@ -44,8 +45,8 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
 
 
 def schema() -> dict[str, Any]:
-    """The manifest JSON Schema shipped with planner."""
-    schema_file = resources.files("planner.deploy").joinpath("schemas/manifest.schema.json")
+    """The manifest JSON Schema: one file, shipped with the profiler so a device checks the same schema."""
+    schema_file = resources.files("profilers").joinpath("schemas/manifest.schema.json")
     text = schema_file.read_text(encoding="utf-8")
     return json.loads(text)
 

@@ -44,6 +44,10 @@ class Session:
     def infer(self) -> None:
         raise NotImplementedError
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One inference on the caller's input; the first output (what the ladder runtime serves)."""
+        raise ProfilerError(f"{type(self).__name__} cannot serve inputs")
+
     def release(self) -> None:
         """Free what activate() loaded."""
 

@@ -80,6 +80,11 @@ class OpenVinoSession(Session):
     def infer(self) -> None:
         self.request.infer()
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        # Not thread-safe (one infer request): the ladder runtime serialises calls per session.
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
+
     def release(self) -> None:
         self.request = None
         self.compiled = None

@@ -1,0 +1,296 @@
+"""The ladder runtime (profilers.ladder): controller decisions on a fake clock, refusing bad manifests,
+and serving a real manifest of s_cnn_small on ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+from selection_tables import four_widths, write_results
+
+import planner
+from planner.accuracy.table import checkpoint_digest
+from planner.cli import main
+from profilers.errors import ProfilerError
+from profilers.ladder import Controller, ControllerSettings, Ladder, measure_memory, read_manifest, record_memory
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SETTINGS = ControllerSettings(
+    window_s=1.0, min_samples=5, down_dwell_s=0.3, up_dwell_s=2.0, headroom=0.8, check_every_s=0.0
+)
+
+
+def feed(controller: Controller, clock: FakeClock, latency_ms: float, count: int, step_s: float = 0.01):
+    """`count` inferences of `latency_ms` on the current rung, `step_s` apart; the decisions made."""
+    decisions = []
+    for _ in range(count):
+        clock.now += step_s
+        decision = controller.observe(controller.current, latency_ms)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def test_controller_starts_on_the_widest_rung_that_fits_and_steps_down_under_load():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0, 4.0, 8.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
+    assert controller.current == 2  # 8 ms does not fit 5 ms
+    assert feed(controller, clock, 4.2, 100) == []  # within the budget: stays, not enough headroom to go up
+    decisions = feed(controller, clock, 9.0, 40)  # the device slows down by 2.1x
+    # 9 ms on the 4-ms rung predicts 4.5 ms on the 2-ms rung: straight there, one decision
+    assert [(d.source, d.target) for d in decisions] == [(2, 1)]
+    assert "> budget 5.000 ms" in decisions[0].reason
+
+
+def test_controller_waits_out_the_dwell_before_stepping_down_again():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0, 4.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
+    (first,) = feed(controller, clock, 6.0, 10)  # -> rung 1 (predicted 3 ms)
+    assert controller.current == 1
+    switched_at = first.at
+    decisions = feed(controller, clock, 6.0, 100, step_s=0.005)  # still too slow on rung 1
+    assert [(d.source, d.target) for d in decisions] == [(1, 0)]
+    assert decisions[0].at - switched_at >= SETTINGS.down_dwell_s
+
+
+def test_controller_steps_up_only_with_headroom_and_after_the_dwell():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0, 4.0], budget_ms=5.0, settings=SETTINGS, clock=clock, start=0)
+    # a load that makes every rung 1.9x slower: 3.8 ms predicted on rung 1 is within 0.8 x 5 ms, up;
+    # 7.6 ms on rung 2 is not, so it stays on rung 1
+    decisions = []
+    for _ in range(400):  # 4 s
+        decisions += feed(controller, clock, 1.9 * controller.expected[controller.current], 1)
+    assert [(d.source, d.target) for d in decisions] == [(0, 1)]
+    switched_at = decisions[0].at
+    # the load eases to 0.9x: rung 2 is predicted at 3.6 ms, but the step waits out the 2-s dwell
+    decisions = feed(controller, clock, 0.9 * 2.0, 400)
+    assert [(d.source, d.target) for d in decisions] == [(1, 2)]
+    assert decisions[0].at - switched_at >= SETTINGS.up_dwell_s
+
+
+def test_controller_hysteresis_does_not_oscillate_near_the_budget():
+    clock = FakeClock()
+    controller = Controller([2.0, 4.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
+    # 4.9 ms on rung 1 is within the budget; on rung 0 it would be 2.45 ms: stepping up would predict 4.9,
+    # which is over the 4-ms headroom, so after one step down it stays down
+    assert feed(controller, clock, 5.5, 50) and controller.current == 0
+    assert feed(controller, clock, 2.45, 2000) == []
+
+
+def test_controller_ignores_inferences_from_the_previous_rung():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
+    feed(controller, clock, 8.0, 10)
+    assert controller.current == 0
+    before = controller.window_stats()
+    for _ in range(20):  # late results of the wide rung, still in flight during the switch
+        assert controller.observe(1, 50.0) is None
+    assert controller.window_stats() == before
+
+
+def test_controller_on_the_fastest_rung_over_budget_says_so(caplog):
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0], budget_ms=0.5, settings=SETTINGS, clock=clock)
+    assert controller.budget_unmet and controller.current == 0
+    with caplog.at_level(logging.WARNING, logger="profilers.ladder"):
+        assert feed(controller, clock, 1.0, 50) == []
+    assert controller.over_budget
+    assert sum("exceeds the budget" in record.message for record in caplog.records) == 1
+
+
+def test_controller_only_switches_to_allowed_rungs():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0, 4.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
+    for _ in range(20):
+        clock.now += 0.01
+        decision = controller.observe(2, 20.0, allowed=lambda index: index == 1)
+        if decision:
+            break
+    assert decision.target == 1  # rung 0 is predicted to fit, but only rung 1 is loaded
+
+
+# -- a real manifest ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A cpu manifest of s_cnn_small (8x8) whose ladder is 0.25x -> 0.5x -> 0.75x (p90 1.2, 2.4, 3.6 ms)."""
+    root = tmp_path_factory.mktemp("ladder")
+    torch.manual_seed(0)
+    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    checkpoint = planner.save_checkpoint(model, root / "weights.pt")
+    _, latency, accuracy = four_widths("cpu")
+    accuracy["checkpoint"] = checkpoint_digest(checkpoint)
+    results = write_results(root / "out", latency, accuracy)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["manifest", "-t", "cpu", "--max-latency", "4ms", "--checkpoint", str(checkpoint),
+              "--results", str(results), "-o", str(root / "deploy")])  # fmt: skip
+    assert exit_info.value.code == 0
+    return root / "deploy" / "cpu"
+
+
+@pytest.fixture
+def copy(deployed, tmp_path):
+    """A private copy of the deployment, to break."""
+    return shutil.copytree(deployed, tmp_path / "cpu")
+
+
+def test_a_real_ladder_serves_and_switches(deployed):
+    settings = ControllerSettings(window_s=0.5, min_samples=5, down_dwell_s=0, up_dwell_s=0, check_every_s=0)
+    with Ladder.from_manifest(deployed, budget_ms=3.0, settings=settings, threads=1) as ladder:
+        state = ladder.state()
+        assert [rung["label"] for rung in state["rungs"]] == ["0.25x", "0.5x", "0.75x"]
+        assert state["label"] == "0.5x" and state["loaded"] == ["0.25x", "0.5x", "0.75x"]
+        assert state["memory_bytes"] > 0
+        x = np.random.default_rng(0).random(ladder.input_shape, dtype=np.float32)
+        y = ladder.infer(x)
+        assert y.shape == (1, 10) and np.isfinite(y).all()
+        # the real model is far below 3 ms, so the controller climbs to the widest rung
+        for _ in range(200):
+            ladder.infer(x)
+        state = ladder.state()
+        assert state["label"] == "0.75x" and state["switches"] == 1
+        switch = state["last_switches"][0]
+        assert switch["direction"] == "up" and switch["to_first_inference_ms"] >= 0
+        json.dumps(state)  # plain data
+
+
+def test_the_same_input_gives_each_rung_its_own_output(deployed):
+    outputs = []
+    for index in range(3):
+        with Ladder.from_manifest(deployed, rungs=[index], threads=1) as ladder:
+            outputs.append(ladder.infer(np.ones(ladder.input_shape, dtype=np.float32)))
+    assert not np.allclose(outputs[0], outputs[2])
+
+
+def test_concurrent_callers_and_pinning(deployed):
+    with Ladder.from_manifest(deployed, threads=1) as ladder:
+        ladder.pin(0)
+        x = np.zeros(ladder.input_shape, dtype=np.float32)
+        served = []
+
+        def call() -> None:
+            for _ in range(50):
+                served.append(ladder.serve(x).rung)
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert served == [0] * 200 and ladder.state()["served"]["0.25x"] == 200
+
+
+def test_keep_neighbours_loads_only_the_neighbours(deployed):
+    with Ladder.from_manifest(deployed, keep="neighbours", budget_ms=1.3, threads=1) as ladder:
+        state = ladder.state()
+        assert state["label"] == "0.25x" and state["loaded"] == ["0.25x", "0.5x"]
+
+
+def test_a_budget_no_rung_meets_serves_the_fastest_and_says_so(deployed, caplog):
+    with caplog.at_level(logging.WARNING, logger="profilers.ladder"):
+        with Ladder.from_manifest(deployed, budget_ms=0.5, threads=1) as ladder:
+            assert ladder.state()["budget_unmet"] and ladder.state()["label"] == "0.25x"
+    assert any("no rung meets the budget" in record.message for record in caplog.records)
+
+
+def test_a_wrong_input_shape_is_refused(deployed):
+    with Ladder.from_manifest(deployed, threads=1) as ladder:
+        with pytest.raises(ProfilerError, match="input shape"):
+            ladder.infer(np.zeros((1, 3, 8, 8), dtype=np.float32))
+
+
+def _rung_file(directory, index=0):
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return manifest, directory / manifest["ladder"][index]["artifact"]["files"][0]["path"]
+
+
+def test_a_changed_artifact_is_refused(copy):
+    _, artifact = _rung_file(copy, 1)
+    artifact.write_bytes(artifact.read_bytes() + b"\0")
+    with pytest.raises(ProfilerError, match="does not match its sha256"):
+        Ladder.from_manifest(copy)
+
+
+def test_a_missing_artifact_is_refused(copy):
+    _, artifact = _rung_file(copy, 2)
+    artifact.unlink()
+    with pytest.raises(ProfilerError, match="is missing"):
+        Ladder.from_manifest(copy)
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda m: m["ladder"][0].pop("artifact"), "does not match the schema at ladder/0"),
+        (lambda m: m["budget"].update(max_latency_ms=-1), "schema at budget/max_latency_ms"),
+        (lambda m: m.update(schema_version=7), "schema_version 7"),
+        (lambda m: m["ladder"][0]["artifact"]["files"][0].update(path="../../etc/passwd"), "leaves"),
+    ],
+)
+def test_a_manifest_that_fails_its_schema_is_refused(copy, break_it, message):
+    manifest, _ = _rung_file(copy)
+    break_it(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ProfilerError, match=message):
+        Ladder.from_manifest(copy)
+
+
+def test_truncated_and_absent_manifests(copy, tmp_path):
+    text = (copy / "manifest.json").read_text()
+    (copy / "manifest.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ProfilerError, match="not valid JSON"):
+        Ladder.from_manifest(copy)
+    with pytest.raises(ProfilerError, match="cannot read manifest"):
+        Ladder.from_manifest(tmp_path / "nowhere" / "manifest.json")
+
+
+def test_a_runtime_that_is_not_installed_is_refused_before_loading(copy, monkeypatch):
+    from profilers.backends.onnxruntime import OnnxRuntimeBackend
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "sdk_module", "onnxruntime_not_here")
+    with pytest.raises(ProfilerError, match="onnxruntime_not_here is not installed"):
+        Ladder.from_manifest(copy)
+
+
+def test_a_rung_that_cannot_load_releases_the_others(copy, monkeypatch):
+    from profilers.backends.onnxruntime import OnnxRuntimeSession
+
+    released, activate = [], OnnxRuntimeSession.activate
+
+    def failing(self):
+        if "0.75x" in str(self.artifact):
+            raise ProfilerError(f"onnxruntime cannot load {self.artifact}")
+        activate(self)
+
+    monkeypatch.setattr(OnnxRuntimeSession, "activate", failing)
+    monkeypatch.setattr(OnnxRuntimeSession, "release", lambda self: released.append(self.artifact))
+    with pytest.raises(ProfilerError, match="cannot load"):
+        Ladder.from_manifest(copy, threads=1)
+    assert len(released) == 2  # the two rungs that did load are closed again
+
+
+def test_memory_is_measured_and_recorded_in_a_manifest_that_still_validates(copy):
+    from planner.deploy.manifest import load_manifest
+
+    memory = measure_memory(copy, threads=1)
+    assert memory["all_rungs_bytes"] > 0 and memory["widest_bytes"] > 0
+    record_memory(copy, memory)
+    assert read_manifest(copy)[0]["ladder_memory"]["all_rungs_bytes"] == memory["all_rungs_bytes"]
+    assert load_manifest(copy)["ladder_memory"] == memory
+    with pytest.raises(ProfilerError, match="use keep='neighbours'"):
+        Ladder.from_manifest(copy, max_memory_bytes=1)
