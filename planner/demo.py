@@ -2,7 +2,8 @@
 
 Trains s_cnn_small on scikit-learn's digits (shipped with scikit-learn), evaluates every width, profiles
 every width on ONNX Runtime and OpenVINO, selects under a budget in the middle of each target's measured
-range (so the budget actually excludes something), and writes the manifests and the Pareto report.
+range (so the budget actually excludes something), writes the manifests and the Pareto report, and ends
+with a short load test of the cpu manifest's ladder (a few seconds, one CPU-spinning process in the middle).
 Every stage is the same function the individual commands call. A re-run resumes: the checkpoint is
 reused and measured configurations are not measured again.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from planner.deploy.loadtest import LoadtestResult, run_loadtest
 from planner.deploy.manifest import export_ladder, write_manifest
 from planner.deploy.report import Panel, write_report
 from planner.errors import PlannerError
@@ -27,6 +29,8 @@ MODEL = "s_cnn_small"
 DATASET = "digits"
 TARGETS = ("cpu", "openvino-cpu")
 METRIC = "p90"
+LOADTEST_TARGET = "cpu"
+LOADTEST_SCHEDULE = "quiet:1s,spin1:2s,quiet:1s"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class DemoResult:
     selections: dict[str, Selection]
     manifests: dict[str, Path]
     report: list[Path]
+    loadtest: LoadtestResult
 
 
 def middle_budget(table: pd.DataFrame) -> Budget:
@@ -123,4 +128,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
         )
         panels.append(Panel(target.name, table, selection.budget.max_latency_ms))
     report = write_report(panels, out_dir / "report", f"{MODEL} on {DATASET}: accuracy vs latency")
-    return DemoResult(checkpoint, results_dir, selections, manifests, report)
+    say(f"load test of the {LOADTEST_TARGET} ladder under interference ({LOADTEST_SCHEDULE})")
+    manifest, where = manifests[LOADTEST_TARGET], out_dir / "loadtest"
+    loadtest = run_loadtest(manifest, where, LOADTEST_SCHEDULE, fixed=False, memory=False, say=say)
+    return DemoResult(checkpoint, results_dir, selections, manifests, report, loadtest)

@@ -7,17 +7,21 @@ import json
 import logging
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
-import torch
-from selection_tables import four_widths, write_results
+from ladder_helpers import deploy_cpu_ladder
 
-import planner
-from planner.accuracy.table import checkpoint_digest
-from planner.cli import main
 from profilers.errors import ProfilerError
-from profilers.ladder import Controller, ControllerSettings, Ladder, measure_memory, read_manifest, record_memory
+from profilers.ladder import (
+    Controller,
+    ControllerSettings,
+    Ladder,
+    measure_memory,
+    read_manifest,
+    record_memory,
+)
 
 
 class FakeClock:
@@ -129,18 +133,7 @@ def test_controller_only_switches_to_allowed_rungs():
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """A cpu manifest of s_cnn_small (8x8) whose ladder is 0.25x -> 0.5x -> 0.75x (p90 1.2, 2.4, 3.6 ms)."""
-    root = tmp_path_factory.mktemp("ladder")
-    torch.manual_seed(0)
-    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-    checkpoint = planner.save_checkpoint(model, root / "weights.pt")
-    _, latency, accuracy = four_widths("cpu")
-    accuracy["checkpoint"] = checkpoint_digest(checkpoint)
-    results = write_results(root / "out", latency, accuracy)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["manifest", "-t", "cpu", "--max-latency", "4ms", "--checkpoint", str(checkpoint),
-              "--results", str(results), "-o", str(root / "deploy")])  # fmt: skip
-    assert exit_info.value.code == 0
-    return root / "deploy" / "cpu"
+    return deploy_cpu_ladder(tmp_path_factory.mktemp("ladder"))
 
 
 @pytest.fixture
@@ -160,12 +153,15 @@ def test_a_real_ladder_serves_and_switches(deployed):
         y = ladder.infer(x)
         assert y.shape == (1, 10) and np.isfinite(y).all()
         # the real model is far below 3 ms, so the controller climbs to the widest rung
-        for _ in range(200):
+        deadline = time.monotonic() + 10  # a few ms on a quiet machine; this one is shared
+        while not ladder.switches and time.monotonic() < deadline:
             ladder.infer(x)
+        ladder.infer(x)
         state = ladder.state()
-        assert state["label"] == "0.75x" and state["switches"] == 1
         switch = state["last_switches"][0]
-        assert switch["direction"] == "up" and switch["to_first_inference_ms"] >= 0
+        assert (switch["from"], switch["to"], switch["direction"]) == ("0.5x", "0.75x", "up")
+        assert switch["to_first_inference_ms"] >= 0 and switch["first_inference_ms"] > 0
+        assert state["served"]["0.75x"] >= 1
         json.dumps(state)  # plain data
 
 

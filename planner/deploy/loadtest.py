@@ -35,7 +35,7 @@ from profilers.files import replacing
 from profilers.ladder import ControllerSettings, Ladder, measure_memory
 
 HOLD_FRACTION = 0.95  # a run "holds the budget" when at least this share of its 1-s windows does
-_PHASE = re.compile(r"^(?P<kind>quiet|spin(?P<count>\d+)):(?P<duration>.+)$")
+_PHASE = re.compile(r"^(?P<kind>quiet|spin(?P<count>\d+)):(?P<duration>[^:]+)$")
 # A spinner busy-loops until its deadline or until its parent is gone (bounded even if the test is killed).
 _SPIN = (
     "import os, sys, time\n"
@@ -85,9 +85,14 @@ def parse_schedule(text: str) -> list[Phase]:
                 f"--interference: {part!r} asks for {count} spinners; this machine has {limit} cores "
                 f"(at most spin{limit})"
             )
-        seconds = parse_duration_ms(match["duration"]) / 1e3
+        try:
+            seconds = parse_duration_ms(match["duration"]) / 1e3
+        except PlannerError:
+            seconds = 0.0
         if seconds <= 0:
-            raise PlannerError(f"--interference: phase {part!r} must last longer than 0 s")
+            raise PlannerError(
+                f"--interference: phase {part!r} needs a duration longer than 0 with its unit, e.g. 20s"
+            )
         phases.append(Phase(count, seconds))
     return phases
 
