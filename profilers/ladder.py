@@ -10,7 +10,9 @@ fit, fastest to most accurate, each with its artifact; this runtime opens one se
 latencies it serves, and moves along the ladder:
 
 - down when the rolling window's quantile (the budget's metric, usually p90) exceeds the budget, straight
-  to the widest rung predicted to fit (the window's quantile scaled by the rungs' measured ratio);
+  to the widest rung predicted to fit: the window's quantile scaled by the ratio between the rungs, timed
+  here when they are loaded (fastest of a few warm-up inferences, which also keeps the first inference
+  after a switch from paying for cold caches), or the manifest's figures when not every rung is loaded;
 - up one rung when the wider rung's predicted quantile is within `headroom` of the budget;
 - hysteresis (the headroom) and a minimum dwell per direction, so it does not oscillate; a switch applies
   to the next inference, never one in flight; the window is emptied on a switch.
@@ -52,6 +54,7 @@ SCHEMA_VERSION = 1
 SERVED_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 KEEP = ("all", "neighbours")
+WARMUP = 6  # inferences per rung when it is loaded; the fastest but the first times the rung
 
 
 def schema() -> dict[str, Any]:
@@ -152,8 +155,9 @@ class Controller:
     """Which rung to serve, from the latencies observed on the current one. Not thread-safe on its own
     (the Ladder calls it under its lock); the clock is injectable so tests are deterministic.
 
-    expected_ms: each rung's measured latency (the budget's metric), fastest first; only the ratios between
-    rungs are used, so a loaded device that slows every rung alike is predicted correctly.
+    expected_ms: each rung's measured latency (the budget's metric), fastest first: the starting rung is the
+    widest that fits. Predictions use only the ratios between rungs (`scale`, by default the same figures),
+    so a loaded device that slows every rung alike is predicted correctly.
     """
 
     def __init__(
@@ -170,6 +174,7 @@ class Controller:
         if not budget_ms > 0:
             raise ProfilerError(f"the budget must be positive, got {budget_ms:g} ms")
         self.expected = [float(value) for value in expected_ms]
+        self.scale = list(self.expected)
         self.budget_ms = float(budget_ms)
         self.quantile = quantile
         self.settings = settings or ControllerSettings()
@@ -236,7 +241,7 @@ class Controller:
 
     def predict(self, observed_ms: float, rung: int) -> float:
         """The window's quantile scaled to `rung` by the measured ratio between the rungs."""
-        return observed_ms * self.expected[rung] / self.expected[self.current]
+        return observed_ms * self.scale[rung] / self.scale[self.current]
 
     def _switch(self, target: int, now: float, stats: dict[str, Any], reason: str) -> Decision:
         decision = Decision(self.current, target, now, stats["quantile_ms"], stats["n"], reason)
@@ -280,6 +285,7 @@ class Rung:
     session: Any = None
     rss_bytes: int | None = None
     load_ms: float | None = None
+    warm_ms: float | None = None
     in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -415,6 +421,9 @@ class Ladder:
         except BaseException:
             ladder.close()
             raise
+        if all(rung.warm_ms for rung in ladder_rungs):
+            # Ratios timed here and now, back to back, beat ones measured elsewhere (or under other load).
+            controller.scale = [float(rung.warm_ms) for rung in ladder_rungs]
         if controller.budget_unmet:
             log.warning(
                 "ladder: no rung meets the budget %.3f ms (fastest measured %.3f ms); serving %s",
@@ -505,9 +514,20 @@ class Ladder:
     def _load(self, rung: Rung) -> None:
         before, start = current_rss(), time.perf_counter()
         session = self._open(rung)
-        session.activate()
-        rung.load_ms = (time.perf_counter() - start) * 1e3
-        rung.rss_bytes = max(0, current_rss() - before)
+        try:
+            session.activate()
+            rung.load_ms = (time.perf_counter() - start) * 1e3
+            rung.rss_bytes = max(0, current_rss() - before)
+            feed = np.zeros(self.input_shape, dtype=np.float32)
+            timings = []
+            for _ in range(WARMUP):  # the first inferences are slow: pay for them here, not when switching
+                begin = time.perf_counter()
+                session.run(feed)
+                timings.append((time.perf_counter() - begin) * 1e3)
+        except BaseException:
+            session.release()
+            raise
+        rung.warm_ms = min(timings[1:])
         rung.session = session
 
     def _rebalance(self, center: int) -> None:
@@ -603,6 +623,7 @@ class Ladder:
                         "loaded": rung.loaded,
                         "rss_bytes": rung.rss_bytes,
                         "load_ms": rung.load_ms,
+                        "warm_ms": rung.warm_ms,
                     }
                     for rung in self.rungs
                 ],

@@ -36,6 +36,9 @@ def loadtest_command(
     budget: Annotated[
         str | None, typer.Option("--budget", help="Latency budget, e.g. 5ms (default: the manifest's).")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Intra-op threads (default: the manifest target's).")
+    ] = None,
     fixed: Annotated[bool, typer.Option("--fixed/--no-fixed", help="Also run each rung pinned.")] = True,
     memory: Annotated[
         bool, typer.Option("--memory/--no-memory", help="Measure the ladder's resident memory.")
@@ -49,6 +52,8 @@ def loadtest_command(
 
     if rate is not None and concurrency is not None:
         raise PlannerError("give --rate (open loop) or --concurrency (closed loop), not both")
+    if threads is not None and threads < 0:
+        raise PlannerError(f"--threads must be 0 (every core) or more, got {threads}")
     if out_dir.exists() and not out_dir.is_dir():
         raise PlannerError(f"--out {out_dir} is a file; give a directory")
     console = Console()
@@ -62,6 +67,7 @@ def loadtest_command(
         budget_ms=None if budget is None else parse_duration_ms(budget),
         fixed=fixed,
         memory=memory,
+        threads=threads,
         say=lambda line: console.print(line, highlight=False, soft_wrap=True, markup=False),
     )
     report = result.report

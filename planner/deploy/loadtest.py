@@ -185,6 +185,7 @@ def run_loadtest(
     budget_ms: float | None = None,
     fixed: bool = True,
     memory: bool = True,
+    threads: int | None = None,
     settings: ControllerSettings | None = None,
     say: Callable[[str], None] = print,
 ) -> LoadtestResult:
@@ -196,7 +197,7 @@ def run_loadtest(
         raise PlannerError(f"--concurrency must be at least 1, got {concurrency}")
     total_s = sum(phase.seconds for phase in phases)
     try:
-        ladder = Ladder.from_manifest(manifest, budget_ms=budget_ms, settings=settings)
+        ladder = Ladder.from_manifest(manifest, budget_ms=budget_ms, settings=settings, threads=threads)
     except ProfilerError as error:
         raise PlannerError(str(error)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,13 +214,18 @@ def run_loadtest(
         for run_index, name in enumerate(names):
             ladder.pin(None if run_index == 0 else run_index - 1)
             say(f"{name}: {total_s:g} s, {' '.join(f'{p.name}:{p.seconds:g}s' for p in phases)}")
-            requests = _drive(ladder, phases, total_s, rate, concurrency)
+            switched = len(ladder.switches)
+            requests, started = _drive(ladder, phases, total_s, rate, concurrency)
+            for switch in ladder.switches[switched:]:
+                switch["t_s"] = switch["at"] - started  # seconds into this run
             windows = _windows(requests, phases, ladder, budget)
             windows.insert(0, "run", name)
             frames.append(windows)
-            runs.append(_summary(name, requests, windows, ladder, budget))
+            runs.append(_summary(name, requests, windows, ladder, budget, len(ladder.switches) - switched))
             say(_describe(runs[-1]))
-        switches = [dict(switch) for switch in ladder.switches]
+        switches = [
+            {key: value for key, value in switch.items() if key != "at"} for switch in ladder.switches
+        ]
         final_state = ladder.state()
     summary = pd.DataFrame(runs)
     report = {
@@ -230,6 +236,7 @@ def run_loadtest(
         "metric": metric,
         "schedule": [{"phase": p.name, "spinners": p.spinners, "seconds": p.seconds} for p in phases],
         "load": {"rate": rate} if rate is not None else {"concurrency": concurrency},
+        "threads": threads if threads is not None else ladder.manifest["target"]["threads"],
         "runs": runs,
         "switches": switches,
         "switching_cost": _switching_cost(switches),
@@ -239,7 +246,7 @@ def run_loadtest(
     }
     if memory:
         try:
-            report["memory"] = measure_memory(manifest)
+            report["memory"] = measure_memory(manifest, threads)
         except ProfilerError as error:
             report["memory"] = {"error": str(error)}
     windows = pd.concat(frames, ignore_index=True)
@@ -249,8 +256,9 @@ def run_loadtest(
 
 def _drive(
     ladder: Ladder, phases: list[Phase], total_s: float, rate: float | None, concurrency: int
-) -> pd.DataFrame:
-    """Serve requests for `total_s` under the interference; one row per request."""
+) -> tuple[pd.DataFrame, float]:
+    """Serve requests for `total_s` under the interference: one row per request, and when it started
+    (on the controller's clock)."""
     inputs = [np.random.default_rng(seed).random(ladder.input_shape, dtype=np.float32) for seed in range(8)]
     rows: list[tuple[float, float, int]] = []
     lock = threading.Lock()
@@ -289,7 +297,7 @@ def _drive(
     workers = concurrency if rate is None else max(4, concurrency)
     target = closed_loop if rate is None else open_loop
     with interference(phases):
-        start = time.perf_counter()
+        start, started = time.perf_counter(), ladder.controller.clock()
         threads = [
             threading.Thread(target=guarded, args=(target, start, start + total_s), daemon=True)
             for _ in range(workers)
@@ -304,7 +312,8 @@ def _drive(
         if isinstance(error, ProfilerError):
             raise PlannerError(str(error)) from None
         raise error
-    return pd.DataFrame(rows, columns=["t_s", "latency_ms", "rung"]).sort_values("t_s", ignore_index=True)
+    table = pd.DataFrame(rows, columns=["t_s", "latency_ms", "rung"]).sort_values("t_s", ignore_index=True)
+    return table, started
 
 
 def _phase_at(phases: list[Phase], t: float) -> Phase:
@@ -348,7 +357,7 @@ def _windows(requests: pd.DataFrame, phases: list[Phase], ladder: Ladder, budget
 
 
 def _summary(
-    name: str, requests: pd.DataFrame, windows: pd.DataFrame, ladder: Ladder, budget: float
+    name: str, requests: pd.DataFrame, windows: pd.DataFrame, ladder: Ladder, budget: float, switches: int
 ) -> dict[str, Any]:
     accuracy = np.array([rung.accuracy for rung in ladder.rungs])
     busy = windows[windows["spinners"] > 0]
@@ -365,7 +374,7 @@ def _summary(
         "busy_within_pct": 100.0 * float(busy["within_budget"].mean()) if len(busy) else None,
         "quiet_within_pct": 100.0 * float(quiet["within_budget"].mean()) if len(quiet) else None,
         "accuracy": float(accuracy[requests["rung"].to_numpy()].mean()) if len(requests) else None,
-        "switches": int((requests["rung"].diff().fillna(0) != 0).sum()),
+        "switches": switches,
         "budget_ms": budget,
     }
 
