@@ -42,8 +42,9 @@ def planner_command(*args: str) -> None:
 def machine_state() -> str:
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     ps = subprocess.run(
-        ["ps", "-eo", "pcpu,etime,comm", "--sort=-pcpu"], capture_output=True, text=True
-    ).stdout.splitlines()[:8]
+        ["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True
+    ).stdout.splitlines()[:10]
+    ps = [line[:140] for line in ps]
     return "\n".join([uptime, *ps])
 
 
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/runtime_ladder"))
     parser.add_argument("--budget-ms", type=float, default=None, help="skip the calibration, use this budget")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the target's)")
+    parser.add_argument("--name", default="runtime_ladder", help="stem of the result files")
     arguments = parser.parse_args()
     manifest = prepare(arguments.work)
     before = machine_state()
@@ -90,22 +93,33 @@ def main() -> None:
     calibration = None
     if budget is None:
         calibration = run_loadtest(manifest, arguments.work / "calibration", CALIBRATION, budget_ms=1e6,
-                                   memory=False, say=print)  # fmt: skip
+                                   memory=False, threads=arguments.threads, say=print)  # fmt: skip
         fixed = calibration.summary.iloc[1:]
         budget = float((fixed["p90_ms"].iloc[0] + fixed["p90_ms"].iloc[-1]) / 2)
     print(f"budget: p90 <= {budget:.2f} ms", flush=True)
-    result = run_loadtest(manifest, arguments.work / "loadtest", SCHEDULE, budget_ms=budget, say=print)
+    result = run_loadtest(
+        manifest,
+        arguments.work / "loadtest",
+        SCHEDULE,
+        budget_ms=budget,
+        threads=arguments.threads,
+        say=print,
+    )
     after = machine_state()
 
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
-    result.windows.to_csv(out / "runtime_ladder.csv", index=False, float_format="%.4f")
-    (out / "runtime_ladder.json").write_text(json.dumps(result.report, indent=2) + "\n")
-    shutil.copyfile(arguments.work / "loadtest" / "loadtest.png", out / "runtime_ladder.png")
-    write_markdown(out / "runtime_ladder.md", result.report, calibration, budget, before, after)
+    name = arguments.name
+    result.windows.to_csv(out / f"{name}.csv", index=False, float_format="%.4f")
+    (out / f"{name}.json").write_text(json.dumps(result.report, indent=2) + "\n")
+    shutil.copyfile(arguments.work / "loadtest" / "loadtest.png", out / f"{name}.png")
+    command = shlex.join(["python", "benchmarks/runtime_ladder.py", *sys.argv[1:]])
+    write_markdown(out / f"{name}.md", name, command, result.report, calibration, budget, before, after)
 
 
-def write_markdown(path: Path, report: dict, calibration, budget: float, before: str, after: str) -> None:
+def write_markdown(
+    path: Path, name: str, command: str, report: dict, calibration, budget: float, before: str, after: str
+) -> None:
     runs = pd.DataFrame(report["runs"])
     table = runs[["run", "requests", "p50_ms", "p90_ms", "windows_within_pct", "quiet_within_pct",
                   "busy_within_pct", "accuracy", "switches"]]  # fmt: skip
@@ -116,7 +130,7 @@ def write_markdown(path: Path, report: dict, calibration, budget: float, before:
     lines = [
         "# Ladder runtime under CPU interference (issue 16)",
         "",
-        "    python benchmarks/runtime_ladder.py --out results",
+        f"    {command}",
         "",
         f"{MODEL} (224x224, random seed-0 weights; accuracy = the paper's ImageNet top-1, imported), target "
         f"cpu (ONNX Runtime, {report['threads']} intra-op threads: 0 = every core), closed loop with one "
@@ -144,9 +158,9 @@ def write_markdown(path: Path, report: dict, calibration, budget: float, before:
         )
         + ";",
         f"- switching cost over {cost['switches']} switches: decision to the start of the first inference on "
-        f"the new rung median {cost['decision_to_first_inference_ms']['median']} ms, max "
-        f"{cost['decision_to_first_inference_ms']['max']} ms; that first inference took median "
-        f"{cost['first_inference_ms']['median']} ms (the rungs are warmed when loaded);",
+        f"the new rung median {_ms(cost['decision_to_first_inference_ms']['median'])}, max "
+        f"{_ms(cost['decision_to_first_inference_ms']['max'])}; that first inference took median "
+        f"{_ms(cost['first_inference_ms']['median'])} (the rungs are warmed when loaded);",
     ]
     if "all_rungs_bytes" in memory:
         lines.append(
@@ -161,7 +175,7 @@ def write_markdown(path: Path, report: dict, calibration, budget: float, before:
         "",
         rungs.to_markdown(index=False, floatfmt=".3f"),
         "",
-        "![latency and rung over time](runtime_ladder.png)",
+        f"![latency and rung over time]({name}.png)",
         "",
         "## Machine state",
         "",
@@ -181,6 +195,10 @@ def write_markdown(path: Path, report: dict, calibration, budget: float, before:
         )
         lines += ["Calibration (pinned, no spinners):", "", calibration_table, ""]
     path.write_text("\n".join(lines))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
 
 
 if __name__ == "__main__":

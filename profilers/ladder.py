@@ -182,6 +182,7 @@ class Controller:
         fitting = [index for index, value in enumerate(self.expected) if value <= self.budget_ms]
         self.budget_unmet = not fitting
         self.current = (fitting[-1] if fitting else 0) if start is None else start
+        self.start_given = start is not None
         self.since = -math.inf  # no dwell on the starting rung: its latency is only a guess
         self.window: deque[tuple[float, float]] = deque(maxlen=self.settings.max_samples)
         self.last_check = -math.inf
@@ -238,6 +239,21 @@ class Controller:
                 )
                 return self._switch(wider, now, stats, reason)
         return None
+
+    def calibrate(self, timings_ms: Sequence[float]) -> None:
+        """Predict with rung latencies timed on this device now; before the first inference, also start
+        on the widest rung whose timing is within the headroom (unless a start was given), and call the
+        budget unmet only when even the fastest rung's timing exceeds it."""
+        if len(timings_ms) != len(self.expected) or any(not (value > 0) for value in timings_ms):
+            raise ProfilerError("calibrate needs one positive timing per rung")
+        self.scale = [float(value) for value in timings_ms]
+        if self.window or self.start_given:
+            return
+        fitting = [
+            i for i, value in enumerate(self.scale) if value <= self.settings.headroom * self.budget_ms
+        ]
+        self.current = fitting[-1] if fitting else 0
+        self.budget_unmet = self.scale[0] > self.budget_ms
 
     def predict(self, observed_ms: float, rung: int) -> float:
         """The window's quantile scaled to `rung` by the measured ratio between the rungs."""
@@ -421,13 +437,16 @@ class Ladder:
         except BaseException:
             ladder.close()
             raise
-        if all(rung.warm_ms for rung in ladder_rungs):
-            # Ratios timed here and now, back to back, beat ones measured elsewhere (or under other load).
-            controller.scale = [float(rung.warm_ms) for rung in ladder_rungs]
+        source = "the manifest's measurement"
+        if keep == "all" and all(rung.warm_ms for rung in ladder_rungs):
+            # Timed here and now, back to back: better than figures measured elsewhere or under other load.
+            controller.calibrate([float(rung.warm_ms) for rung in ladder_rungs])
+            source = "timed here when loaded"
         if controller.budget_unmet:
             log.warning(
-                "ladder: no rung meets the budget %.3f ms (fastest measured %.3f ms); serving %s",
-                budget, ladder_rungs[0].expected_ms, ladder_rungs[0].label,
+                "ladder: no rung meets the budget %.3f ms (the fastest takes %.3f ms, %s); serving %s",
+                budget, controller.scale[0] if keep == "all" else ladder_rungs[0].expected_ms, source,
+                ladder_rungs[0].label,
             )  # fmt: skip
         log.info(
             "ladder: %d rungs (%s), %s loaded, %.1f MiB; starting on %s for a %s budget of %.3f ms",

@@ -144,7 +144,11 @@ def copy(deployed, tmp_path):
 
 def test_a_real_ladder_serves_and_switches(deployed):
     settings = ControllerSettings(window_s=0.5, min_samples=5, down_dwell_s=0, up_dwell_s=0, check_every_s=0)
-    with Ladder.from_manifest(deployed, budget_ms=3.0, settings=settings, threads=1) as ladder:
+    # neighbours of 0.5x are every rung here; the start and the predictions come from the manifest's
+    # (made-up) latencies, so the model's real microseconds make the controller step up
+    with Ladder.from_manifest(
+        deployed, budget_ms=3.0, settings=settings, threads=1, keep="neighbours"
+    ) as ladder:
         state = ladder.state()
         assert [rung["label"] for rung in state["rungs"]] == ["0.25x", "0.5x", "0.75x"]
         assert state["label"] == "0.5x" and state["loaded"] == ["0.25x", "0.5x", "0.75x"]
@@ -152,7 +156,6 @@ def test_a_real_ladder_serves_and_switches(deployed):
         x = np.random.default_rng(0).random(ladder.input_shape, dtype=np.float32)
         y = ladder.infer(x)
         assert y.shape == (1, 10) and np.isfinite(y).all()
-        # the real model is far below 3 ms, so the controller climbs to the widest rung
         deadline = time.monotonic() + 10  # a few ms on a quiet machine; this one is shared
         while not ladder.switches and time.monotonic() < deadline:
             ladder.infer(x)
@@ -163,6 +166,12 @@ def test_a_real_ladder_serves_and_switches(deployed):
         assert switch["to_first_inference_ms"] >= 0 and switch["first_inference_ms"] > 0
         assert state["served"]["0.75x"] >= 1
         json.dumps(state)  # plain data
+
+
+def test_with_every_rung_loaded_it_starts_where_the_rungs_timed_here_fit(deployed):
+    with Ladder.from_manifest(deployed, budget_ms=3.0, threads=1) as ladder:
+        state = ladder.state()  # each rung takes microseconds here, far below the manifest's made-up ms
+        assert state["label"] == "0.75x" and not state["budget_unmet"]
 
 
 def test_the_same_input_gives_each_rung_its_own_output(deployed):
@@ -199,7 +208,7 @@ def test_keep_neighbours_loads_only_the_neighbours(deployed):
 
 def test_a_budget_no_rung_meets_serves_the_fastest_and_says_so(deployed, caplog):
     with caplog.at_level(logging.WARNING, logger="profilers.ladder"):
-        with Ladder.from_manifest(deployed, budget_ms=0.5, threads=1) as ladder:
+        with Ladder.from_manifest(deployed, budget_ms=1e-4, threads=1) as ladder:  # 100 ns
             assert ladder.state()["budget_unmet"] and ladder.state()["label"] == "0.25x"
     assert any("no rung meets the budget" in record.message for record in caplog.records)
 

@@ -93,7 +93,7 @@ def test_a_short_load_test_against_the_fixed_rungs(capsys, deployed, tmp_path):
 
 def test_an_open_loop_run_and_a_budget_no_rung_meets(capsys, deployed, tmp_path):
     code, out, err = run(capsys, "loadtest", "-m", deployed, "--interference", "quiet:1s", "--rate", "200",
-                         "--budget", "1us", "--no-fixed", "--no-memory", "--out", tmp_path)  # fmt: skip
+                         "--budget", "100ns", "--no-fixed", "--no-memory", "--out", tmp_path)  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "loadtest.json").read_text())
     (adaptive,) = report["runs"]
