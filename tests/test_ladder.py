@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from ladder_helpers import deploy_cpu_ladder
+from ladder_helpers import deploy_ladder
 
 from profilers.errors import ProfilerError
 from profilers.ladder import (
@@ -133,7 +133,7 @@ def test_controller_only_switches_to_allowed_rungs():
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """A cpu manifest of s_cnn_small (8x8) whose ladder is 0.25x -> 0.5x -> 0.75x (p90 1.2, 2.4, 3.6 ms)."""
-    return deploy_cpu_ladder(tmp_path_factory.mktemp("ladder"))
+    return deploy_ladder(tmp_path_factory.mktemp("ladder"))
 
 
 @pytest.fixture
@@ -211,6 +211,16 @@ def test_a_budget_no_rung_meets_serves_the_fastest_and_says_so(deployed, caplog)
         with Ladder.from_manifest(deployed, budget_ms=1e-4, threads=1) as ladder:  # 100 ns
             assert ladder.state()["budget_unmet"] and ladder.state()["label"] == "0.25x"
     assert any("no rung meets the budget" in record.message for record in caplog.records)
+
+
+def test_an_openvino_ladder_serves_the_same_outputs(deployed, tmp_path):
+    pytest.importorskip("openvino")
+    openvino = deploy_ladder(tmp_path, "openvino-cpu")
+    x = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
+    with Ladder.from_manifest(openvino, threads=1) as served, Ladder.from_manifest(deployed, threads=1) as ort:
+        assert served.manifest["target"]["backend"] == "openvino" and served.state()["label"] == "0.75x"
+        assert ort.state()["label"] == "0.75x"
+        np.testing.assert_allclose(served.infer(x), ort.infer(x), rtol=1e-4, atol=1e-4)
 
 
 def test_a_wrong_input_shape_is_refused(deployed):

@@ -7,7 +7,7 @@ import time
 
 import pandas as pd
 import pytest
-from ladder_helpers import deploy_cpu_ladder
+from ladder_helpers import deploy_ladder
 from PIL import Image
 
 from planner.cli import main
@@ -24,7 +24,7 @@ def run(capsys, *argv):
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    return deploy_cpu_ladder(tmp_path_factory.mktemp("loadtest"))
+    return deploy_ladder(tmp_path_factory.mktemp("loadtest"))
 
 
 def test_schedules():
