@@ -217,7 +217,7 @@ def test_an_openvino_ladder_serves_the_same_outputs(deployed, tmp_path):
     pytest.importorskip("openvino")
     openvino = deploy_ladder(tmp_path, "openvino-cpu")
     x = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
-    with Ladder.from_manifest(openvino, threads=1) as served, Ladder.from_manifest(deployed, threads=1) as ort:
+    with Ladder.from_manifest(openvino, threads=1) as served, Ladder.from_manifest(deployed) as ort:
         assert served.manifest["target"]["backend"] == "openvino" and served.state()["label"] == "0.75x"
         assert ort.state()["label"] == "0.75x"
         np.testing.assert_allclose(served.infer(x), ort.infer(x), rtol=1e-4, atol=1e-4)
