@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,7 +13,14 @@ from ladder_helpers import deploy_ladder
 from PIL import Image
 
 from planner.cli import main
-from planner.deploy.loadtest import Phase, fit_schedule, interference, max_spinners, parse_schedule
+from planner.deploy.loadtest import (
+    Phase,
+    fit_schedule,
+    interference,
+    max_spinners,
+    parse_schedule,
+    run_loadtest,
+)
 from planner.errors import PlannerError
 
 
@@ -100,3 +109,35 @@ def test_an_open_loop_run_and_a_budget_no_rung_meets(capsys, deployed, tmp_path)
     assert 150 <= adaptive["requests"] <= 201  # 200 requests scheduled in the second
     assert adaptive["windows_within_pct"] == 0 and adaptive["accuracy"] == pytest.approx(80.0)
     assert "no rung meets the budget" in out and "does NOT hold" in out
+
+
+def _spinners_alive() -> list[int]:
+    """Children of this process running the spin loop."""
+    alive = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(os.getpid()) and b"deadline" in command:
+            alive.append(int(status.parent.name))
+    return alive
+
+
+def test_an_interrupted_load_test_ends_its_spinners(deployed, tmp_path, monkeypatch):
+    from profilers.ladder import Ladder
+
+    serve, started = Ladder.serve, []
+
+    def interrupted(self, x):
+        started.append(started[0] if started else time.monotonic())
+        if time.monotonic() - started[0] > 1.0:  # Ctrl-C one second into the busy phase
+            assert _spinners_alive()
+            raise KeyboardInterrupt
+        return serve(self, x)
+
+    monkeypatch.setattr(Ladder, "serve", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_loadtest(deployed, tmp_path, "spin1:30s", memory=False, fixed=False, say=lambda line: None)
+    assert _spinners_alive() == []

@@ -264,10 +264,11 @@ def _drive(
     lock = threading.Lock()
     slot = [0]
     errors: list[BaseException] = []
+    stop = threading.Event()  # set on Ctrl-C: callers finish their inference and leave
 
     def closed_loop(start: float, end: float) -> None:
         count = 0
-        while (now := time.perf_counter()) < end:
+        while (now := time.perf_counter()) < end and not stop.is_set():
             served = ladder.serve(inputs[count % len(inputs)])
             count += 1
             with lock:
@@ -279,11 +280,8 @@ def _drive(
                 index = slot[0]
                 slot[0] += 1
             scheduled = start + index / rate
-            if scheduled >= end:
+            if scheduled >= end or stop.wait(max(0.0, scheduled - time.perf_counter())):
                 return
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
             served = ladder.serve(inputs[index % len(inputs)])
             with lock:
                 rows.append((scheduled - start, (time.perf_counter() - scheduled) * 1e3, served.rung))
@@ -304,9 +302,14 @@ def _drive(
         ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            while thread.is_alive():  # join with a timeout: Ctrl-C still reaches the main thread
-                thread.join(0.1)
+        try:
+            for thread in threads:
+                while thread.is_alive():  # join with a timeout: Ctrl-C still reaches the main thread
+                    thread.join(0.1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
     if errors:
         error = errors[0]
         if isinstance(error, ProfilerError):
