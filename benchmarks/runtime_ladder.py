@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=None, help="skip the calibration, use this budget")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the target's)")
     parser.add_argument("--name", default="runtime_ladder", help="stem of the result files")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="open loop: requests/s (default: closed loop)"
+    )
     arguments = parser.parse_args()
     manifest = prepare(arguments.work)
     before = machine_state()
@@ -93,7 +96,8 @@ def main() -> None:
     calibration = None
     if budget is None:
         calibration = run_loadtest(manifest, arguments.work / "calibration", CALIBRATION, budget_ms=1e6,
-                                   memory=False, threads=arguments.threads, say=print)  # fmt: skip
+                                   memory=False, threads=arguments.threads, rate=arguments.rate,
+                                   say=print)  # fmt: skip
         fixed = calibration.summary.iloc[1:]
         budget = float((fixed["p90_ms"].iloc[0] + fixed["p90_ms"].iloc[-1]) / 2)
     print(f"budget: p90 <= {budget:.2f} ms", flush=True)
@@ -102,6 +106,7 @@ def main() -> None:
         arguments.work / "loadtest",
         SCHEDULE,
         budget_ms=budget,
+        rate=arguments.rate,
         threads=arguments.threads,
         say=print,
     )
@@ -133,8 +138,8 @@ def write_markdown(
         f"    {command}",
         "",
         f"{MODEL} (224x224, random seed-0 weights; accuracy = the paper's ImageNet top-1, imported), target "
-        f"cpu (ONNX Runtime, {report['threads']} intra-op threads: 0 = every core), closed loop with one "
-        f"caller, schedule {SCHEDULE}, p90 budget {budget:.2f} ms (halfway between the narrowest and the "
+        f"cpu (ONNX Runtime, {report['threads']} intra-op threads: 0 = every core), {_load(report['load'])}, "
+        f"schedule {SCHEDULE}, p90 budget {budget:.2f} ms (halfway between the narrowest and the "
         "widest rung's p90 in a 4-s pinned calibration run just before).",
         "",
         "## Runs (1-s windows; within = the window's p90 <= budget)",
@@ -195,6 +200,12 @@ def write_markdown(
         )
         lines += ["Calibration (pinned, no spinners):", "", calibration_table, ""]
     path.write_text("\n".join(lines))
+
+
+def _load(load: dict) -> str:
+    if "rate" in load:
+        return f"open loop at {load['rate']:g} requests/s (latency from the scheduled arrival)"
+    return f"closed loop with {load['concurrency']} caller(s) back to back"
 
 
 def _ms(value: float | None) -> str:
