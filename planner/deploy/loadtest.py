@@ -495,7 +495,7 @@ def _plot(
         if phase.spinners:
             for axis in (top, bottom):
                 axis.axvspan(start, start + phase.seconds, color="0.9", zorder=0)
-            top.text(start + phase.seconds / 2, 1.0, f"{phase.spinners} spinner(s)", ha="center", va="bottom",
+            top.text(start + phase.seconds / 2, 0.97, f"{phase.spinners} spinner(s)", ha="center", va="top",
                      transform=top.get_xaxis_transform(), fontsize=8, color="0.4")  # fmt: skip
         start += phase.seconds
     names = list(dict.fromkeys(windows["run"]))
@@ -508,12 +508,16 @@ def _plot(
                 x, part["p90_ms"], color="crimson", lw=2.2, marker="o", ms=3, label="adaptive p90", zorder=5
             )
             top.plot(x, part["p50_ms"], color="crimson", lw=1, ls=":", label="adaptive p50", zorder=5)
-            bottom.step(part["second"], part["rung"], where="post", color="crimson", lw=2, label="adaptive")
+            seconds = [*part["second"], part["second"].iloc[-1] + 1]  # the last window drawn to its end
+            rungs = [*part["rung"], part["rung"].iloc[-1]]
+            bottom.step(seconds, rungs, where="post", color="crimson", lw=2, label="adaptive")
         else:
             top.plot(x, part["p90_ms"], color=colours[index - 1], lw=1, alpha=0.8, label=f"{name} p90")
     top.axhline(budget, color="black", ls="--", lw=1, label=f"budget {budget:.3g} ms")
     top.set_ylabel("latency per 1-s window (ms)")
-    top.set_yscale("log")
+    latency = windows[["p50_ms", "p90_ms"]].to_numpy()
+    if np.nanmax(latency) > 5 * np.nanmin(latency):
+        top.set_yscale("log")
     top.legend(fontsize=7, ncol=2, loc="upper left")
     top.set_title(
         f"{report['model']} on {report['target']}: ladder under interference (shaded: spinners)", fontsize=10
