@@ -119,6 +119,8 @@ class ControllerSettings:
     decides anything. down_dwell_s / up_dwell_s: minimum time on a rung before stepping down / up (down is
     quick because a violated budget costs now; up is slow because a wrong step up costs again).
     headroom: step up only when the wider rung's predicted quantile is <= headroom * budget.
+    max_backoff: a step up that is undone within twice its dwell doubles the next up dwell, up to this
+    factor (a failed probe is not retried every up_dwell_s); a step up that holds resets it.
     check_every_s: how often the window's quantile is computed (a decision is never made mid-inference).
     """
 
@@ -128,6 +130,7 @@ class ControllerSettings:
     down_dwell_s: float = 0.3
     up_dwell_s: float = 2.0
     headroom: float = 0.8
+    max_backoff: float = 16.0
     check_every_s: float = 0.02
 
     def __post_init__(self) -> None:
@@ -137,6 +140,8 @@ class ControllerSettings:
             raise ProfilerError(f"headroom must be in (0, 1), got {self.headroom:g}")
         if self.down_dwell_s < 0 or self.up_dwell_s < 0 or self.check_every_s < 0:
             raise ProfilerError("dwell and check times must not be negative")
+        if self.max_backoff < 1:
+            raise ProfilerError(f"max_backoff must be at least 1, got {self.max_backoff:g}")
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,8 @@ class Controller:
         self.window: deque[tuple[float, float]] = deque(maxlen=self.settings.max_samples)
         self.last_check = -math.inf
         self.over_budget = False  # on the fastest rung and still over the budget
+        self.backoff = 1.0  # multiplies up_dwell_s after failed steps up
+        self.probe: tuple[int, float] | None = None  # (rung, time) of the last step up, until it holds
 
     def observe(
         self, rung: int, latency_ms: float, allowed: Callable[[int], bool] = lambda index: True
@@ -227,16 +234,23 @@ class Controller:
             if not candidates:
                 return None
             reason = f"window {_metric(self.quantile)} {observed:.3f} ms > budget {self.budget_ms:.3f} ms"
+            if self.probe is not None and self.probe[0] == current:  # the last step up did not hold
+                self.backoff = min(2 * self.backoff, self.settings.max_backoff)
+                self.probe = None
             return self._switch(candidates[0], now, stats, reason)
         self.over_budget = False
+        up_dwell = self.settings.up_dwell_s * self.backoff
+        if self.probe is not None and now - self.probe[1] >= 2 * self.settings.up_dwell_s:
+            self.probe, self.backoff = None, 1.0  # the step up held
         wider = current + 1
-        if wider < len(self.expected) and dwell >= self.settings.up_dwell_s and allowed(wider):
+        if wider < len(self.expected) and dwell >= up_dwell and allowed(wider):
             predicted = self.predict(observed, wider)
             if predicted <= self.settings.headroom * self.budget_ms:
                 reason = (
                     f"predicted {_metric(self.quantile)} {predicted:.3f} ms <= "
                     f"{self.settings.headroom:g} x budget {self.budget_ms:.3f} ms"
                 )
+                self.probe = (wider, now)
                 return self._switch(wider, now, stats, reason)
         return None
 

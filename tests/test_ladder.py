@@ -95,6 +95,30 @@ def test_controller_hysteresis_does_not_oscillate_near_the_budget():
     assert feed(controller, clock, 2.45, 2000) == []
 
 
+def test_a_step_up_that_fails_is_retried_ever_later():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0], budget_ms=5.0, settings=SETTINGS, clock=clock, start=0)
+    decisions = []
+    for _ in range(8000):  # 80 s: 2 ms on the narrow rung predicts 4 ms on the wide one, which takes 8 ms
+        decisions += feed(controller, clock, 2.0 if controller.current == 0 else 8.0, 1)
+    ups = [d.at for d in decisions if d.target == 1]
+    downs = [d.at for d in decisions if d.target == 0]
+    waits = [up - down for down, up in zip(downs, ups[1:], strict=False)]
+    assert waits == pytest.approx([4.0, 8.0, 16.0, 32.0], abs=0.05)  # 2 s dwell, doubled after each failure
+    assert controller.backoff == SETTINGS.max_backoff
+
+
+def test_a_step_up_that_holds_resets_the_backoff():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0], budget_ms=5.0, settings=SETTINGS, clock=clock, start=0)
+    feed(controller, clock, 2.0, 10)  # up
+    feed(controller, clock, 8.0, 40)  # down: the probe failed
+    assert controller.backoff == 2.0
+    feed(controller, clock, 2.0, 500)  # up again after 4 s
+    feed(controller, clock, 3.0, 500)  # 3 ms on the wide rung: within the budget, it holds
+    assert controller.current == 1 and controller.backoff == 1.0
+
+
 def test_controller_ignores_inferences_from_the_previous_rung():
     clock = FakeClock()
     controller = Controller([1.0, 2.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
