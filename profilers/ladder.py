@@ -10,7 +10,8 @@ fit, fastest to most accurate, each with its artifact; this runtime opens one se
 latencies it serves, and moves along the ladder:
 
 - down when the rolling window's quantile (the budget's metric, usually p90) exceeds the budget, straight
-  to the widest rung predicted to fit: the window's quantile scaled by the ratio between the rungs, timed
+  to the widest rung predicted to fit: the window's quantile plus the other rung's extra compute, slowed
+  down as much as the window's median is (see `Controller.predict`), with the rungs' compute timed
   here when they are loaded (fastest of a few warm-up inferences, which also keeps the first inference
   after a switch from paying for cold caches), or the manifest's figures when not every rung is loaded;
 - up one rung when the wider rung's predicted quantile is within `headroom` of the budget;
@@ -54,7 +55,7 @@ SCHEMA_VERSION = 1
 SERVED_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 KEEP = ("all", "neighbours")
-WARMUP = 6  # inferences per rung when it is loaded; the fastest but the first times the rung
+WARMUP = 12  # inferences per rung when it is loaded; the fastest but the first times the rung
 
 
 def schema() -> dict[str, Any]:
@@ -228,7 +229,7 @@ class Controller:
             if dwell < self.settings.down_dwell_s:
                 return None
             target = next(
-                (i for i in range(current - 1, -1, -1) if self.predict(observed, i) <= self.budget_ms), 0
+                (i for i in range(current - 1, -1, -1) if self.predict(stats, i) <= self.budget_ms), 0
             )
             candidates = [i for i in range(target, current) if allowed(i)]
             if not candidates:
@@ -244,7 +245,7 @@ class Controller:
             self.probe, self.backoff = None, 1.0  # the step up held
         wider = current + 1
         if wider < len(self.expected) and dwell >= up_dwell and allowed(wider):
-            predicted = self.predict(observed, wider)
+            predicted = self.predict(stats, wider)
             if predicted <= self.settings.headroom * self.budget_ms:
                 reason = (
                     f"predicted {_metric(self.quantile)} {predicted:.3f} ms <= "
@@ -269,9 +270,16 @@ class Controller:
         self.current = fitting[-1] if fitting else 0
         self.budget_unmet = self.scale[0] > self.budget_ms
 
-    def predict(self, observed_ms: float, rung: int) -> float:
-        """The window's quantile scaled to `rung` by the measured ratio between the rungs."""
-        return observed_ms * self.scale[rung] / self.scale[self.current]
+    def predict(self, stats: dict[str, Any], rung: int) -> float:
+        """The window's quantile on `rung`: the observed quantile plus the other rung's extra compute
+        (its `scale` minus the current one's) slowed down as much as the window's median is.
+
+        When the device is uniformly slower this is the quantile scaled by the rungs' ratio; when the tail
+        is time spent waiting for a CPU (other processes), the wait is kept rather than scaled, so a
+        narrower rung is not expected to shorten it and a wider one is not expected to lengthen it.
+        """
+        slowdown = stats["p50_ms"] / self.scale[self.current]
+        return stats["quantile_ms"] + (self.scale[rung] - self.scale[self.current]) * slowdown
 
     def _switch(self, target: int, now: float, stats: dict[str, Any], reason: str) -> Decision:
         decision = Decision(self.current, target, now, stats["quantile_ms"], stats["n"], reason)

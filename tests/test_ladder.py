@@ -53,7 +53,10 @@ def test_controller_starts_on_the_widest_rung_that_fits_and_steps_down_under_loa
     controller = Controller([1.0, 2.0, 4.0, 8.0], budget_ms=5.0, settings=SETTINGS, clock=clock)
     assert controller.current == 2  # 8 ms does not fit 5 ms
     assert feed(controller, clock, 4.2, 100) == []  # within the budget: stays, not enough headroom to go up
-    decisions = feed(controller, clock, 9.0, 40)  # the device slows down by 2.1x
+    clock.now += 1.0  # a window later, every inference is 2.1x slower (a window mixing both reads the
+    decisions = []  # slow ones as waiting: see the tail test below)
+    for _ in range(100):
+        decisions += feed(controller, clock, 2.25 * controller.expected[controller.current], 1)
     # 9 ms on the 4-ms rung predicts 4.5 ms on the 2-ms rung: straight there, one decision
     assert [(d.source, d.target) for d in decisions] == [(2, 1)]
     assert "> budget 5.000 ms" in decisions[0].reason
@@ -93,6 +96,20 @@ def test_controller_hysteresis_does_not_oscillate_near_the_budget():
     # which is over the 4-ms headroom, so after one step down it stays down
     assert feed(controller, clock, 5.5, 50) and controller.current == 0
     assert feed(controller, clock, 2.45, 2000) == []
+
+
+def test_a_tail_of_waiting_for_the_cpu_is_not_scaled_with_the_width():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0, 4.0], budget_ms=25.0, settings=SETTINGS, clock=clock, start=0)
+    # every fifth inference waits 17 ms for a CPU: p90 18 ms, median 1 ms. Scaled by the width ratio the
+    # next rung would take 36 ms; it takes 18 + 1 = 19 ms, within 0.8 x 25 ms: step up
+    (up,) = [d for i in range(20) for d in feed(controller, clock, 18.0 if i % 5 == 0 else 1.0, 1)]
+    assert (up.source, up.target) == (0, 1)
+    # on the widest rung the same wait makes p90 30 ms: over the budget, and no narrower rung sheds the
+    # wait, so it goes straight to the fastest
+    controller = Controller([1.0, 2.0, 4.0], budget_ms=25.0, settings=SETTINGS, clock=clock, start=2)
+    (down,) = [d for i in range(20) for d in feed(controller, clock, 30.0 if i % 5 == 0 else 4.0, 1)]
+    assert (down.source, down.target) == (2, 0)
 
 
 def test_a_step_up_that_fails_is_retried_ever_later():
