@@ -13,7 +13,8 @@ latencies it serves, and moves along the ladder:
   to the widest rung predicted to fit: the window's quantile plus the other rung's extra compute, slowed
   down as much as the window's median is (see `Controller.predict`), with the rungs' compute timed
   here when they are loaded (fastest of a few warm-up inferences, which also keeps the first inference
-  after a switch from paying for cold caches), or the manifest's figures when not every rung is loaded;
+  after a switch from paying for cold caches), or the manifest's figures when not every rung is loaded,
+  and lowered to the fastest inference served on the rung since;
 - up one rung when the wider rung's predicted quantile is within `headroom` of the budget;
 - hysteresis (the headroom) and a minimum dwell per direction, so it does not oscillate; a switch applies
   to the next inference, never one in flight; the window is emptied on a switch.
@@ -208,6 +209,9 @@ class Controller:
         if rung != self.current:
             return None
         self.window.append((now, latency_ms))
+        # The fastest inference seen on a rung is the best estimate of its compute (a warm-up on a busy
+        # device can be slow throughout): the rungs' compute estimates only ever improve.
+        self.scale[rung] = min(self.scale[rung], latency_ms)
         if now - self.last_check < self.settings.check_every_s:
             return None
         self.last_check = now

@@ -112,6 +112,15 @@ def test_a_tail_of_waiting_for_the_cpu_is_not_scaled_with_the_width():
     assert (down.source, down.target) == (2, 0)
 
 
+def test_the_compute_estimate_is_the_fastest_inference_seen():
+    clock = FakeClock()
+    controller = Controller([1.0, 2.0], budget_ms=5.0, settings=SETTINGS, clock=clock, start=0)
+    controller.calibrate([1.0, 3.0])  # the wide rung's warm-up was slow (the device was busy)
+    controller.current = 1
+    feed(controller, clock, 2.0, 3)
+    assert controller.scale == [1.0, 2.0]
+
+
 def test_a_step_up_that_fails_is_retried_ever_later():
     clock = FakeClock()
     controller = Controller([1.0, 2.0], budget_ms=5.0, settings=SETTINGS, clock=clock, start=0)
