@@ -379,6 +379,7 @@ class Ladder:
         rungs: Sequence[int] | None = None,
         threads: int | None = None,
         max_memory_bytes: int | None = None,
+        start: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> Ladder:
         """Verify the manifest, open the rungs (all, or the starting rung and its neighbours), start on the
@@ -386,7 +387,7 @@ class Ladder:
 
         rungs: indices of the manifest's ladder to hold (default all; e.g. one to serve a fixed width).
         threads: intra-op threads (default the manifest target's). max_memory_bytes: refuse a ladder whose
-        recorded memory (`ladder_memory` in the manifest) does not fit.
+        recorded memory (`ladder_memory` in the manifest) does not fit. start: the rung to start on.
         """
         if keep not in KEEP:
             raise ProfilerError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
@@ -433,9 +434,10 @@ class Ladder:
             _rung(i, entries[index], metric, base, backend_name) for i, index in enumerate(chosen)
         ]
         budget = float(manifest["budget"]["max_latency_ms"] if budget_ms is None else budget_ms)
-        controller = Controller(
-            [rung.expected_ms for rung in ladder_rungs], budget, QUANTILES[metric], settings, clock=clock
-        )
+        if start is not None and not 0 <= start < len(ladder_rungs):
+            raise ProfilerError(f"start must be a rung index (0..{len(ladder_rungs) - 1}), got {start}")
+        expected = [rung.expected_ms for rung in ladder_rungs]
+        controller = Controller(expected, budget, QUANTILES[metric], settings, start=start, clock=clock)
         feed = np.zeros(shape, dtype=np.float32)
 
         def open_session(rung: Rung) -> Any:
