@@ -52,9 +52,11 @@ from planner.accuracy.data import Dataset, load_dataset
 from planner.accuracy.train import train
 from planner.errors import PlannerError
 from planner.measure.targets import Target, load_target
+from planner.nn.build import load_checkpoint
 from planner.nn.calibrate import calibrate
-from planner.nn.checkpoint import load_checkpoint, save_checkpoint
+from planner.nn.checkpoint import save_checkpoint
 from planner.plan.select import Budget, select
+from planner.search.budget import fit_to_budget
 from planner.search.legr import (
     Coefficients,
     Fitness,
@@ -63,11 +65,10 @@ from planner.search.legr import (
     WidthPlanner,
     accuracy,
     evolve,
-    plan_measured,
-    prefer_uniform,
     validation_loss,
 )
-from planner.search.lut import LatencyTable, build_table, measure_configs, table_path
+from planner.search.lut import LatencyTable, table_path
+from planner.search.lut_runs import build_table, measure_configs
 from planner.widths import WidthConfig
 
 
@@ -274,12 +275,22 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
             "uniform_loss": uniform_loss[best_uniform],
             "uniform_search_loss": uniform[best_uniform].search_loss,
         }
+        # what planner legr config --data does: the plan fitted by measurement, kept only if its fitness
+        # beats the uniform width's (here the widest uniform width measured under the budget)
         try:
-            plan = plan_measured(partial(widths.config_for, result.coefficients), budget, measure, args.plans)
+            fit = fit_to_budget(
+                partial(widths.config_for, result.coefficients),
+                budget,
+                measure=measure,
+                max_plans=args.plans,
+                uniform=lambda best=best_uniform: model.config(best),
+                fitness=fitness,
+            )
         except PlannerError as error:
             print(f"seed {seed}, {name}: {error}")
             rows.append(row)
             continue
+        plan = fit.measurement
         config, measured_ms = plan.config, plan.measured
         legr = scored(config)
         row.update(
@@ -295,8 +306,7 @@ def run_seed(bench: Bench, seed: int) -> SeedRun:
             legr_only=int((legr.hits & ~versus).sum()),
             uniform_only=int((versus & ~legr.hits).sum()),
         )
-        # what planner legr config --data writes: the plan only if its fitness beats the uniform width's
-        kept = prefer_uniform(config, model.config(best_uniform), fitness)
+        kept = fit.config
         row.update(pick_versus(versus, "check", legr if kept == config else uniform[best_uniform]))
         row["check_pick"] = "LeGR" if kept == config else f"{best_uniform:g}x"
         # then planner select over the uniform widths and that configuration, by the search half's top-1

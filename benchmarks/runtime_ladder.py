@@ -71,7 +71,7 @@ def prepare(work: Path) -> Path:
     generous = float(latency["p90_ms"].max()) * 1.5  # every width in the ladder
     deploy = work / "deploy"
     if not (deploy / "cpu" / "manifest.json").is_file():
-        planner_command("manifest", "-t", "cpu", "--checkpoint", str(checkpoint), "--results", str(results),
+        planner_command("manifest", "-t", "cpu", "--checkpoint", str(checkpoint), "--out", str(results),
                         "--max-latency", f"{generous:.1f}ms", "-o", str(deploy))  # fmt: skip
     return deploy / "cpu" / "manifest.json"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from planner.deploy.loadtest import LoadtestResult, run_loadtest
-from planner.deploy.manifest import export_ladder, write_manifest
+from planner.deploy.manifest import write_manifest
 from planner.deploy.report import Panel, write_report
 from planner.errors import PlannerError
 from planner.measure.targets import load_target
@@ -78,7 +78,8 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
     from planner.accuracy.train import train
-    from planner.measure.profile import profile_configs, weights_key
+    from planner.measure.artifacts import export_ladder, weights_key
+    from planner.measure.profile import profile_configs
     from profilers.jobs import Settings
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
         if not selection.fits:  # the fastest configuration is always within the middle budget
             raise PlannerError(f"no configuration fits {selection.budget.describe()} on {target.name}")
         selections[target.name] = selection
-        exports = export_ladder(selection, target, checkpoint, results_dir)
+        exports = export_ladder(MODEL, list(selection.ladder["config"]), target, checkpoint, results_dir)
         manifests[target.name] = write_manifest(
             selection, target, exports.model, checkpoint, exports.onnx, out_dir / "deploy" / target.name
         )

@@ -97,3 +97,17 @@ def format_bytes(value: float) -> str:
             return f"{value:.3g} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     return f"{value:.3g} GiB"
+
+
+WAIT_UNITS_S = {"s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_wait_s(text: str, longest_s: float) -> float:
+    """`30s`, `5min`, `1h` -> seconds, refused unless 1 s <= it <= longest_s (a day-long wait is a typo)."""
+    match = _QUANTITY.match(text)
+    if match is None or match["unit"] not in WAIT_UNITS_S:
+        raise PlannerError(f"malformed wait {text!r}: expected a number and a unit (s, min, h), e.g. 2min")
+    seconds = float(match["number"]) * WAIT_UNITS_S[match["unit"]]
+    if not math.isfinite(seconds) or not 1 <= seconds <= longest_s:
+        raise PlannerError(f"wait {text!r} is out of bounds: give between 1s and {longest_s / 3600:g}h")
+    return seconds

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
+from profilers.documents import check, load_schema, read_json
 
 
 @dataclass(frozen=True)
@@ -49,24 +50,11 @@ class WidthConfig:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, separators=separators)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WidthConfig:
-        if not isinstance(data, Mapping):
-            raise PlannerError("a width configuration must be a JSON object")
-        unknown = set(data) - {"model", "width", "channels"}
-        if unknown:
-            raise PlannerError(f"unknown key in width configuration: {sorted(unknown)[0]!r}")
-        model, width, channels = data.get("model"), data.get("width"), data.get("channels")
-        if not isinstance(model, str) or not model:
-            raise PlannerError("width configuration needs a 'model' name")
-        if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float))):
-            raise PlannerError(f"'width' must be a number or null, got {width!r}")
-        if not isinstance(channels, Mapping) or not channels:
-            raise PlannerError("width configuration needs 'channels': {layer: count, ...}")
-        for key, value in channels.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise PlannerError(f"channel count of {key!r} must be an integer, got {value!r}")
-        width = None if width is None else float(width)
-        return cls(model, tuple((str(k), int(v)) for k, v in channels.items()), width)
+    def from_dict(cls, data: Mapping[str, Any], source: str = "width configuration") -> WidthConfig:
+        check(data, load_schema("planner", "width_config"), source, PlannerError)
+        width = data.get("width")
+        channels = tuple((str(key), int(value)) for key, value in data["channels"].items())
+        return cls(data["model"], channels, None if width is None else float(width))
 
     @classmethod
     def from_json(cls, text: str) -> WidthConfig:
@@ -78,11 +66,8 @@ class WidthConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> WidthConfig:
-        try:
-            text = Path(path).read_text()
-        except OSError as error:
-            raise PlannerError(f"cannot read configuration {path}: {error.strerror}") from None
-        return cls.from_json(text)
+        data = read_json(path, "width configuration", error=PlannerError)
+        return cls.from_dict(data, f"width configuration {path}")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

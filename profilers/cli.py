@@ -21,12 +21,21 @@ from profilers.jobs import Settings, load_jobs_file
 from profilers.scheduler import ProgressEvent, run_jobs
 
 _SETTING_FLAGS = {
-    "ci": ("ci_rel", float, "stop when the median's 95%% CI is within +-this fraction (default 0.02)"),
+    "ci": (
+        "ci_rel",
+        float,
+        "stop when the median's 95%% re-run interval is within +-this fraction (default 0.02)",
+    ),
     "min_queries": ("min_queries", int, "measured inferences before a job may stop (default 64)"),
     "max_seconds": ("max_seconds", float, "measuring time per job before it stops unconverged (default 30)"),
     "warmup": ("warmup_s", float, "warm-up seconds after the first inference (default 1)"),
     "timeout": ("timeout_s", float, "seconds a worker may take to answer a request (default 60)"),
     "seed": ("seed", int, "seed of the round order and the input (default 0)"),
+    "wait_quiet": (
+        "wait_quiet_s",
+        float,
+        "first wait up to this many seconds for a quiet machine (default 0)",
+    ),
     "cache_dir": (
         "cache_dir",
         Path,
@@ -64,6 +73,8 @@ def _progress(event: ProgressEvent) -> None:
         row = event.row
         if row["status"] == "ok":
             state = "converged" if row["converged"] else "not converged (time limit)"
+            if row.get("contended"):
+                state += f"; busy machine: {row['contention']}"
             print(
                 f"{name}: median {row['p50_ms']:.3f} ms [{row['ci_low_ms']:.3f}, {row['ci_high_ms']:.3f}] "
                 f"n={row['n']} {state}",

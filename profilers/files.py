@@ -1,5 +1,6 @@
 """Writing a file so that a reader, a crash or kill -9 never leaves half of it: the one way every module
-writes its outputs (results tables, artifacts, checkpoints, manifests, reports)."""
+writes its outputs (results tables, artifacts, checkpoints, manifests, reports), and the one lock that
+serialises read-modify-write updates of a shared table (two runs writing to one directory)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock
 
 
 @contextmanager
@@ -26,3 +29,10 @@ def replacing(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file `path` (created if needed) for the block, across processes."""
+    with FileLock(str(path)):
+        yield

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profilers.documents import check, load_schema, read_json
 from profilers.errors import ProfilerError
 
 PRECISIONS = ("fp32", "fp16")
 # The columns that identify a measurement; a re-run skips a job whose key already has an `ok` row.
+# Waiting longer than a day for a quiet machine is a typo, not a plan.
+MAX_WAIT_QUIET_S = 86_400.0
 KEY_COLUMNS = ("model", "config_id", "target", "backend", "device", "precision", "batch")
 
 
@@ -89,11 +92,7 @@ class Job:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> Job:
-        if not isinstance(data, dict):
-            raise ProfilerError(f"a job must be a JSON object, got {type(data).__name__}")
-        _reject_unknown_fields(cls, data, "job field")
-        if "onnx" not in data:
-            raise ProfilerError("a job needs an 'onnx' path")
+        check(data, _part("job"), "job")
         onnx = Path(data["onnx"])
         if base_dir is not None and not onnx.is_absolute():
             onnx = base_dir / onnx
@@ -108,7 +107,7 @@ class Settings:
     """How a measurement is run and when it stops.
 
     Args:
-        ci_rel: stop when the confidence interval of the median lies within median * (1 +- ci_rel).
+        ci_rel: stop when the interval a re-run's median should fall in lies within median * (1 +- ci_rel).
         confidence: confidence level of that interval.
         min_queries: measured inferences before a job may stop (64: enough for a p90, as MLPerf asks).
         max_seconds: measuring time per job after which it stops unconverged.
@@ -123,6 +122,9 @@ class Settings:
         max_workers: how many job workers are alive (and interleaved) at once.
         seed: seeds the per-round shuffle of the job order (and the input tensor).
         cache_dir: where built artifacts are kept; default $PROFILERS_CACHE_DIR or ~/.cache/planner/profilers.
+        contention_cores: a row is flagged `contended` when other processes kept more than this many cores
+            busy on average during its bursts (profilers.load).
+        wait_quiet_s: before measuring, wait up to this long for the machine to be quiet (0: do not wait).
     """
 
     ci_rel: float = 0.02
@@ -139,6 +141,8 @@ class Settings:
     max_workers: int = 8
     seed: int = 0
     cache_dir: Path | None = None
+    contention_cores: float = 0.25
+    wait_quiet_s: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -154,6 +158,8 @@ class Settings:
             "timeout_s": self.timeout_s > 0,
             "build_timeout_s": self.build_timeout_s > 0,
             "max_workers": self.max_workers >= 1,
+            "contention_cores": self.contention_cores > 0,
+            "wait_quiet_s": 0 <= self.wait_quiet_s <= MAX_WAIT_QUIET_S,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -177,41 +183,27 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        _reject_unknown_fields(cls, data, "setting")
+        check(data, _part("settings"), "settings")
         try:
             return cls(**data)
         except TypeError as error:
             raise ProfilerError(f"malformed settings: {error}") from None
 
 
-def _reject_unknown_fields(cls: type, data: dict[str, Any], what: str) -> None:
-    """A misspelled key in a jobs file is an error naming the allowed ones, not silently ignored."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ProfilerError(f"unknown {what}(s) {', '.join(unknown)}: allowed are {', '.join(sorted(known))}")
+def _part(name: str) -> dict[str, Any]:
+    """The jobs file schema's definition of one part (a job, the settings)."""
+    schema = load_schema("profilers", "jobs")
+    return {"$defs": schema["$defs"], "$ref": f"#/$defs/{name}"}
 
 
 def load_jobs_file(path: Path) -> tuple[list[Job], Settings | None]:
     """Read a jobs file: a JSON list of jobs, or {"jobs": [...], "settings": {...}}; paths relative to it."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProfilerError(f"jobs file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProfilerError(f"cannot read jobs file {path}: {error}") from None
+    data = read_json(path, "jobs file", load_schema("profilers", "jobs"))
     settings = None
     if isinstance(data, dict):
-        unknown = sorted(set(data) - {"jobs", "settings"})
-        if unknown or "jobs" not in data:
-            raise ProfilerError(
-                f"jobs file {path}: expected a list of jobs or an object with 'jobs' (and 'settings')"
-            )
         settings = Settings.from_dict(data.get("settings") or {})
         data = data["jobs"]
-    if not isinstance(data, list) or not data:
-        raise ProfilerError(f"jobs file {path}: expected a non-empty list of jobs")
     return [Job.from_dict(item, base_dir=path.parent) for item in data], settings
 
 

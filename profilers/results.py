@@ -7,15 +7,13 @@ leaves the previous complete table. A job re-measured (after an error, or with f
 
 from __future__ import annotations
 
-import fcntl
 import json
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from profilers.files import replacing
+from profilers.files import locked, replacing
 from profilers.jobs import KEY_COLUMNS
 
 PARQUET = "latency.parquet"
@@ -53,6 +51,7 @@ SCHEMA: dict[str, str] = {
     "ratio_ci_low": "float64",
     "ratio_ci_high": "float64",
     "rounds": "Int64",
+    "round_ms": "string",
     "first_ms": "float64",
     "throughput_ips": "float64",
     "wall_s": "float64",
@@ -62,6 +61,18 @@ SCHEMA: dict[str, str] = {
     "device_mem_bytes": "Int64",
     "macs": "Int64",
     "params": "Int64",
+    "contended": "boolean",
+    "contention": "string",
+    "load_avg": "float64",
+    "other_cores": "float64",
+    "steal_pct": "float64",
+    "cpu_mhz": "float64",
+    "gpu_mhz": "float64",
+    "temp_c": "float64",
+    "throttle_events": "Int64",
+    "speed_before_ms": "float64",
+    "speed_after_ms": "float64",
+    "quiet_wait_s": "float64",
     "env_cpu": "string",
     "env_cores": "Int64",
     "env_threads": "Int64",
@@ -116,6 +127,12 @@ def load_latency(out_dir: Path) -> pd.DataFrame:
     return _conform(pd.read_parquet(path))
 
 
+def measured_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that were measured and succeeded (not errors, timeouts or roofline estimates)."""
+    estimated = table["estimated"].fillna(False).astype(bool)
+    return table[(table["status"] == "ok") & ~estimated]
+
+
 def row_key(row: dict[str, Any] | pd.Series) -> tuple:
     return tuple(str(row[c]) if c != "batch" else int(row[c]) for c in KEY_COLUMNS)
 
@@ -127,19 +144,12 @@ class LatencyStore:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
-    @contextmanager
     def _locked(self):
-        with open(self.out_dir / ".latency.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return locked(self.out_dir / ".latency.lock")
 
     def measured_keys(self) -> set[tuple]:
-        table = load_latency(self.out_dir)
-        ok = table[table["status"] == "ok"]
-        return {row_key(row) for _, row in ok.iterrows()}
+        """Keys with a measured `ok` row: an estimate is not a measurement, so it never skips a job."""
+        return {row_key(row) for _, row in measured_rows(load_latency(self.out_dir)).iterrows()}
 
     def add(self, row: dict[str, Any]) -> None:
         """Merge one finished row (replacing an older row with the same key) and rewrite both files."""

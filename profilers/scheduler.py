@@ -7,8 +7,9 @@ one series (same model, target, backend, device, precision and batch) are also c
 series' reference, its largest model: one ratio of burst medians per round, in which the drift cancels,
 so the ranking of the widths holds even when absolute medians swing between runs.
 
-A job stops when the confidence interval of its median, and of its ratio to the reference, is tight
-enough (after a minimum count), or when its time is up; the reference stays until its series is done.
+A job stops when the interval a re-run's median should fall in (from its round medians, see stats) and
+the interval of its ratio to the reference are tight enough (after a minimum count), or when its time is
+up; the reference stays until its series is done.
 Every request has a timeout; a worker that crashes or hangs is killed and only its own row says so.
 """
 
@@ -35,6 +36,7 @@ from profilers.backends import get_backend
 from profilers.environment import environment
 from profilers.errors import ProfilerError
 from profilers.jobs import KEY_COLUMNS, Job, Settings
+from profilers.load import LoadMeter, Snapshot, speed_index_ms, wait_until_quiet
 from profilers.modelfile import ModelFile
 from profilers.results import LatencyStore, load_latency, row_key
 from profilers.stats import Ratio, Summary, converged
@@ -169,9 +171,13 @@ class _Measurement:
     ready: dict[str, Any] = field(default_factory=dict)
     samples_ns: list[int] = field(default_factory=list)
     round_medians_ms: dict[int, float] = field(default_factory=dict)
+    round_minima_ms: dict[int, float] = field(default_factory=dict)
     reference: _Measurement | None = None  # the largest model of this job's series in the group
     setup_s: float = 0.0  # worker start to ready: build (if not cached), load, first inference, warm-up
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
+    load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its bursts
+    speed_before_ms: float = math.nan
+    quiet_wait_s: float = math.nan
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -192,7 +198,10 @@ class _Measurement:
 
     def converged(self, settings: Settings) -> bool:
         """Its median's interval is tight, and so is its ratio's, unless it has no live reference."""
-        if not converged(self.samples_ms(), settings.ci_rel, settings.confidence, settings.min_queries):
+        rounds = np.array(list(self.round_medians_ms.values()))
+        if not converged(
+            self.samples_ms(), rounds, settings.ci_rel, settings.confidence, settings.min_queries
+        ):
             return False
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
@@ -258,6 +267,10 @@ def run_jobs(
             report(ProgressEvent("skipped", job, index, len(jobs)))
         else:
             pending.append(_Measurement(job, index, models[index]))
+    if pending and settings.wait_quiet_s > 0:
+        waited = wait_until_quiet(settings.wait_quiet_s, settings.contention_cores)
+        for measurement in pending:
+            measurement.quiet_wait_s = waited.waited_s
     run_id = uuid.uuid4().hex[:12]
     rng = np.random.default_rng(settings.seed)
     for start in range(0, len(pending), settings.max_workers):
@@ -303,6 +316,9 @@ def _measure_group(
             )
             active.append(measurement)
         _assign_references(active)
+        speed_before = speed_index_ms()
+        for measurement in active:
+            measurement.speed_before_ms = speed_before
         round_index = 0
         while active:
             for position in rng.permutation(len(active)):
@@ -313,6 +329,8 @@ def _measure_group(
                     "seconds": settings.burst_seconds,
                     "warmup": settings.burst_warmup,
                 }
+                own = [os.getpid()] + [m.worker.process.pid for m in active if m.worker is not None]
+                before = Snapshot.read(own)
                 began = time.perf_counter()
                 try:
                     reply = measurement.worker.request(request, settings.timeout_s)
@@ -321,9 +339,11 @@ def _measure_group(
                     measurement.worker = None
                     continue
                 measurement.measure_s += time.perf_counter() - began
+                measurement.load.add(before, Snapshot.read(own))
                 measurement.samples_ns.extend(reply["times_ns"])
                 if reply["times_ns"]:
                     measurement.round_medians_ms[round_index] = float(np.median(reply["times_ns"])) / 1e6
+                    measurement.round_minima_ms[round_index] = min(reply["times_ns"]) / 1e6
             round_index += 1
             active = [measurement for measurement in active if measurement.worker is not None]
             verdicts = {id(m): m.converged(settings) for m in active}
@@ -381,6 +401,7 @@ def _base_row(measurement: _Measurement, run_id: str) -> dict[str, Any]:
         "macs": meta.get("macs"),
         "params": meta.get("params"),
         "wall_s": measurement.setup_s + measurement.measure_s,
+        "quiet_wait_s": measurement.quiet_wait_s,
     }
 
 
@@ -388,7 +409,8 @@ def _ok_row(
     measurement: _Measurement, closing: dict[str, Any], is_converged: bool, run_id: str, settings: Settings
 ) -> dict[str, Any]:
     ready = measurement.ready
-    summary = Summary.of(measurement.samples_ms(), measurement.job.batch, settings.confidence)
+    rounds = np.array(list(measurement.round_medians_ms.values()))
+    summary = Summary.of(measurement.samples_ms(), rounds, measurement.job.batch, settings.confidence)
     ratio = measurement.ratio(settings.confidence)
     return {
         **_base_row(measurement, run_id),
@@ -396,11 +418,23 @@ def _ok_row(
         "error": "",
         "converged": is_converged,
         **vars(summary),
+        **measurement.load.columns(measurement.speed_before_ms, speed_index_ms(), settings.contention_cores),
         "ref_config_id": measurement.reference.job.identity()["config_id"],
         "ratio_to_ref": ratio.value if ratio else math.nan,
         "ratio_ci_low": ratio.low if ratio else math.nan,
         "ratio_ci_high": ratio.high if ratio else math.nan,
         "rounds": len(measurement.round_medians_ms),
+        "round_ms": json.dumps(
+            {
+                "round": sorted(measurement.round_medians_ms),
+                "median": [
+                    round(measurement.round_medians_ms[r], 6) for r in sorted(measurement.round_medians_ms)
+                ],
+                "min": [
+                    round(measurement.round_minima_ms[r], 6) for r in sorted(measurement.round_minima_ms)
+                ],
+            }
+        ),
         "first_ms": ready["first_ms"],
         "peak_rss_bytes": closing["peak_rss_bytes"],
         "artifact_bytes": ready["artifact_bytes"],

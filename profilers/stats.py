@@ -1,9 +1,15 @@
-"""Statistics of a latency sample: percentiles and a distribution-free confidence interval of the median.
+"""Statistics of a latency sample: percentiles and distribution-free intervals of the median.
 
-Latency distributions on a shared CPU are skewed with long tails, so no normal approximation: the interval
-is a pair of order statistics whose coverage follows from the binomial distribution of how many samples
+Latency distributions on a shared CPU are skewed with long tails, so no normal approximation: an interval
+is a pair of order statistics whose coverage follows from the binomial distribution of how many values
 fall below the true median. The same interval serves the paired ratio of two jobs: one ratio per round of
 their burst medians, so a slow drift of the machine's speed, which moves both alike, cancels out.
+
+The reported interval of a row's median (`rerun_interval`) is built from its round medians, not its
+samples: samples inside a burst share the machine's state of that moment, so an interval from them is far
+too narrow (results/busy_repeatability.md: it held the next run's median in 56-69% of cases). Round
+medians are closer to independent draws; their order-statistic interval is widened by sqrt(2) about the
+median, because it must hold the next run's median, which carries its own error as large as this run's.
 """
 
 from __future__ import annotations
@@ -40,13 +46,39 @@ def median_ci(samples_ms: np.ndarray, confidence: float = 0.95) -> tuple[float, 
     return float(ordered[indices[0]]), float(ordered[indices[1]])
 
 
-def converged(samples_ms: np.ndarray, ci_rel: float, confidence: float, min_queries: int) -> bool:
-    """Enough samples, and the median's interval lies within median * (1 +- ci_rel)."""
-    if len(samples_ms) < min_queries:
-        return False
-    low, high = median_ci(samples_ms, confidence)
+# A re-run's median has an error as large as this run's: the interval of a difference of two is sqrt(2) wider.
+RERUN_SCALE = math.sqrt(2)
+
+
+def rerun_interval(
+    samples_ms: np.ndarray, round_medians_ms: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Where a re-run's median should fall: the order-statistic interval of the round medians (of the
+    samples, extended to the round medians' range, while there are too few rounds for one), widened by
+    RERUN_SCALE about the samples' median. (NaN, NaN) without samples."""
+    samples = np.asarray(samples_ms, dtype=np.float64)
+    rounds = np.asarray(round_medians_ms, dtype=np.float64)
+    if samples.size == 0:
+        return math.nan, math.nan
+    center = float(np.median(samples))
+    low, high = median_ci(rounds, confidence)
     if math.isnan(low):
+        low, high = median_ci(samples, confidence)
+        if math.isnan(low):
+            return math.nan, math.nan
+        if rounds.size:
+            low, high = min(low, float(rounds.min())), max(high, float(rounds.max()))
+    low, high = min(low, center), max(high, center)
+    return center - RERUN_SCALE * (center - low), center + RERUN_SCALE * (high - center)
+
+
+def converged(
+    samples_ms: np.ndarray, round_medians_ms: np.ndarray, ci_rel: float, confidence: float, min_queries: int
+) -> bool:
+    """Enough samples and rounds, and the re-run interval lies within median * (1 +- ci_rel)."""
+    if len(samples_ms) < min_queries or median_ci_indices(len(round_medians_ms), confidence) is None:
         return False
+    low, high = rerun_interval(samples_ms, round_medians_ms, confidence)
     median = float(np.median(samples_ms))
     return low >= median * (1 - ci_rel) and high <= median * (1 + ci_rel)
 
@@ -98,12 +130,14 @@ class Summary:
     throughput_ips: float
 
     @classmethod
-    def of(cls, samples_ms: np.ndarray, batch: int = 1, confidence: float = 0.95) -> Summary:
+    def of(
+        cls, samples_ms: np.ndarray, round_medians_ms: np.ndarray, batch: int = 1, confidence: float = 0.95
+    ) -> Summary:
         samples = np.asarray(samples_ms, dtype=np.float64)
         if samples.size == 0:
             raise ValueError("no samples")
         p50, p90, p99 = np.percentile(samples, [50, 90, 99])
-        low, high = median_ci(samples, confidence)
+        low, high = rerun_interval(samples, round_medians_ms, confidence)
         return cls(
             p50_ms=float(p50),
             p90_ms=float(p90),

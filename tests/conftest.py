@@ -31,8 +31,9 @@ def randomize():
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every width of s_cnn_small exported once per test session (shared by the profiling test files)."""
-    from planner.measure.profile import build_model, configurations, export_artifacts
+    from planner.measure.artifacts import export_artifacts
     from planner.measure.targets import load_target
+    from planner.nn.build import build_model, configurations
 
     out = tmp_path_factory.getbasetemp() / "s_cnn_small-8x8-exports"
     if not out.is_dir():

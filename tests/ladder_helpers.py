@@ -24,6 +24,6 @@ def deploy_ladder(root: Path, target: str = "cpu") -> Path:
     results = write_results(root / "out", latency, accuracy)
     with pytest.raises(SystemExit) as exit_info:
         main(["manifest", "-t", target, "--max-latency", "4ms", "--checkpoint", str(checkpoint),
-              "--results", str(results), "-o", str(root / "deploy")])  # fmt: skip
+              "--out", str(results), "-o", str(root / "deploy")])  # fmt: skip
     assert exit_info.value.code == 0
     return root / "deploy" / target

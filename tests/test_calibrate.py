@@ -115,7 +115,7 @@ def test_calibrate_command_writes_a_checkpoint_evaluate_uses_without_data(
 
     base = ["evaluate", "s_cnn_small", "--data", "digits", "--config", str(config_file), "--json"]
     code, out, err = run_cli(
-        [*base, "-c", str(calibrated), "--calibration-batches", "0", "-o", str(tmp_path)], capsys
+        [*base, "-c", str(calibrated), "--calibration-batches", "0", "--out", str(tmp_path)], capsys
     )
     assert code == 0, err
     [from_file] = json.loads(out)["results"]
@@ -128,7 +128,7 @@ def test_calibrate_command_writes_a_checkpoint_evaluate_uses_without_data(
             "64",
             "--calibration-batches",
             "3",
-            "-o",
+            "--out",
             str(tmp_path),
         ],
         capsys,

@@ -64,7 +64,10 @@ def test_export_of_a_per_layer_config_file(tmp_path):
         (["info", "nope"], "unknown model 'nope'"),
         (["info", "s_mobilenet_v2", "--widths", "0.6"], "not one of s_mobilenet_v2's trained widths"),
         (["export", "s_cnn_small", "--width", "0.5", "--config", "x.json", "-o", "a.onnx"], "exactly one"),
-        (["export", "s_cnn_small", "--config", "/no/such.json", "-o", "a.onnx"], "cannot read configuration"),
+        (
+            ["export", "s_cnn_small", "--config", "/no/such.json", "-o", "a.onnx"],
+            "width configuration /no/such.json does not exist",
+        ),
         (["export", "s_cnn_small", "--width", "0.5", "-o", "/no/such/dir/a.onnx"], "does not exist"),
         (
             ["export", "s_cnn_small", "--width", "0.5", "--checkpoint", "/no/ckpt.pt", "-o", "a.onnx"],

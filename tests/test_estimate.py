@@ -12,8 +12,8 @@ from torch import nn
 import planner
 from planner.errors import PlannerError
 from planner.measure.estimate import DEFAULT_LAYER_OVERHEAD_US, estimate_layers, estimate_rows
-from planner.measure.profile import build_model
 from planner.measure.targets import load_target
+from planner.nn.build import build_model
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]

@@ -14,8 +14,9 @@ import pytest
 from cli_helpers import fresh_out, run_cli
 
 from planner.errors import PlannerError
-from planner.measure.profile import build_model, profile_configs
+from planner.measure.profile import profile_configs
 from planner.measure.targets import load_target
+from planner.nn.build import build_model
 from profilers.jobs import Settings
 from profilers.results import load_latency
 

@@ -11,20 +11,12 @@ import planner
 from planner.cli import main
 from planner.errors import PlannerError
 from planner.measure.targets import load_target
+from planner.models.space import calibration_widths
 from planner.nn.checkpoint import save_checkpoint
+from planner.search.layers import layer_ops, write_layer_onnx
 from planner.search.legr import Coefficients, LearnedRanking, WidthPlanner
-from planner.search.lut import (
-    END_TO_END_SETTINGS,
-    Calibration,
-    Entry,
-    LatencyTable,
-    calibration_widths,
-    fit_calibration,
-    layer_ops,
-    measure_anchored,
-    table_path,
-    write_layer_onnx,
-)
+from planner.search.lut import Calibration, Entry, LatencyTable, fit_calibration, table_path
+from planner.search.lut_runs import END_TO_END_SETTINGS, measure_anchored
 from planner.widths import WidthConfig
 
 SIZE = 16

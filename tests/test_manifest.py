@@ -13,8 +13,9 @@ import torch
 from selection_tables import four_widths
 
 import planner
-from planner.deploy.manifest import export_ladder, load_manifest, schema, write_manifest
+from planner.deploy.manifest import load_manifest, schema, write_manifest
 from planner.errors import PlannerError
+from planner.measure.artifacts import export_ladder
 from planner.measure.targets import load_target
 from planner.plan.pareto import candidates
 from planner.plan.select import Budget, select
@@ -34,7 +35,8 @@ def deployed(tmp_path_factory):
         _, latency, accuracy = four_widths(target=name)
         target = load_target(name)
         selection = select(candidates(latency, accuracy, name), Budget(3.0, "p90"))
-        exports = export_ladder(selection, target, checkpoint, root / "results")
+        configs = list(selection.ladder["config"])
+        exports = export_ladder("s_cnn_small", configs, target, checkpoint, root / "results")
         paths[name] = write_manifest(
             selection, target, exports.model, checkpoint, exports.onnx, root / "deploy" / name
         )
@@ -150,4 +152,4 @@ def test_accuracy_from_other_weights_is_refused(deployed, tmp_path):
     accuracy["checkpoint"] = "0123abcd"
     selection = select(candidates(latency, accuracy, "cpu"), Budget(3.0, "p90"))
     with pytest.raises(PlannerError, match="measured with checkpoint 0123abcd"):
-        write_manifest(selection, load_target("cpu"), model, checkpoint, {}, tmp_path)
+        write_manifest(selection, load_target("cpu"), {}, checkpoint, {}, tmp_path)

@@ -38,7 +38,7 @@ def test_manifest_per_target(capsys, workspace):
     root, checkpoint, results = workspace
     deploy = root / "deploy"
     code, out, err = run(capsys, "manifest", "-t", "cpu", "-t", "openvino", "--max-latency", "2.5ms",
-                         "--checkpoint", checkpoint, "--results", results, "-o", deploy)  # fmt: skip
+                         "--checkpoint", checkpoint, "--out", results, "-o", deploy)  # fmt: skip
     assert code == 0, err
     cpu = load_manifest(deploy / "cpu" / "manifest.json")
     openvino = load_manifest(deploy / "openvino-cpu" / "manifest.json")
@@ -51,7 +51,7 @@ def test_a_target_where_nothing_fits_exits_1_and_keeps_the_others(capsys, worksp
     root, checkpoint, results = workspace
     deploy = root / "partial"
     code, out, _ = run(capsys, "manifest", "-t", "cpu", "-t", "openvino-cpu", "--max-latency", "1.5ms",
-                       "--checkpoint", checkpoint, "--results", results, "-o", deploy)  # fmt: skip
+                       "--checkpoint", checkpoint, "--out", results, "-o", deploy)  # fmt: skip
     assert code == 1
     assert "openvino-cpu: nothing fits" in out
     assert (deploy / "cpu" / "manifest.json").is_file()
@@ -68,7 +68,7 @@ def test_a_target_where_nothing_fits_exits_1_and_keeps_the_others(capsys, worksp
 )
 def test_manifest_usage_errors(capsys, workspace, argv, message):
     root, checkpoint, results = workspace
-    code, _, err = run(capsys, "manifest", *argv, "--checkpoint", checkpoint, "--results", results,
+    code, _, err = run(capsys, "manifest", *argv, "--checkpoint", checkpoint, "--out", results,
                        "-o", root / "unused")  # fmt: skip
     assert code == 2 and err.startswith("error: ") and message in err
 
@@ -76,13 +76,13 @@ def test_manifest_usage_errors(capsys, workspace, argv, message):
 def test_manifest_with_a_missing_checkpoint(capsys, workspace):
     root, _, results = workspace
     code, _, err = run(capsys, "manifest", "-t", "cpu", "--max-latency", "2.5ms", "--checkpoint",
-                       root / "nope.pt", "--results", results, "-o", root / "unused")  # fmt: skip
+                       root / "nope.pt", "--out", results, "-o", root / "unused")  # fmt: skip
     assert code == 2 and "does not exist" in err
 
 
 def test_report_command(capsys, workspace):
     root, _, results = workspace
-    code, out, err = run(capsys, "report", "--results", results, "-o", root / "report")
+    code, out, err = run(capsys, "report", "--out", results, "-o", root / "report")
     assert code == 0, err
     for name in ("pareto.png", "pareto.html", "pareto.csv", "pareto.md"):
         assert (root / "report" / name).stat().st_size > 0 and name in out
@@ -92,5 +92,5 @@ def test_report_command(capsys, workspace):
 
 def test_report_for_an_unmeasured_target_names_the_command(capsys, workspace):
     root, _, results = workspace
-    code, _, err = run(capsys, "report", "-t", "jetson", "--results", results, "-o", root / "report2")
+    code, _, err = run(capsys, "report", "-t", "jetson", "--out", results, "-o", root / "report2")
     assert code == 2 and "planner profile --target jetson-orin-nano" in err

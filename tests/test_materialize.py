@@ -100,7 +100,7 @@ def test_calibration_replaces_borrowed_statistics_for_a_per_layer_config():
 
 
 def test_export_uses_the_statistics_a_calibrate_checkpoint_carries(tmp_path):
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model
     from planner.nn.calibrate import calibrate, save_calibrated_checkpoint
 
     model = planner.create_model("s_cnn_small").eval()

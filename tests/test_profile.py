@@ -8,11 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import fresh_out, run_cli
 
 import planner
 from planner.cli import main
-from planner.measure.profile import build_model, configurations, weights_key
+from planner.measure.artifacts import weights_key
+from planner.nn.build import build_model, configurations
 from planner.nn.checkpoint import save_checkpoint
 from profilers.results import load_latency
 
@@ -152,6 +153,10 @@ def test_target_input_shape_override(tmp_path: Path, capsys) -> None:
         (["--target", "cpu", "--model", "resnet9000"], "unknown model"),
         (["--target", "cpu", "--target", "openvino", "--host", "pi@rpi", *SMALL], "--host names one device"),
         (["--target", "cpu", *SMALL, "--checkpoint", "missing.pt"], "does not exist"),
+        (["--target", "cpu", *SMALL, "--wait-quiet", "0s"], "out of bounds: give between 1s and 24h"),
+        (["--target", "cpu", *SMALL, "--wait-quiet", "3h", "--wait-quiet", "9e9h"], "out of bounds"),
+        (["--target", "cpu", *SMALL, "--wait-quiet", "5"], "malformed wait '5'"),
+        (["--target", "cpu", *SMALL, "--wait-quiet", "-2min"], "out of bounds"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
@@ -168,3 +173,85 @@ def test_configuration_of_another_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(planner.errors.PlannerError, match="not of s_cnn_small"):
         configurations(model, config_files=[path])
     assert [config.width for config in configurations(model)] == model.widths
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+@pytest.fixture
+def spinners():
+    """Two processes spinning on the CPUs for the length of a test: a busy machine."""
+    import multiprocessing
+
+    stop = multiprocessing.Event()
+    processes = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for process in processes:
+        process.start()
+    yield
+    stop.set()
+    for process in processes:
+        process.join(5)
+
+
+@pytest.mark.parametrize("require", [False, True])
+def test_a_machine_that_never_gets_quiet_is_measured_anyway_and_said(
+    exports: Path, tmp_path: Path, capsys, spinners, require: bool
+) -> None:
+    out = fresh_out(exports, tmp_path)
+    argv = ["profile", "--target", "cpu", *SMALL, "--widths", "0.25", "--out", str(out), *QUICK]
+    code, stdout, err = run_cli(
+        [*argv, "--wait-quiet", "2s", *(["--require-quiet"] if require else [])], capsys
+    )
+    assert code == (1 if require else 0)
+    (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert (
+        "1 of 1 rows measured on a busy machine" in line
+        and "did not stay quiet within --wait-quiet 2s" in line
+    )
+    table = load_latency(out)  # nothing measured is lost
+    assert list(table["status"]) == ["ok"] and table["contended"].all()
+    assert 0 < table["quiet_wait_s"].iloc[0] <= 3
+    assert "measured latency" in stdout
+
+
+def test_a_busy_machine_is_one_warning_line_suggesting_wait_quiet(
+    exports: Path, tmp_path: Path, capsys, spinners
+) -> None:
+    out = fresh_out(exports, tmp_path)
+    argv = ["profile", "--target", "cpu", *SMALL, "--widths", "0.25", "--out", str(out), *QUICK]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0
+    (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert "--wait-quiet" in line and "other processes used up to" in line
+
+
+def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from planner.cli.profile import _summary
+
+    rows = pd.DataFrame(
+        [
+            {"target": "openvino-cpu", "width": 0.35, "config_id": "a", "status": "ok", "contended": False,
+             "p50_ms": 1234.567, "p90_ms": 1301.25, "ci_low_ms": 1200.111, "ci_high_ms": 1260.999,
+             "n": 12345, "macs": 300.5e6, "peak_rss_bytes": 123.4 * 2**20},
+            {"target": "openvino-cpu", "width": float("nan"), "config_id": "3f9a0c1d2e", "status": "ok",
+             "contended": True, "p50_ms": 3.158, "p90_ms": 3.301, "ci_low_ms": 3.101, "ci_high_ms": 3.26,
+             "n": 640, "macs": 1.5e6, "peak_rss_bytes": 2**20},
+            {"target": "cpu", "width": 1.0, "config_id": "b", "status": "error", "contended": None,
+             "error": "worker exited with code 1: RuntimeError: something long went wrong in the runtime",
+             "macs": 3e8},
+        ]
+    )  # fmt: skip
+    screen = io.StringIO()
+    _summary(rows, tmp_path, estimated=False, output=Console(file=screen, width=80, color_system=None))
+    text = screen.getvalue()
+    table = [line for line in text.splitlines() if "latency.parquet" not in line]  # a path may be long
+    assert "…" not in text and max(map(len, table)) <= 80
+    assert "+-2.5%" in text and "1235" in text and "layers:3f9a0c1d2e" in text
+    assert "busy" in text and "cpu 1x: error: worker exited with code 1" in text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
-from profilers.stats import Ratio, converged, median_ci, median_ci_indices
+from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,9 +127,43 @@ def test_stopping_rule_needs_the_minimum_count_and_a_tight_interval():
     rng = np.random.default_rng(2)
     tight = 10 + rng.normal(0, 0.05, 200)
     wide = 10 * rng.lognormal(0, 0.5, 200)
-    assert converged(tight, ci_rel=0.02, confidence=0.95, min_queries=64)
-    assert not converged(tight[:40], ci_rel=0.02, confidence=0.95, min_queries=64)
-    assert not converged(wide, ci_rel=0.02, confidence=0.95, min_queries=64)
+    rounds = np.median(tight.reshape(20, 10), axis=1)
+    assert converged(tight, rounds, ci_rel=0.02, confidence=0.95, min_queries=64)
+    assert not converged(tight[:40], rounds[:4], ci_rel=0.02, confidence=0.95, min_queries=64)
+    assert not converged(tight, rounds[:5], ci_rel=0.02, confidence=0.95, min_queries=64)  # too few rounds
+    assert not converged(wide, np.median(wide.reshape(20, 10), axis=1), 0.02, 0.95, 64)
+    # Tight samples inside each round, but rounds that disagree: not converged (the next run would differ).
+    drifting = np.concatenate(
+        [10 * (1 + 0.05 * rng.standard_normal()) + rng.normal(0, 0.01, 10) for _ in range(20)]
+    )
+    assert not converged(drifting, np.median(drifting.reshape(20, 10), axis=1), 0.02, 0.95, 64)
+
+
+def simulated_run(
+    rng: np.random.Generator, rounds: int = 30, per_round: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """A run on a shared machine: each round has its own speed (the state of that moment, 5%), the
+    samples inside a round vary by 1% around it."""
+    speeds = 1 + 0.05 * rng.standard_normal(rounds)
+    samples = 10 * speeds[:, None] * rng.lognormal(0, 0.01, (rounds, per_round))
+    return samples.ravel(), np.median(samples, axis=1)
+
+
+def test_the_reported_interval_holds_the_next_runs_median_where_the_samples_interval_does_not():
+    rng = np.random.default_rng(4)
+    runs = [simulated_run(rng) for _ in range(401)]
+    held = {"rerun": 0, "samples": 0}
+    for (samples, rounds), (following, _) in zip(runs[:-1], runs[1:], strict=True):
+        target = np.median(following)
+        low, high = rerun_interval(samples, rounds)
+        held["rerun"] += low <= target <= high
+        low, high = median_ci(samples)
+        held["samples"] += low <= target <= high
+    assert held["rerun"] / 400 >= 0.9
+    assert held["samples"] / 400 < 0.6  # correlated samples: an interval from them promises too much
+    samples, rounds = simulated_run(rng, rounds=4)  # too few rounds for their own interval: still an interval
+    low, high = rerun_interval(samples, rounds)
+    assert low <= rounds.min() and high >= rounds.max()
 
 
 def test_paired_ratio_cancels_a_drift_that_moves_both_jobs_alike():
@@ -346,7 +382,7 @@ def _run_cli(tmp_path: Path, jobs: list | dict, capsys) -> tuple[int, str]:
         ({"onnx": "good.onnx", "backend": "torch"}, "torch.export.save"),
         ({"onnx": "good.onnx", "precision": "int3"}, "unknown precision"),
         ({"onnx": "good.onnx", "batch": 4}, "static batch of 1"),
-        ({"onnx": "good.onnx", "colour": "red"}, "unknown job field(s) colour"),
+        ({"onnx": "good.onnx", "colour": "red"}, "unknown key '[0].colour'"),
     ],
 )
 def test_bad_jobs_are_one_line_errors_with_exit_2(tmp_path, capsys, job_fields, message):
@@ -365,6 +401,8 @@ def test_bad_jobs_files_and_flags_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     code, err = _run_cli(tmp_path, {"jobs": [{"onnx": "x.onnx"}], "settings": {"ci_rel": 2}}, capsys)
     assert code == 2 and "ci_rel=2" in err
+    code, err = _run_cli(tmp_path, {"jobs": [{"onnx": "x.onnx"}], "settings": {"wait_quiet_s": 1e6}}, capsys)
+    assert code == 2 and err == "error: invalid profiler setting(s): wait_quiet_s=1000000.0"
     with pytest.raises(SystemExit) as exit_info:
         profilers_main(["run", "--jobs"])
     assert exit_info.value.code == 2
@@ -430,3 +468,65 @@ def test_jobs_file_round_trips_jobs_and_settings(tmp_path):
     assert json.loads(path.read_text())["jobs"][0]["onnx"] == "models/a.onnx"  # relative: the folder can move
     loaded, loaded_settings = load_jobs_file(path)
     assert loaded == jobs and loaded_settings == settings
+
+
+# --- contention -------------------------------------------------------------------------------------
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+def test_rows_measured_next_to_a_cpu_spinner_are_flagged_with_the_figures(models, fast, tmp_path):
+    import multiprocessing
+
+    stop = multiprocessing.Event()
+    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        table = run_jobs([job(models["narrow"]), job(models["mid"])], tmp_path, fast)
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join(5)
+    assert table["contended"].all()
+    assert (table["other_cores"] > 0.5).all()
+    assert table["contention"].str.contains("other processes used").all()
+    assert (table["speed_before_ms"] > 0).all() and (table["speed_after_ms"] > 0).all()
+    assert table["load_avg"].notna().all()
+
+
+def test_a_table_written_before_the_load_columns_still_loads(tmp_path):
+    old = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "config_id": "a",
+                "target": "cpu",
+                "backend": "onnxruntime",
+                "device": "CPU",
+                "precision": "fp32",
+                "batch": 1,
+                "status": "ok",
+                "p50_ms": 1.0,
+            }
+        ]
+    )
+    old.to_parquet(tmp_path / "latency.parquet")
+    table = load_latency(tmp_path)
+    assert list(table.columns) == list(SCHEMA) and table.loc[0, "p50_ms"] == 1.0
+    assert pd.isna(table.loc[0, "contended"]) and math.isnan(table.loc[0, "other_cores"])
+
+
+def test_waiting_for_quiet_is_bounded_and_recorded(models, fast, tmp_path):
+    with pytest.raises(ProfilerError, match="wait_quiet_s"):
+        Settings(wait_quiet_s=-1)
+    with pytest.raises(ProfilerError, match="wait_quiet_s"):
+        Settings(wait_quiet_s=1e9)
+    settings = dataclasses.replace(fast, wait_quiet_s=1.5)
+    started = time.perf_counter()
+    (row,) = run_jobs([job(models["narrow"])], tmp_path, settings).itertuples()
+    assert 0 < row.quiet_wait_s <= 1.5 + 1.0 and row.status == "ok"
+    assert time.perf_counter() - started < 30

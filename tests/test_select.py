@@ -132,3 +132,34 @@ def test_proposal_never_overshoots_between_noisy_measurements():
     proposal = propose_width(table, Budget(2.5 * 1.2, "p90"), (0.25, 1.0))
     assert proposal is not None and proposal.width < 0.75
     assert pd.notna(proposal.predicted_bound_ms)
+
+
+def test_a_choice_near_the_budget_says_it_is_within_the_run_to_run_spread():
+    # p90: 1.2, 2.4, 3.6, 4.8 ms; every row's interval is p50 +- 2%.
+    selection = choose((1.0, 2.0, 3.0, 4.0), (80, 88, 92, 94), 3.65)
+    choice, missed = selection.margins
+    assert (choice.label, missed.label) == ("0.75x", "1x")
+    assert choice.margin == pytest.approx(0.05 / 3.65) and choice.spread == pytest.approx(0.02)
+    assert choice.within_noise and selection.within_noise
+    assert choice.describe() == "0.75x fits by 1.4%, within the run-to-run spread (+-2.0%)"
+    assert missed.describe() == "1x misses by 31.5%, beyond the run-to-run spread (+-2.0%)"
+    # Far from every budget edge: nothing to say.
+    far = choose((1.0, 2.0, 3.0, 4.0), (80, 88, 92, 94), 4.0)
+    assert not far.within_noise and [m.label for m in far.margins] == ["0.75x", "1x"]
+
+
+def test_a_more_accurate_configuration_just_over_the_budget_is_reported():
+    selection = choose((1.0, 2.0, 3.0, 4.0), (80, 88, 92, 94), 4.75)  # 1.0x's p90 4.8 misses by 1.05%
+    assert selection.choice["width"] == 0.75
+    missed = selection.margins[-1]
+    assert missed.label == "1x" and missed.margin == pytest.approx(-0.05 / 4.75) and missed.within_noise
+    assert selection.within_noise
+
+
+def test_a_choice_measured_on_a_busy_machine_is_never_presented_as_settled():
+    configs, latency, accuracy = four_widths(latencies=(1.0, 2.0, 3.0, 4.0), accuracies=(80, 88, 92, 94))
+    latency = latency.assign(contended=[False, False, True, False])  # the 0.75x row ran beside a busy process
+    selection = select(candidates(latency, accuracy, "cpu"), Budget(4.0, "p90"))
+    choice = selection.margins[0]
+    assert choice.label == "0.75x" and choice.contended and selection.within_noise
+    assert choice.describe().endswith("beyond the run-to-run spread (+-2.0%), measured on a busy machine")

@@ -38,7 +38,7 @@ def test_json_choice_runner_up_and_ladder(capsys, results):
 
 
 def test_table_output_names_choice_and_runner_up(capsys, results):
-    code, out, _ = run(capsys, "select", "-t", "cpu", "--max-latency", "4000us", "--results", str(results))
+    code, out, _ = run(capsys, "select", "-t", "cpu", "--max-latency", "4000us", "--out", str(results))
     assert code == 0
     assert "choice" in out and "runner-up" in out and "0.75x" in out and "0.5x" in out
 
@@ -124,3 +124,15 @@ def test_estimates_only_with_the_flag(capsys, tmp_path):
     code, out, _ = run(capsys, "select", "-t", "cpu", "--max-latency", "4ms", "--out", str(results),
                        "--allow-estimates", "--json")  # fmt: skip
     assert code == 0 and json.loads(out)["choice"]["estimated"] is True
+
+
+def test_a_choice_within_the_spread_says_so_in_text_and_json(capsys, results):
+    argv = ["select", "--target", "cpu", "--max-latency", "3.65ms", "--out", str(results)]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert "0.75x fits by 1.4%, within the run-to-run spread (+-2.0%)" in " ".join(out.split())
+    code, out, _ = run(capsys, *argv, "--json")
+    answer = json.loads(out)
+    assert answer["within_noise"] is True
+    assert answer["margins"][0]["config_id"] == answer["choice"]["config_id"]
+    assert answer["margins"][0]["margin"] == pytest.approx(0.05 / 3.65)

@@ -86,9 +86,9 @@ def test_a_user_directory_adds_and_shadows_targets(tmp_path: Path, monkeypatch: 
     ("text", "expected"),
     [
         ('backend = "onnxruntime"\nthred = 4\n', "'thred'"),
-        ('backend = "onnxruntime"\nthreads = "4"\n', "'threads' must be int"),
+        ('backend = "onnxruntime"\nthreads = "4"\n', "key 'threads': '4' is not of type 'integer'"),
         ('backend = "onnxruntime"\n[connection]\nkind = "ssh"\nprot = 22\n', "'connection.prot'"),
-        ('backend = "onnxruntime"\n[connection]\nport = "22"\n', "'connection.port' must be int"),
+        ('backend = "onnxruntime"\n[connection]\nport = "22"\n', "key 'connection.port'"),
         ('backend = "onnxruntime"\n[connection]\nhost = "a;b"\n', "'connection.host'"),
         ('backend = "tflite"\n', "'backend' must be one of"),
         ('backend = "onnxruntime"\nprecision = "fp8"\n', "'precision'"),

@@ -22,8 +22,8 @@ from planner.accuracy.train import (
 )
 from planner.errors import PlannerError
 from planner.models import create_model
+from planner.models.space import allowed_counts, random_configs
 from planner.nn.checkpoint import read_checkpoint
-from planner.search.lut import allowed_counts, random_configs
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,10 @@ class Dataset:
     def size(self, split: str) -> int:
         return len(self.splits[split][0])
 
+    def training_set(self) -> TensorSplit:
+        """The train split for a DataLoader (what `planner.accuracy.train` samples from)."""
+        return TensorSplit(*self.splits["train"])
+
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0) -> list[Batch]:
         """The split cut into batches; shuffled by a generator of its own so runs repeat exactly."""
         if split not in self.splits:
@@ -79,6 +83,30 @@ class Dataset:
         if order is not None:
             x, y = x[order], y[order]
         return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def keep_batch(batch: Batch) -> Batch:
+    """The DataLoader's collate for `TensorSplit`: `__getitems__` already made the batch."""
+    return batch
+
+
+class TensorSplit(torch.utils.data.Dataset):
+    """One in-memory split as a map-style dataset; a DataLoader fetches a whole batch in one indexing."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return self.x[index], self.y[index]
+
+    collate = staticmethod(keep_batch)
 
 
 def load_dataset(source: str | Path, image_size: int | None = None) -> Dataset:

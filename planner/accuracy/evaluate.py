@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from planner.accuracy.data import Batch
+from planner.accuracy.data import Batch, Dataset, load_dataset
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
 from planner.nn.calibrate import DEFAULT_BATCHES, Calibration, apply_calibration, calibrate
@@ -86,3 +87,91 @@ def evaluate(
         calibrated = stored is not None or model.needs_calibration(config)
         results.append(ConfigAccuracy(config, top1, top5, samples, calibrated))
     return results
+
+
+@dataclass(frozen=True)
+class OnData:
+    """A checkpoint's network with the data it is scored on and the configurations asked for."""
+
+    model: SlimmableNetwork
+    dataset: Dataset
+    configs: list[WidthConfig]
+
+
+def checkpoint_on_data(
+    model_name: str | None,
+    checkpoint: Path,
+    data: str,
+    widths: Sequence[float] | None = None,
+    config_files: Sequence[Path] | None = None,
+    **shape: int | None,
+) -> OnData:
+    """The network of `checkpoint` on `data`, which must have its input shape and classes.
+
+    The data is loaded at the checkpoint's input size (or the `input_size` given); the configurations
+    are the given widths and files, or every trained width.
+    """
+    from planner.accuracy.images import PIPELINE, check_classes, load_image_folder
+    from planner.nn.build import build_model, configurations
+    from planner.nn.checkpoint import read_checkpoint
+
+    recorded = read_checkpoint(checkpoint)["planner"]
+    size = shape.get("input_size") or recorded.get("input_size")
+    if (
+        recorded.get("pipeline") == PIPELINE
+    ):  # images, read through the evaluation transform it was trained for
+        dataset = load_image_folder(data, image_size=size)
+    else:
+        dataset = load_dataset(data, image_size=size)
+    check_classes(recorded, dataset.classes, data)
+    model = build_model(model_name, checkpoint, dataset=dataset, **shape)
+    return OnData(model, dataset, configurations(model, widths, config_files))
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What `planner evaluate` did: the scores, and the accuracy table they were added to."""
+
+    model: SlimmableNetwork
+    dataset: Dataset
+    results: list[ConfigAccuracy]
+    path: Path
+    rows: int
+
+
+def evaluate_checkpoint(
+    on_data: OnData,
+    checkpoint: Path,
+    results_dir: Path,
+    split: str = "val",
+    batch_size: int = 256,
+    calibration_batches: int = DEFAULT_BATCHES,
+) -> Evaluated:
+    """`planner evaluate`: score every configuration on `split` and add the rows to RESULTS/accuracy."""
+    from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
+
+    model, dataset = on_data.model, on_data.dataset
+    calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
+    results = evaluate(
+        model,
+        on_data.configs,
+        dataset.batches(split, batch_size),
+        calibration,
+        calibration_batches,
+        model.calibrations,
+    )
+    rows = accuracy_rows(model.name, results, dataset.name, split, checkpoint_digest(checkpoint))
+    return Evaluated(model, dataset, results, write_accuracy(results_dir, rows), len(rows))
+
+
+def calibrate_checkpoint(
+    on_data: OnData, checkpoint: Path, output: Path, batches: int = DEFAULT_BATCHES, batch_size: int = 128
+) -> tuple[list[Calibration], Path]:
+    """`planner calibrate`: BN statistics of every configuration, written into a copy of the checkpoint."""
+    from planner.nn.calibrate import save_calibrated_checkpoint
+    from planner.nn.checkpoint import read_checkpoint
+
+    calibration = on_data.dataset.batches("calibration", batch_size, shuffle=True)
+    done = [calibrate(on_data.model, config, calibration, batches) for config in on_data.configs]
+    extra = read_checkpoint(checkpoint)["planner"]
+    return done, save_calibrated_checkpoint(on_data.model, output, done, extra=extra)

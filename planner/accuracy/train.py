@@ -12,29 +12,48 @@ rounding), so each tracked width's BN statistics are trained; any other width is
 
 Per-layer random training (`per_layer=True`, US-models only; AutoSlim, Yu & Huang 2019): the two random
 members are per-layer configurations instead, each channel group's count drawn independently from the
-counts a planned configuration may take (`planner.search.lut.allowed_counts`). A per-layer search such as LeGR
-then picks mixes the weights were trained on, not only the uniform widths. Such members run BN on batch
-statistics (they have no tracked ones), and the tracked widths between the two ends are never run, so
-after training every tracked width's running statistics are re-estimated on training batches (US-Nets'
-post-training calibration); per-layer configurations are calibrated when evaluated, as before.
+counts a planned configuration may take (`planner.models.space.allowed_counts`). A per-layer search
+such as LeGR then picks mixes the weights were trained on, not only the uniform widths. Such members run
+BN on batch statistics (they have no tracked ones), and the tracked widths between the two ends are never
+run, so after training every tracked width's running statistics are re-estimated on training batches
+(US-Nets' post-training calibration); per-layer configurations are calibrated when evaluated, as before.
 
-SGD with Nesterov momentum and a cosine learning-rate schedule per step, as the reference's recipe.
+SGD with Nesterov momentum and, by default, a cosine learning-rate schedule per step; the published
+recipes' schedules (`planner.accuracy.recipes`) are the alternatives. Resume files, torchrun ranks,
+mixed precision and DataLoader workers are `RunOptions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from planner.accuracy.data import Batch, Dataset
+from planner.accuracy.distributed import (
+    ShardSampler,
+    World,
+    average_gradients,
+    average_values,
+    broadcast_model,
+)
+from planner.accuracy.precision import select_precision
+from planner.accuracy.recipes import COSINE, Schedule, lr_factor
+from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
+from planner.models.space import allowed_counts, default_granularity
 from planner.nn.calibrate import DEFAULT_BATCHES, calibrate
-from planner.search.lut import allowed_counts, default_granularity
+from planner.nn.checkpoint import build_options
 from planner.widths import WidthConfig
 
 # Loss key of the sandwich's per-layer random members (the other members are keyed by their width).
@@ -50,6 +69,7 @@ class TrainStep:
     step: int
     steps_per_epoch: int
     losses: dict[LossKey, float]
+    images_per_s: float = 0.0  # training images (all ranks) per second since this process started
 
 
 @dataclass
@@ -82,7 +102,7 @@ def random_per_layer_config(
     model: SlimmableNetwork, domains: dict[str, list[int]], generator: torch.Generator
 ) -> WidthConfig:
     """Every group's count drawn independently and uniformly from its domain (as
-    `planner.search.lut.random_configs`, but from the training generator, so a seed repeats the run)."""
+    `planner.models.space.random_configs`, but from the training generator, so a seed repeats the run)."""
     channels = {
         name: counts[int(torch.randint(len(counts), (1,), generator=generator))]
         for name, counts in domains.items()
@@ -157,6 +177,42 @@ def check_model(model: SlimmableNetwork, per_layer: bool) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, as opposed to what it computes.
+
+    checkpoint: the resume file to keep (after every epoch, and every `save_every` steps when > 0).
+    resume: a resume file to continue from; the run then ends exactly as if never interrupted.
+    on_resume: told the position resumed at, before the first step runs.
+    world: this process's rank among torchrun's (`planner.accuracy.distributed`); None for one process.
+    accumulate: micro-batches per step (each its own forward/backward, BN statistics per micro-batch):
+        one process then computes what `accumulate` ranks do.
+    device: where the model and batches live. workers: DataLoader worker processes.
+    precision: fp32, bf16 or fp16 autocast (`planner.accuracy.precision`).
+    """
+
+    checkpoint: Path | None = None
+    save_every: int = 0
+    resume: Path | None = None
+    on_resume: Callable[[TrainStep], None] | None = None
+    world: World | None = None
+    accumulate: int = 1
+    device: torch.device = torch.device("cpu")
+    workers: int = 0
+    precision: str = "fp32"
+
+
+def run_recipe(model: SlimmableNetwork, dataset: Dataset, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a resume file must match: the model's build options, the data and every setting that changes
+    what the steps compute."""
+    return {
+        "model": build_options(model),
+        "classes": list(dataset.classes),
+        "dataset": dataset.name,
+        **settings,
+    }
+
+
 def train(
     model: SlimmableNetwork,
     dataset: Dataset,
@@ -168,67 +224,191 @@ def train(
     on_step: Callable[[TrainStep], None] | None = None,
     per_layer: bool = False,
     granularity: int | None = None,
+    run: RunOptions = RunOptions(),
+    schedule: Schedule = COSINE,
+    label_smoothing: float = 0.0,
 ) -> TrainResult:
     """Train `model` in place at all its widths on the dataset's train split, reshuffled every epoch.
 
     Args:
         per_layer: the sandwich's random members are per-layer random configurations (US-models only).
         granularity: channel step of those configurations (default: the model's planning step,
-            `planner.search.lut.default_granularity`).
+            `planner.models.space.default_granularity`).
+        run: resume files, ranks, device, precision (`RunOptions`).
+        schedule: the learning-rate decay (`planner.accuracy.recipes.Schedule`; default cosine to 0).
+        label_smoothing: of the widest member's cross-entropy (the others learn its soft output).
 
-    The model is left in eval mode at its widest width.
+    The model is left on the CPU in eval mode at its widest width.
     """
     check_settings(epochs, batch_size, lr, per_layer, granularity)
     check_model(model, per_layer)
+    if run.save_every < 0:
+        raise PlannerError(
+            f"save-every must be 0 (epoch ends only) or a number of steps, got {run.save_every}"
+        )
     if dataset.num_classes > model.num_classes:
         raise PlannerError(f"dataset has {dataset.num_classes} classes, {model.name} has {model.num_classes}")
     if dataset.size("train") == 0:
         raise PlannerError(f"dataset {dataset.name} has no training split")
-    steps_per_epoch = -(-dataset.size("train") // batch_size)
+    world = run.world
+    ranks = world.size if world else 1
+    if run.accumulate < 1:
+        raise PlannerError(f"accumulate must be at least 1 micro-batch, got {run.accumulate}")
+    if batch_size % (ranks * run.accumulate):
+        raise PlannerError(
+            f"batch size {batch_size} (the global batch) does not split evenly into {ranks} ranks "
+            f"x {run.accumulate} micro-batches"
+        )
+    leader = world is None or world.leader
+    train_set = dataset.training_set()
+    sampler = ShardSampler(
+        train_set, num_replicas=ranks, rank=world.rank if world else 0, shuffle=True, seed=seed * 100_003
+    )
+    local_batch = batch_size // ranks
+    steps_per_epoch = -(-sampler.num_samples // local_batch)
+
+    def loader(epoch: int, skip_steps: int = 0) -> DataLoader:
+        sampler.set_epoch(epoch)
+        if hasattr(train_set, "set_epoch"):  # augmentation drawn per (seed, epoch, image)
+            train_set.set_epoch(epoch)
+        sampler.skip = skip_steps * local_batch
+        return DataLoader(
+            train_set,
+            batch_size=local_batch,
+            sampler=sampler,
+            num_workers=run.workers,
+            collate_fn=getattr(train_set, "collate", None),
+            pin_memory=run.device.type == "cuda",
+        )
+
+    device = run.device
+    precision = select_precision(run.precision, device)
+    scaler = precision.scaler(device)
+    model.to(device)
     domains = per_layer_domains(model, granularity) if per_layer else None
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+    if schedule.kind == "cosine":  # the closed form differs from CosineAnnealingLR's in the last bits
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    else:
+        factor = functools.partial(lr_factor, schedule, steps_per_epoch=steps_per_epoch, total_steps=total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "per_layer": per_layer,
+        "granularity": granularity,
+        "world_size": ranks,
+        "accumulate": run.accumulate,
+        "precision": precision.name,
+        "schedule": dataclasses.asdict(schedule) | {"milestones": list(schedule.milestones)},
+        "label_smoothing": label_smoothing,
+    }
+    recipe = run_recipe(model, dataset, settings)
     distill = model.universal
     result = TrainResult()
+    first_epoch, first_step = 0, 0
+    sums: dict[LossKey, float] = {}
+    counts: dict[LossKey, int] = {}
+    if run.resume is not None:
+        state = load_state(run.resume, recipe)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"])
+        restore_rng(state["rng"])
+        first_epoch, first_step = state["epoch"], state["step"]
+        result.epoch_losses, result.steps = state["epoch_losses"], state["steps"]
+        sums, counts = state["sums"], state["counts"]
+        if run.on_resume is not None:
+            run.on_resume(TrainStep(first_epoch, first_step, steps_per_epoch, {}))
+
+    broadcast_model(model, world)
+
+    def save(epoch: int, step: int) -> None:
+        if run.checkpoint is None or not leader:
+            return
+        state = {
+            "recipe": recipe,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "generator": generator.get_state(),
+            "rng": capture_rng(),
+            "epoch": epoch,
+            "step": step,
+            "steps": result.steps,
+            "epoch_losses": result.epoch_losses,
+            "sums": sums,
+            "counts": counts,
+        }
+        save_state(run.checkpoint, state)
+
     start = time.perf_counter()
+    seen = 0
     model.train()
-    for epoch in range(epochs):
-        sums: dict[LossKey, float] = {}
-        counts: dict[LossKey, int] = {}
-        batches = dataset.batches("train", batch_size, shuffle=True, seed=seed * 100_003 + epoch)
-        for step, (images, labels) in enumerate(batches):
+    for epoch in range(first_epoch, epochs):
+        skip = first_step if epoch == first_epoch else 0
+        if not skip:
+            sums, counts = {}, {}
+        for step, (images, labels) in enumerate(loader(epoch, skip), start=skip):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            k = run.accumulate
+            chunks = [(images[i::k], labels[i::k]) for i in range(k)]
             optimizer.zero_grad(set_to_none=True)
             step_sums: dict[LossKey, float] = {}
             step_counts: dict[LossKey, int] = {}
-            soft_target = None
-            for key, config in iteration_configs(model, generator, domains):
+            soft_targets: list[torch.Tensor] = []
+            for member, (key, config) in enumerate(iteration_configs(model, generator, domains)):
                 model.set_config(config)
-                logits = model(images)
-                if soft_target is None or not distill:
-                    loss = F.cross_entropy(logits, labels)
-                    soft_target = F.softmax(logits.detach(), dim=1)
-                else:
-                    loss = soft_cross_entropy(logits, soft_target)
-                loss.backward()
-                step_sums[key] = step_sums.get(key, 0.0) + loss.item()
+                for chunk, (x, y) in enumerate(chunks):
+                    with precision.autocast(device):
+                        logits = model(x)
+                        if member == 0 or not distill:
+                            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                            if distill:
+                                soft_targets.append(F.softmax(logits.detach(), dim=1))
+                        else:
+                            loss = soft_cross_entropy(logits, soft_targets[chunk])
+                    scaler.scale(loss / k).backward()
+                    step_sums[key] = step_sums.get(key, 0.0) + loss.item() / k
                 step_counts[key] = step_counts.get(key, 0) + 1
-            for key, total in step_sums.items():
-                sums[key] = sums.get(key, 0.0) + total
+            average_gradients(model, world)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            keys = list(step_sums)
+            step_sums = dict(
+                zip(keys, average_values([step_sums[key] for key in keys], world, device), strict=True)
+            )
+            for key, value in step_sums.items():
+                sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + step_counts[key]
             losses = {key: step_sums[key] / step_counts[key] for key in step_sums}
-            optimizer.step()
-            schedule.step()
             result.steps += 1
+            seen += len(labels) * ranks
             if on_step is not None:
-                on_step(TrainStep(epoch, step, len(batches), losses))
+                speed = seen / (time.perf_counter() - start)
+                on_step(TrainStep(epoch, step, steps_per_epoch, losses, speed))
+            if run.save_every and result.steps % run.save_every == 0 and step + 1 < steps_per_epoch:
+                save(epoch, step + 1)
         result.epoch_losses.append({k: sums[k] / counts[k] for k in sandwich_order(list(sums))})
+        sums, counts = {}, {}
+        save(epoch + 1, 0)
     if per_layer:
-        batches = dataset.batches("train", batch_size, shuffle=True, seed=seed * 100_003 + epochs)
-        refresh_tracked_statistics(model, batches[:DEFAULT_BATCHES])
+        batches = [(x.to(device), y.to(device)) for x, y in itertools.islice(loader(epochs), DEFAULT_BATCHES)]
+        refresh_tracked_statistics(model, batches)
     result.wall_s = time.perf_counter() - start
     model.set_config(model.config(model.widths[-1]))
+    model.to("cpu")
     model.eval()
     return result

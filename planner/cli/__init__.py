@@ -20,20 +20,6 @@ app = typer.Typer(
 )
 
 
-def parse_widths(values: list[str] | None) -> list[float] | None:
-    """`--widths 0.5 --widths 1.0` or `--widths 0.5,1.0` as floats; None when not given."""
-    if not values:
-        return None
-    widths = []
-    for value in values:
-        for part in value.split(","):
-            try:
-                widths.append(float(part))
-            except ValueError:
-                raise PlannerError(f"--widths takes numbers such as 0.5,1.0; got {part!r}") from None
-    return widths
-
-
 # Each module registers its commands on `app` when imported; one line per pipeline stage.
 COMMAND_MODULES = [
     "models",

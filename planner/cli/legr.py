@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
-from planner.cli.targets import TargetsDirOption
+from planner.cli.options import TargetsDirOption
 from planner.errors import PlannerError
 from profilers.files import replacing
 
@@ -46,40 +46,13 @@ def _settings(base, max_seconds: float | None, min_queries: int | None):
 
 
 def _model(name: str | None, checkpoint: Path | None, input_size: int | None = None):
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model
 
     return build_model(name, checkpoint, input_size=input_size)
 
 
-def _fitness(
-    model,
-    data: str,
-    calibration_batches: int = 5,
-    batch_size: int = 64,
-    finetune_steps: int = 0,
-    seed: int = 0,
-):
-    """LeGR's fitness on `data`: validation loss after BN calibration (and an optional short fine-tune)."""
-    from planner.accuracy.data import load_dataset
-    from planner.search.legr import Fitness
-
-    dataset = load_dataset(data, image_size=model.input_size)
-    if dataset.in_channels != model.in_channels:
-        raise PlannerError(
-            f"{data} has {dataset.in_channels}-channel images, {model.name} takes {model.in_channels}"
-        )
-    return Fitness(
-        model,
-        dataset.batches("calibration", batch_size),
-        dataset.batches("val", batch_size),
-        calibration_batches,
-        finetune_steps,
-        dataset.batches("train", batch_size, shuffle=True, seed=seed) if finetune_steps else (),
-    )
-
-
 def _target_model(model, target):
-    from planner.measure.profile import model_for_target
+    from planner.measure.artifacts import model_for_target
 
     return model_for_target(model, target)
 
@@ -107,14 +80,9 @@ def lut_build(
     import numpy as np
 
     from planner.measure.targets import load_target
-    from planner.search.lut import (
-        END_TO_END_SETTINGS,
-        LAYER_SETTINGS,
-        build_table,
-        calibration_widths,
-        random_configs,
-        table_path,
-    )
+    from planner.models.space import calibration_widths, random_configs
+    from planner.search.lut import table_path
+    from planner.search.lut_runs import END_TO_END_SETTINGS, LAYER_SETTINGS, build_table
 
     if calibration_samples < 0:
         raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
@@ -169,7 +137,8 @@ def lut_check(
     table to the machine's current speed (see docs/ARCHITECTURE.md, latency tables).
     """
     from planner.measure.targets import load_target
-    from planner.search.lut import END_TO_END_SETTINGS, LatencyTable, check_table, table_path, within
+    from planner.search.lut import LatencyTable, table_path, within
+    from planner.search.lut_runs import END_TO_END_SETTINGS, check_table
 
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)
@@ -190,18 +159,6 @@ def lut_check(
         f"{len(frame)} configurations: {within(errors, 0.10):.0%} within +-10% of measured, "
         f"median |error| {errors.abs().median():.1%}, max {errors.abs().max():.1%}"
     )
-
-
-def _latency_table(model, target, lut: Path | None, out: Path):
-    from planner.search.lut import LatencyTable, table_path
-
-    path = lut or table_path(out, target.name, model.name)
-    if lut is None and not path.is_file():
-        raise PlannerError(
-            f"no latency table at {path}: build it with "
-            f"planner lut build --target {target.name} --model {model.name}"
-        )
-    return LatencyTable.load(path).check(model, target)
 
 
 @legr_app.command("learn")
@@ -243,20 +200,10 @@ def legr_learn(
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Learn LeGR's per-layer affine coefficients by regularized evolution; reuse them for every budget."""
-    import numpy as np
-
     from planner.measure.targets import load_target
-    from planner.search.legr import (
-        LearnedRanking,
-        SearchSettings,
-        WidthPlanner,
-        evolve,
-        macs_cost,
-    )
-    from profilers.jobs import file_digest
+    from planner.search.budget import fitness_on, latency_table_for, learn_ranking
+    from planner.search.legr import SearchSettings
 
-    if not 0 < budget <= 1:
-        raise PlannerError(f"--budget is a share of the full model's cost in (0, 1], got {budget}")
     settings = SearchSettings(population, sample, generations, mutate)
     if threads is not None:
         if threads < 1:
@@ -265,56 +212,35 @@ def legr_learn(
 
         torch.set_num_threads(threads)
     model = _model(model_name, checkpoint)
-    cost_info: dict = {"kind": "macs"}
-    cost = macs_cost(model)
+    latency = None
     if target_name is not None or lut is not None:
         if target_name is None:
             raise PlannerError("--lut needs --target (the table is checked against it)")
         target = load_target(target_name, targets_dir)
-        table = _latency_table(model, target, lut, out)
-        cost, cost_info = (
-            table.predict_ms,
-            {"kind": "latency_ms", "target": target.name, "lut": table.fingerprint},
-        )
-    fitness = _fitness(model, data, calibration_batches, batch_size, finetune_steps, seed)
-    planner = WidthPlanner(model, cost, granularity, min_fraction)
-    target_cost = budget * planner.full_cost()
-    if target_cost < planner.smallest_cost():
-        raise PlannerError(
-            f"--budget {budget:g} ({target_cost:g}) is below {model.name}'s smallest configuration "
-            f"({planner.smallest_cost():g}): raise it"
-        )
-    started = time.perf_counter()
+        latency = (target, latency_table_for(model, target, out, lut))
 
     def progress(generation: int, loss: float) -> None:
         if generation % 50 == 0 or generation == settings.generations:
             console.print(f"generation {generation}/{settings.generations}: best validation loss {loss:.4f}")
 
-    result = evolve(planner, target_cost, fitness, np.random.default_rng(seed), settings, progress)
-    wall_s = time.perf_counter() - started
-    info = {
-        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": file_digest(checkpoint)},
-        "data": data,
-        "cost": cost_info,
-        "budget": {"share": budget, "value": target_cost},
-        "search": {
-            **dataclasses.asdict(settings),
-            "seed": seed,
-            "finetune_steps": finetune_steps,
-            "calibration_batches": calibration_batches,
-        },
-        "validation_loss": result.loss,
-        "config": result.config.to_dict(),
-        "evaluations": result.evaluations,
-        "distinct_configurations": len(fitness.cache),
-        "wall_s": round(wall_s, 2),
-        "history": result.history,
-    }
-    ranking = LearnedRanking(model.name, result.coefficients, planner.granularity, min_fraction, info)
-    ranking.save(output)
+    learned = learn_ranking(
+        model,
+        checkpoint,
+        data,
+        fitness_on(model, data, calibration_batches, batch_size, finetune_steps, seed),
+        share=budget,
+        latency=latency,
+        settings=settings,
+        granularity=granularity,
+        min_fraction=min_fraction,
+        seed=seed,
+        progress=progress,
+    )
+    learned.ranking.save(output)
     typer.echo(
-        f"wrote {output}: validation loss {result.loss:.4f} at {budget:g} of the full cost, "
-        f"{result.evaluations} candidates ({len(fitness.cache)} distinct configurations) in {wall_s:.0f} s"
+        f"wrote {output}: validation loss {learned.loss:.4f} at {budget:g} of the full cost, "
+        f"{learned.evaluations} candidates ({learned.distinct} distinct configurations) in "
+        f"{learned.wall_s:.0f} s"
     )
 
 
@@ -367,119 +293,62 @@ def legr_config(
     fitness, after BN calibration) is not lower. The rows go to OUT/latency.parquet, so select, manifest
     and report see the configuration like a width.
     """
-    from functools import partial
-
     from planner.measure.targets import load_target
     from planner.nn.counting import count
-    from planner.search.legr import LearnedRanking, macs_cost, plan_measured, prefer_uniform
+    from planner.search.budget import config_for_budget, fitness_on, latency_table_for, recorded_checkpoint
+    from planner.search.legr import LearnedRanking
     from planner.units import parse_duration_ms
     from profilers.jobs import file_digest
 
     if (max_latency is None) == (max_macs is None):
         raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
-    if max_macs is not None and max_macs <= 0:
-        raise PlannerError(f"--max-macs must be positive, got {max_macs:g}")
     if max_latency is not None and target_name is None:
         raise PlannerError("--max-latency needs --target: latency is a property of a device")
+    budget_ms = parse_duration_ms(max_latency) if max_latency is not None else None
     ranking = LearnedRanking.load(coefficients)
-    checkpoint = checkpoint or _recorded_checkpoint(ranking, coefficients)
+    checkpoint = checkpoint or recorded_checkpoint(ranking, coefficients)
     if checkpoint is not None and not checkpoint.is_file():
         raise PlannerError(f"checkpoint {checkpoint} does not exist")
     recorded = (ranking.info.get("checkpoint") or {}).get("sha256")
     if checkpoint is not None and recorded and file_digest(checkpoint) != recorded:
         console.print(f"note: {checkpoint} is not the checkpoint the coefficients were learned on")
     model = _model(model_name, checkpoint)
+    target = table = None
+    if budget_ms is not None:
+        target = load_target(target_name, targets_dir)
+        model = _target_model(model, target)
+        table = latency_table_for(model, target, out, lut)
     fitness = None
     if data is not None:  # the loss the coefficients were learned with
         learned = ranking.info.get("search") or {}
-        fitness = _fitness(model, data, int(learned.get("calibration_batches", 5)))
-
-    def better(config, find_uniform):
-        """With --data: the plan, or the widest uniform width that fits if the plan's loss is not lower."""
-        if fitness is None:
-            return config
-        uniform = find_uniform()
-        if uniform is None:  # measured over the budget down to the narrowest width
-            typer.echo("no uniform width measured under the budget: keeping the plan")
-            return config
-        if uniform == config:
-            typer.echo(f"the plan is the uniform width {uniform.label}")
-            return config
-        chosen = prefer_uniform(config, uniform, fitness)
-        typer.echo(
-            f"validation loss: plan {fitness(config):.4f}, uniform {uniform.label} {fitness(uniform):.4f}; "
-            f"keeping {'the plan' if chosen == config else uniform.label}"
-        )
-        return chosen
-
+        fitness = fitness_on(model, data, int(learned.get("calibration_batches", 5)))
+    fit = config_for_budget(
+        model,
+        ranking,
+        out,
+        max_latency_ms=budget_ms,
+        max_macs=max_macs,
+        target=target,
+        table=table,
+        verify=verify,
+        max_plans=plans,
+        fitness=fitness,
+    )
+    if fit.note:
+        typer.echo(fit.note)
+    config = fit.config
+    _write_config(config, output)
     if max_macs is not None:
-        planner = ranking.planner_for(model, macs_cost(model))
-        config = better(
-            planner.config_for(ranking.coefficients, max_macs), lambda: planner.uniform_for(max_macs)
-        )
-        _write_config(config, output)
         typer.echo(f"wrote {output} ({config.label}): {count(model, config).macs:,} MACs <= {max_macs:,.0f}")
         return
-    budget_ms = parse_duration_ms(max_latency)
-    target = load_target(target_name, targets_dir)
-    model = _target_model(model, target)
-    table = _latency_table(model, target, lut, out)
-    planner = ranking.planner_for(model, table.predict_ms)
-    measured: dict[str, dict[str, float]] = {}
-    if verify:
-
-        def p90_ms(config) -> float:
-            measured[config.id] = _measure(model, config, target, out)
-            return measured[config.id]["p90_ms"]
-
-        plan = plan_measured(partial(planner.config_for, ranking.coefficients), budget_ms, p90_ms, plans)
-        config = plan.config
-        if not plan.fits:
-            raise PlannerError(
-                f"no configuration verified under {max_latency} on {target.name}: the last one measured "
-                f"p90 {plan.measured:.3f} ms (predicted {table.predict_ms(config):.3f} ms); raise the budget"
-            )
-
-        def fitted_uniform():
-            uniform = plan_measured(planner.uniform_for, budget_ms, p90_ms, plans)
-            return uniform.config if uniform.fits else None
-
-        config = better(config, fitted_uniform)
-    else:
-        config = better(
-            planner.config_for(ranking.coefficients, budget_ms), lambda: planner.uniform_for(budget_ms)
-        )
-    _write_config(config, output)
     line = f"wrote {output} ({config.label}): predicted {table.predict_ms(config):.3f} ms"
     if verify:
-        row = measured[config.id]
+        row = fit.measured[config.id]
         line += (
             f", measured p50 {row['p50_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms <= {max_latency} "
-            f"({len(measured)} measured)"
+            f"({len(fit.measured)} measured)"
         )
     typer.echo(line)
-
-
-def _recorded_checkpoint(ranking, coefficients: Path) -> Path | None:
-    recorded = (ranking.info.get("checkpoint") or {}).get("path")
-    if not recorded:
-        return None
-    if not Path(recorded).is_file():
-        raise PlannerError(
-            f"the checkpoint {coefficients} was learned on ({recorded}) is gone: give --checkpoint"
-        )
-    return Path(recorded)
-
-
-def _measure(model, config, target, out: Path) -> dict[str, float]:
-    from planner.measure.profile import profile_configs
-
-    rows = profile_configs(model, [config], [target], out)
-    rows = rows[(rows["config_id"] == config.id) & (rows["status"] == "ok")]
-    if rows.empty:
-        raise PlannerError(f"measuring {config.label} on {target.name} failed; see {out}/latency.parquet")
-    row = rows.iloc[-1]
-    return {"p50_ms": float(row["p50_ms"]), "p90_ms": float(row["p90_ms"])}
 
 
 def _write_config(config, path: Path) -> None:

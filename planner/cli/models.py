@@ -11,27 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
-from planner.errors import PlannerError
+from planner.cli.options import WidthsOption, parse_widths
 
 console = Console()
-
-WidthsOption = Annotated[
-    list[float] | None, typer.Option("--widths", "-w", help="Widths to show (default: the trained ones).")
-]
-
-
-def resolve_config(model, width: float | None, config_file: Path | None):
-    """The configuration a command was asked for: `--width` or `--config FILE` (exactly one)."""
-    from planner.widths import WidthConfig
-
-    if (width is None) == (config_file is None):
-        raise PlannerError("give exactly one of --width or --config")
-    if config_file is None:
-        return model.config(width)
-    loaded = WidthConfig.load(config_file)
-    if loaded.model != model.name:
-        raise PlannerError(f"{config_file} is a configuration of {loaded.model!r}, not {model.name!r}")
-    return model.config_from_channels(loaded.channels, loaded.width)
 
 
 @app.command("models")
@@ -63,12 +45,12 @@ def info_command(
     input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
 ) -> None:
     """Channels, MACs and params of each width (the reference's counting convention)."""
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model
     from planner.nn.counting import count, layer_channels
 
     model = build_model(model_name, num_classes=num_classes, input_size=input_size)
     rows = []
-    for width in widths or model.widths:
+    for width in parse_widths(widths) or model.widths:
         config = model.config(width)
         cost = count(model, config)
         rows.append(
@@ -115,14 +97,14 @@ def export_command(
     in_channels: Annotated[int | None, typer.Option(help="Input channels.")] = None,
 ) -> None:
     """Write one configuration as a single-file, static-shape ONNX holding only its sliced weights."""
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model, one_configuration
     from planner.nn.counting import count
     from planner.nn.export import export_onnx
 
     model = build_model(
         model_name, checkpoint, num_classes=num_classes, input_size=input_size, in_channels=in_channels
     )
-    config = resolve_config(model, width, config_file)
+    config = one_configuration(model, width, config_file)
     if model.needs_calibration(config) and config.id not in model.calibrations:
         console.print(
             "[yellow]note:[/] this per-layer configuration has no trained BN statistics; it borrows the "

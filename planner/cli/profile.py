@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from planner.cli import app, parse_widths
-from planner.cli.targets import TargetsDirOption
+from planner.cli import app
+from planner.cli.options import (
+    DEFAULT_RESULTS_DIR,
+    ConfigFilesOption,
+    ResultsOption,
+    TargetsDirOption,
+    WidthsOption,
+    parse_widths,
+)
 from planner.errors import PlannerError
 from planner.measure.targets import load_target
 
@@ -28,13 +36,8 @@ def profile_command(
     model_name: Annotated[
         str | None, typer.Option("--model", "-m", help="Model name (default: the checkpoint's model).")
     ] = None,
-    widths: Annotated[
-        list[str] | None,
-        typer.Option("--widths", "-w", help="Widths, e.g. 0.25,0.5 (default: every trained width)."),
-    ] = None,
-    config_files: Annotated[
-        list[Path] | None, typer.Option("--config", help="Width configuration JSON file (repeatable).")
-    ] = None,
+    widths: WidthsOption = None,
+    config_files: ConfigFilesOption = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Weights; planner checkpoints also give the model.")
     ] = None,
@@ -45,7 +48,7 @@ def profile_command(
         str | None, typer.Option("--host", help="Reach the target over SSH at [user@]host[:port].")
     ] = None,
     targets_dir: TargetsDirOption = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory.")] = Path("out"),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     force: Annotated[bool, typer.Option("--force", help="Measure again what OUT already holds.")] = False,
     ray: Annotated[
         str | None, typer.Option("--ray", help="Ray cluster address: profile on its target:<name> nodes.")
@@ -56,6 +59,13 @@ def profile_command(
     ci: Annotated[float | None, typer.Option(help="Stop at a median CI of +-this.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Time limit per configuration.")] = None,
     min_queries: Annotated[int | None, typer.Option(help="Inferences before stopping.")] = None,
+    wait_quiet: Annotated[
+        str | None,
+        typer.Option("--wait-quiet", help="First wait up to this long (e.g. 2min) for a quiet machine."),
+    ] = None,
+    require_quiet: Annotated[
+        bool, typer.Option("--require-quiet", help="Exit 1 when a row was measured on a busy machine.")
+    ] = False,
 ) -> None:
     """Profile configurations of a model on one or more targets and add the rows to OUT/latency.parquet.
 
@@ -63,8 +73,13 @@ def profile_command(
     --input-size set them for a reference checkpoint or a fresh model. A re-run resumes: what OUT already
     holds is not measured again unless --force.
     """
-    from planner.measure import profile as stage
-    from profilers.jobs import Settings
+    from planner.measure.artifacts import weights_key
+    from planner.measure.profile import estimate_configs, profile_configs
+    from planner.nn.build import build_model, configurations
+    from planner.units import parse_wait_s
+    from profilers.jobs import MAX_WAIT_QUIET_S, Settings
+
+    wait_s = parse_wait_s(wait_quiet, MAX_WAIT_QUIET_S) if wait_quiet is not None else 0.0
 
     targets = [load_target(name, targets_dir) for name in target_names]
     if host is not None:
@@ -76,18 +91,18 @@ def profile_command(
     if ray and estimate:
         raise PlannerError("--estimate needs no device: drop --ray")
 
-    model = stage.build_model(
+    model = build_model(
         model_name, checkpoint, in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )
-    configs = stage.configurations(model, parse_widths(widths), config_files)
+    configs = configurations(model, parse_widths(widths), config_files)
     if estimate:
-        rows, skipped = stage.estimate_configs(model, configs, targets, out)
+        rows, skipped = estimate_configs(model, configs, targets, out)
         for key in skipped:
             console.print(f"[yellow]{key}: OUT holds a measurement; the estimate is not stored[/yellow]")
         _summary(rows, out, estimated=True)
         return
 
-    overrides = {"ci_rel": ci, "max_seconds": max_seconds, "min_queries": min_queries}
+    overrides = {"ci_rel": ci, "max_seconds": max_seconds, "min_queries": min_queries, "wait_quiet_s": wait_s}
     settings = dataclasses.replace(Settings(), **{k: v for k, v in overrides.items() if v is not None})
     with Progress(
         TextColumn("{task.description}"),
@@ -105,7 +120,7 @@ def profile_command(
                 tasks[target] = bar.add_task(target, total=total)
             bar.update(tasks[target], completed=done, total=total)
 
-        rows = stage.profile_configs(
+        rows = profile_configs(
             model,
             configs,
             targets,
@@ -113,44 +128,88 @@ def profile_command(
             settings=settings,
             force=force,
             ray_address=ray,
-            weights=stage.weights_key(checkpoint),
+            weights=weights_key(checkpoint),
             progress=progress,
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
+    if not _warn_contended(rows, wait_quiet) and require_quiet:
+        raise typer.Exit(1)
 
 
-def _summary(rows: pd.DataFrame, out: Path, estimated: bool) -> None:
+def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
+    """One line when rows were measured on a busy machine; True when none was."""
+    busy = (
+        rows[rows.get("contended", pd.Series(dtype=bool)).fillna(False).astype(bool)] if len(rows) else rows
+    )
+    if not len(busy):
+        return True
+    most = busy["other_cores"].max()
+    load = f" (other processes used up to {most:.1f} cores)" if pd.notna(most) else ""
+    if wait_quiet is None:
+        advice = "re-run with --force --wait-quiet 5min, or when the machine is idle"
+    else:
+        advice = f"the machine did not stay quiet within --wait-quiet {wait_quiet}; measured anyway"
+    console.print(
+        f"[yellow]warning: {len(busy)} of {len(rows)} rows measured on a busy machine{load}, latencies likely"
+        f" too high: {advice}[/yellow]",
+        soft_wrap=True,
+    )
+    return False
+
+
+def _summary(rows: pd.DataFrame, out: Path, estimated: bool, output: Console | None = None) -> None:
+    """The rows as a table that fits an 80-column terminal: the interval as +-% of p50, errors below it."""
     title = "estimated latency (roofline, not measured)" if estimated else "measured latency"
     rows = rows.sort_values(["target", "macs"]) if len(rows) else rows
     labels = [
         f"{width:g}x" if pd.notna(width) else f"layers:{config_id}"
         for width, config_id in zip(rows.get("width", []), rows.get("config_id", []), strict=True)
     ]
-    table = Table(title=title)
-    table.add_column("target", no_wrap=True)
-    table.add_column("config", no_wrap=True, min_width=max(map(len, labels), default=6))
-    table.add_column("status")
-    for column in ("p50 ms", "p90 ms", "95% CI of p50", "n", "MMACs", "peak MB"):
-        table.add_column(column, justify="right")
+    cells, errors = [], []
     for label, (_, row) in zip(labels, rows.iterrows(), strict=True):
         interval = "-"
-        if pd.notna(row.get("ci_low_ms")):
-            interval = f"{row['ci_low_ms']:.3f}-{row['ci_high_ms']:.3f}"
-        table.add_row(
-            str(row["target"]),
-            label,
-            str(row["status"]) if row["status"] == "ok" else f"{row['status']}: {row['error']}",
-            _number(row.get("p50_ms"), 3),
-            _number(row.get("p90_ms"), 3),
-            interval,
-            _number(row.get("n"), 0),
-            _number(row["macs"] / 1e6 if pd.notna(row.get("macs")) else None, 1),
-            _number(row["peak_rss_bytes"] / 2**20 if pd.notna(row.get("peak_rss_bytes")) else None, 1),
+        if pd.notna(row.get("ci_low_ms")) and row.get("p50_ms", 0) > 0:
+            interval = f"+-{(row['ci_high_ms'] - row['ci_low_ms']) / 2 / row['p50_ms']:.1%}"
+        status = str(row["status"])
+        if status != "ok":
+            errors.append(f"{row['target']} {label}: {status}: {row['error']}")
+        elif pd.notna(row.get("contended")) and bool(row.get("contended")):
+            status = "busy"
+        cells.append(
+            (
+                str(row["target"]),
+                label,
+                status,
+                _ms(row.get("p50_ms")),
+                interval,
+                _ms(row.get("p90_ms")),
+                _number(row.get("n"), 0),
+                _number(row["macs"] / 1e6 if pd.notna(row.get("macs")) else None, 1),
+                _number(row["peak_rss_bytes"] / 2**20 if pd.notna(row.get("peak_rss_bytes")) else None, 1),
+            )
         )
-    output = Console()
+    headers = ("target", "config", "status", "p50 ms", "95% CI", "p90 ms", "n", "MMACs", "peak MB")
+    table = Table(title=title, box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold underline")
+    for index, header in enumerate(headers):
+        width = max([len(header), *(len(row[index]) for row in cells)])
+        table.add_column(header, justify="left" if index < 3 else "right", no_wrap=True, min_width=width)
+    for row in cells:
+        table.add_row(*row)
+    output = output or Console()
     output.print(table)
+    for line in errors:
+        output.print(line, markup=False, highlight=False)
     output.print(f"{len(rows)} rows in {out / 'latency.parquet'}", soft_wrap=True)
+
+
+def _ms(value) -> str:
+    """Four significant digits, at most three decimals: 1235, 12.35, 0.012."""
+    if value is None or pd.isna(value):
+        return "-"
+    value = float(value)
+    digits = 3 if value <= 0 else min(3, max(0, 3 - math.floor(math.log10(value))))
+    return f"{value:.{digits}f}"
 
 
 def _number(value, digits: int) -> str:

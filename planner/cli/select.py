@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,20 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
+from planner.cli.options import DEFAULT_RESULTS_DIR, ResultsOption, TargetsDirOption
 from planner.errors import PlannerError
 from planner.measure.targets import Target, load_target
-from planner.plan.pareto import METRICS, candidates, latency_bound, read_tables
-from planner.plan.select import Budget, Proposal, Selection, describe_row, label, propose_width, select
-from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms, parse_size_bytes
+from planner.plan.budgets import budget_for
+from planner.plan.select import Proposal, Selection, describe_row, label
+from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms
+from planner.workflows import select_on_target, write_manifests
 
-DEFAULT_RESULTS_DIR = Path("out")  # where `planner profile` writes by default
-
-ResultsOption = Annotated[
-    Path,
-    typer.Option(
-        "--results", "--out", help="Directory holding latency and accuracy tables (profile's --out)."
-    ),
-]
 MaxLatencyOption = Annotated[
     str | None,
     typer.Option("--max-latency", help="Latency budget with a unit, e.g. 20ms (default: the target's)."),
@@ -42,99 +35,6 @@ ModelOption = Annotated[str | None, typer.Option("--model", help="Model, when th
 EstimatesOption = Annotated[
     bool, typer.Option("--allow-estimates", help="Also consider roofline estimates (never mixed silently).")
 ]
-TargetsDirOption = Annotated[
-    Path | None, typer.Option("--targets-dir", help="Directory of extra <name>.toml targets.")
-]
-
-
-def budget_for(target: Target, max_latency: str | None, max_memory: str | None, metric: str) -> Budget:
-    """The budget from the flags, falling back to the target's default budgets."""
-    if metric not in METRICS:
-        raise PlannerError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
-    if max_latency is not None:
-        latency_ms = parse_duration_ms(max_latency)
-    elif target.budgets.max_latency_ms is not None:
-        latency_ms = target.budgets.max_latency_ms
-    else:
-        raise PlannerError(
-            f"target {target.name!r} has no default latency budget; give --max-latency, e.g. 20ms"
-        )
-    if max_memory is not None:
-        memory = parse_size_bytes(max_memory)
-    elif target.budgets.max_memory_mb is not None:
-        memory = int(target.budgets.max_memory_mb * 10**6)
-    else:
-        memory = None
-    return Budget(latency_ms, metric, memory)
-
-
-def select_for_target(
-    target: Target,
-    budget: Budget,
-    results_dir: Path,
-    model: str | None,
-    allow_estimates: bool,
-    tables: tuple[pd.DataFrame, pd.DataFrame] | None = None,
-) -> Selection:
-    latency, accuracy = tables if tables is not None else read_tables(results_dir)
-    table = candidates(
-        latency,
-        accuracy,
-        target.name,
-        metric=budget.metric,
-        model=model,
-        allow_estimates=allow_estimates,
-        results_dir=results_dir,
-    )
-    return select(table, budget)
-
-
-def measure_proposal(
-    proposal: Proposal,
-    selection: Selection,
-    target: Target,
-    results_dir: Path,
-    checkpoint: Path | None,
-    max_seconds: float | None = None,
-) -> Proposal:
-    """Profile the proposed width on the target (rows land in the results table like any other)."""
-    from planner.measure.profile import build_model, profile_configs, weights_key
-    from profilers.jobs import Settings
-
-    settings = Settings() if max_seconds is None else Settings(max_seconds=max_seconds)
-    first = selection.candidates.iloc[0]
-    shape = {}
-    if checkpoint is None:  # rebuild at the measured input shape, e.g. 1x3x224x224
-        parts = str(first["input_shape"]).split("x")
-        if len(parts) != 4 or not all(part.isdigit() for part in parts):
-            raise PlannerError(
-                f"the results do not record the input shape of {first['model']}; pass --checkpoint "
-                "to measure the proposed width, or --no-measure"
-            )
-        shape = {"in_channels": int(parts[1]), "input_size": int(parts[2])}
-    network = build_model(first["model"], checkpoint, **shape)
-    config = network.config(proposal.width)
-    rows = profile_configs(
-        network, [config], [target], results_dir, settings=settings, weights=weights_key(checkpoint)
-    )
-    rows = rows[(rows["config_id"] == config.id) & (rows["status"] == "ok")]
-    if rows.empty:
-        raise PlannerError(f"measuring width {proposal.width:g} on {target.name} failed; see {results_dir}")
-    bound = float(latency_bound(rows, selection.budget.metric).iloc[-1])
-    return dataclasses.replace(proposal, config_id=config.id, measured_bound_ms=bound)
-
-
-def universal_proposal(selection: Selection) -> Proposal | None:
-    """For a universally slimmable model, the interpolated widest width that should fit."""
-    from planner.models import create_model, list_models
-
-    name = selection.candidates["model"].iloc[0]
-    if name not in list_models():
-        return None
-    model = create_model(name)
-    if not model.universal:
-        return None
-    return propose_width(selection.candidates, selection.budget, model.width_range)
 
 
 @app.command("select")
@@ -168,19 +68,19 @@ def select_command(
     For a universally slimmable model the widest width predicted to fit (monotone interpolation over
     the measured widths) is measured on the target and accepted only if it fits and has an accuracy.
     """
-    if not measure and (checkpoint is not None or max_seconds is not None):
-        flag = "--checkpoint" if checkpoint is not None else "--max-seconds"
-        raise PlannerError(f"{flag} is only used to measure a proposed width; drop it or --no-measure")
-    if max_seconds is not None and not max_seconds > 0:
-        raise PlannerError(f"--max-seconds must be positive, got {max_seconds:g}")
     target = load_target(target_name, targets_dir)
-    budget = budget_for(target, max_latency, max_memory, metric)
-    selection = select_for_target(target, budget, results_dir, model, allow_estimates)
-    proposal = universal_proposal(selection)
-    if proposal is not None and measure:
-        Console(stderr=True).print(f"measuring the proposed width {proposal.width:g} on {target.name} ...")
-        proposal = measure_proposal(proposal, selection, target, results_dir, checkpoint, max_seconds)
-        selection = select_for_target(target, budget, results_dir, model, allow_estimates)
+    chosen = select_on_target(
+        target,
+        budget_for(target, max_latency, max_memory, metric),
+        results_dir,
+        model=model,
+        allow_estimates=allow_estimates,
+        measure=measure,
+        checkpoint=checkpoint,
+        max_seconds=max_seconds,
+        log=Console(stderr=True).print,
+    )
+    selection, proposal = chosen.selection, chosen.proposal
     if as_json:
         typer.echo(json.dumps(selection_json(target, selection, proposal, results_dir), indent=2))
     else:
@@ -206,6 +106,8 @@ def selection_json(
         "fastest": describe_row(selection.fastest),
         "ladder": [describe_row(row) for _, row in selection.ladder.iterrows()],
         "proposal": _proposal_json(target, selection, proposal, results_dir),
+        "within_noise": selection.within_noise,
+        "margins": [margin.to_dict() for margin in selection.margins],
         "candidates": len(selection.candidates),
         "unscored": int(selection.candidates.attrs.get("unscored", 0)),
     }
@@ -259,6 +161,9 @@ def print_selection(
         )
         rows = [("fastest", selection.fastest)]
     console.print(candidate_table(rows, selection.budget.metric))
+    for margin in selection.margins:
+        if margin.within_noise:
+            console.print(f"[yellow]unsettled[/]: {margin.describe()}; a re-run may choose otherwise")
     if selection.fits and len(selection.ladder) > 1:
         steps = " -> ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(f"ladder (fastest to most accurate): {steps}")
@@ -317,57 +222,38 @@ def manifest_command(
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", "-c", help="Trained weights to ship (the ones evaluated).")
     ],
-    out_dir: Annotated[
-        Path, typer.Option("--out", "-o", help="Deployment directory: one folder per target.")
+    deploy_dir: Annotated[
+        Path, typer.Option("--output", "-o", help="Deployment directory: one folder per target.")
     ] = Path("deploy"),
     max_latency: MaxLatencyOption = None,
     max_memory: MaxMemoryOption = None,
     metric: MetricOption = "p90",
-    results_dir: Annotated[
-        Path, typer.Option("--results", help="Directory holding the latency and accuracy tables.")
-    ] = DEFAULT_RESULTS_DIR,
+    results_dir: ResultsOption = DEFAULT_RESULTS_DIR,
     model: ModelOption = None,
     allow_estimates: EstimatesOption = False,
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Per target, the chosen configuration's artifact and a JSON manifest with the ladder to step down on."""
-    from planner.deploy.manifest import export_ladder, write_manifest
-
     targets = [load_target(name, targets_dir) for name in target_names]
-    names = [target.name for target in targets]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise PlannerError(
-            f"target {repeated[0]!r} is given more than once (aliases count as the same target)"
-        )
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PlannerError(f"--out {out_dir} is a file; give a directory")
-    tables = read_tables(results_dir)
-    selections = []
-    for target in targets:
-        budget = budget_for(target, max_latency, max_memory, metric)
-        selections.append(
-            (target, select_for_target(target, budget, results_dir, model, allow_estimates, tables))
-        )
+    budgets = [budget_for(target, max_latency, max_memory, metric) for target in targets]
+    deployed = write_manifests(
+        targets, budgets, checkpoint, results_dir, deploy_dir, model=model, allow_estimates=allow_estimates
+    )
     console = Console()
-    missed = 0
-    for target, selection in selections:
-        if not selection.fits:
-            missed += 1
-            console.print(f"[red]{target.name}: nothing fits[/] {selection.budget.describe()}; fastest:")
-            console.print(candidate_table([("fastest", selection.fastest)], selection.budget.metric))
+    for entry in deployed:
+        selection = entry.selection
+        if entry.manifest is None:
+            budget = selection.budget
+            console.print(f"[red]{entry.target.name}: nothing fits[/] {budget.describe()}; fastest:")
+            console.print(candidate_table([("fastest", selection.fastest)], budget.metric))
             continue
-        exports = export_ladder(selection, target, checkpoint, results_dir)
-        path = write_manifest(
-            selection, target, exports.model, checkpoint, exports.onnx, out_dir / target.name
-        )
         rungs = ", ".join(label(row) for _, row in selection.ladder.iterrows())
         console.print(
-            f"{target.name}: {label(selection.choice)} -> {path} (ladder: {rungs})",
+            f"{entry.target.name}: {label(selection.choice)} -> {entry.manifest} (ladder: {rungs})",
             highlight=False,
             soft_wrap=True,
         )
-    if missed:
+    if any(entry.manifest is None for entry in deployed):
         raise typer.Exit(1)
 
 
@@ -377,12 +263,10 @@ def report_command(
         list[str] | None,
         typer.Option("--target", "-t", help="Targets to plot (default: every measured one)."),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the plots and tables.")] = Path(
-        "report"
-    ),
-    results_dir: Annotated[
-        Path, typer.Option("--results", help="Directory holding the latency and accuracy tables.")
-    ] = DEFAULT_RESULTS_DIR,
+    report_dir: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory for the plots and tables.")
+    ] = Path("report"),
+    results_dir: ResultsOption = DEFAULT_RESULTS_DIR,
     max_latency: Annotated[
         str | None, typer.Option("--max-latency", help="Budget line to draw (default: each target's).")
     ] = None,
@@ -391,33 +275,21 @@ def report_command(
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Pareto plots per target (PNG and offline HTML) and a table of every configuration (CSV, Markdown)."""
-    from planner.deploy.report import Panel, write_report
+    from planner.deploy.report import build_report
 
-    latency, accuracy = read_tables(results_dir)
     budget_ms = parse_duration_ms(max_latency) if max_latency is not None else None
-    explicit = bool(target_names)
-    names = [load_target(name, targets_dir).name for name in target_names] if explicit else None
-    if names is None:
-        names = sorted(latency.loc[latency["status"] == "ok", "target"].dropna().unique())
+    targets = [load_target(name, targets_dir) for name in target_names] if target_names else None
     console = Console()
-    panels = []
-    for name in dict.fromkeys(names):
-        try:
-            table = candidates(
-                latency, accuracy, name, model=model, allow_estimates=allow_estimates, results_dir=results_dir
-            )
-        except PlannerError as error:
-            if explicit:
-                raise
-            console.print(f"[yellow]skipping {name}: {error}[/]")
-            continue
-        panels.append(
-            Panel(name, table, budget_ms if budget_ms is not None else _default_budget(name, targets_dir))
-        )
-    if not panels:
-        raise PlannerError(f"nothing to report in {results_dir}: no target has measured latency and accuracy")
-    models = sorted({panel.table["model"].iloc[0] for panel in panels})
-    paths = write_report(panels, out_dir, f"{', '.join(models)}: accuracy vs latency")
+    paths = build_report(
+        results_dir,
+        report_dir,
+        targets=targets,
+        budget_ms=budget_ms,
+        default_budget=lambda name: _default_budget(name, targets_dir),
+        model=model,
+        allow_estimates=allow_estimates,
+        warn=lambda line: console.print(f"[yellow]{line}[/]"),
+    )
     for path in paths:
         console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,12 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
+from planner.cli.options import TargetsDirOption
 from planner.measure.targets import Target, list_targets
-
-TargetsDirOption = Annotated[
-    Path | None,
-    typer.Option("--targets-dir", help="Directory of extra <name>.toml targets (searched first)."),
-]
 
 
 @app.command("targets")

@@ -15,11 +15,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.cli import app, parse_widths
+from planner.cli import app
+from planner.cli.options import (
+    DEFAULT_RESULTS_DIR,
+    ConfigFilesOption,
+    ResultsOption,
+    WidthsOption,
+    parse_widths,
+)
 from planner.errors import PlannerError
 
 if TYPE_CHECKING:
-    from planner.accuracy.data import Dataset
+    pass
 
 console = Console(stderr=True)
 accuracy_app = typer.Typer(
@@ -34,12 +41,6 @@ DataOption = Annotated[
         "--data", "-d", help="'digits', 'digits-distorted', an image-folder directory or an .npz file (x, y)."
     ),
 ]
-WidthsOption = Annotated[
-    list[str] | None, typer.Option("--widths", "-w", help="Widths, e.g. 0.25,0.5,1.0 (repeatable).")
-]
-ConfigOption = Annotated[
-    list[Path] | None, typer.Option("--config", help="Per-layer width configuration JSON (repeatable).")
-]
 CheckpointOption = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint to load.")]
 InChannelsOption = Annotated[
     int | None, typer.Option(help="Input channels (default: checkpoint, then data).")
@@ -51,69 +52,6 @@ InputSizeOption = Annotated[
     int | None, typer.Option(help="Input height and width (default: checkpoint, then data).")
 ]
 BatchesOption = Annotated[int, typer.Option("--calibration-batches", help="Batches for BN calibration.")]
-
-
-def _build(
-    name: str,
-    dataset: Dataset,
-    saved: dict[str, Any] | None,
-    in_channels: int | None,
-    num_classes: int | None,
-    input_size: int | None,
-    widths: list[float] | None = None,
-):
-    """The model from MODEL and the data, checked against the options and the checkpoint, loaded if saved."""
-    from planner.models import create_model
-    from planner.nn.checkpoint import check_state_dict
-
-    info = saved["planner"] if saved else {}
-    if info.get("name") not in (None, name):
-        raise PlannerError(f"the checkpoint holds {info['name']!r}, not {name!r}")
-    given = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
-    for key, value in given.items():
-        if value is not None and key in info and info[key] != value:
-            raise PlannerError(
-                f"--{key.replace('_', '-')} {value} does not match the checkpoint ({info[key]})"
-            )
-    options = {key: given[key] if given[key] is not None else info.get(key) for key in given}
-    classes = options["num_classes"]
-    if classes is not None and dataset.num_classes != classes:
-        origin = "the checkpoint" if "num_classes" in info else "--num-classes"
-        raise PlannerError(
-            f"dataset {dataset.name} has {dataset.num_classes} classes but {origin} has {classes}"
-        )
-    data_shape = {"in_channels": dataset.in_channels, "input_size": dataset.input_size}
-    for key, value in data_shape.items():
-        if options[key] is not None and options[key] != value:
-            raise PlannerError(
-                f"dataset {dataset.name} has {key.replace('_', ' ')} {value}, "
-                f"the model takes {options[key]} (--{key.replace('_', '-')})"
-            )
-    options = {**data_shape, "num_classes": dataset.num_classes}
-    model = create_model(name, widths=widths or info.get("widths"), **options)
-    if saved:
-        check_state_dict(model, saved["model"])
-        model.load_state_dict(saved["model"])
-    return model.eval()
-
-
-def _load(data: str, saved: dict[str, Any] | None, input_size: int | None) -> Dataset:
-    from planner.accuracy.data import load_dataset
-
-    size = input_size or (saved["planner"].get("input_size") if saved else None)
-    return load_dataset(data, image_size=size)
-
-
-def _configs(model, widths: list[float] | None, config_files: list[Path] | None) -> list:
-    from planner.widths import WidthConfig
-
-    configs = [model.config(w) for w in widths or []]
-    for path in config_files or []:
-        loaded = WidthConfig.load(path)
-        if loaded.model != model.name:
-            raise PlannerError(f"{path} is a configuration of {loaded.model!r}, not {model.name!r}")
-        configs.append(model.config_from_channels(loaded.channels, loaded.width))
-    return configs or [model.config(w) for w in model.widths]
 
 
 def _set_threads(threads: int) -> None:
@@ -140,13 +78,14 @@ def _accuracy_table(title: str, results) -> Table:
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     model_name: ModelArgument,
     data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (reference layout).")],
     epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 15,
     widths: WidthsOption = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov, cosine decay).")] = 0.2,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Images per optimizer step (over all ranks).")] = 128,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
     seed: Annotated[
         int, typer.Option(help="Seed of the weights, the shuffling and the sandwich widths.")
@@ -171,23 +110,152 @@ def train_command(
         int | None,
         typer.Option(help="Channel step of the --per-layer configurations (default: the model's, as LeGR)."),
     ] = None,
+    save_every: Annotated[
+        int,
+        typer.Option(
+            help="Also save the resume state (OUTPUT's stem + .resume.pt, written every epoch) every N steps."
+        ),
+    ] = 0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run from this resume state, exactly as if never interrupted."),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="A published setup (s_mobilenet_v1, s_mobilenet_v2, s_resnet50, us_mobilenet_v2) or a "
+            "recipe TOML file: its epochs, batch, lr schedule, weight decay, label smoothing, widths, input "
+            "size and augmentation, each overridden by the option when given."
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(help="Processes to start under torchrun on this machine (data parallel; 0: this one)."),
+    ] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes per rank.")] = 0,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment",
+            help="Image folders: read images per batch with ImageNet augmentation (random resized crop, "
+            "flip, normalisation; evaluation: resize, centre crop) instead of all in memory.",
+        ),
+    ] = False,
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 (CPU or CUDA autocast) or fp16 (CUDA, with loss scaling).")
+    ] = "fp32",
+    accumulate: Annotated[
+        int, typer.Option(help="Micro-batches per step (BN statistics per micro-batch, as per rank).")
+    ] = 1,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
 ) -> None:
-    """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation)."""
+    """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation).
+
+    --batch-size is the global batch: torchrun's ranks (`torchrun --nproc-per-node N -m planner train`,
+    or --nproc N) each take an equal share, and rank 0 alone prints and writes.
+    """
+    import sys
+
+    from planner.accuracy.distributed import (
+        from_environment,
+        launch,
+        pick_device,
+        training_session,
+        without_option,
+    )
+    from planner.accuracy.precision import select_precision
+    from planner.accuracy.train import RunOptions, check_settings
+
+    schedule, label_smoothing = None, 0.0
+    if recipe is not None:
+        given = _recipe_values(ctx, model_name, recipe)
+        epochs, batch_size, lr = (
+            given.get("epochs", epochs),
+            given.get("batch_size", batch_size),
+            given.get("lr", lr),
+        )
+        weight_decay, widths = given.get("weight_decay", weight_decay), given.get("widths", widths)
+        input_size, augment = given.get("input_size", input_size), given.get("augment", augment)
+        schedule, label_smoothing = given["schedule"], given["label_smoothing"]
+    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    if nproc:
+        if from_environment() is not None:
+            raise PlannerError("--nproc starts torchrun itself: drop it when running under torchrun")
+        select_precision(precision, pick_device(device, None))  # before any process starts
+        raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
+    with training_session(device) as (world, where):
+        select_precision(precision, where)  # before any data is read
+        if world is not None and not world.leader:
+            console.quiet = True
+        _train(
+            model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
+            per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
+            schedule, label_smoothing, RunOptions(
+                world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
+            ),
+        )  # fmt: skip
+
+
+def _recipe_values(ctx: typer.Context, model_name: str, name: str) -> dict[str, Any]:
+    """The recipe's settings for the options left at their defaults (a given option wins)."""
+    from planner.accuracy.recipes import load_recipe
+
+    loaded = load_recipe(name)
+    if loaded.model != model_name:
+        raise PlannerError(f"recipe {loaded.name} trains {loaded.model}, not {model_name}")
+    values = {
+        "epochs": loaded.epochs,
+        "batch_size": loaded.batch_size,
+        "lr": loaded.lr,
+        "weight_decay": loaded.weight_decay,
+        "widths": [",".join(f"{w:g}" for w in loaded.widths)],
+        "input_size": loaded.input_size,
+        "augment": loaded.augment,
+    }
+    chosen = {
+        k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT"
+    }
+    return {**chosen, "schedule": loaded.schedule, "label_smoothing": loaded.label_smoothing}
+
+
+def _train(
+    model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
+    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
+    schedule, label_smoothing, options,
+) -> None:  # fmt: skip
+    import dataclasses
+
     import torch
 
+    from planner.accuracy.data import load_dataset
     from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.train import check_model, check_settings, train
+    from planner.accuracy.images import PIPELINE, load_image_folder
+    from planner.accuracy.recipes import COSINE
+    from planner.accuracy.resume import resume_path
+    from planner.accuracy.train import check_model, train
+    from planner.models.space import default_granularity
+    from planner.nn.build import build_model
     from planner.nn.checkpoint import save_checkpoint
-    from planner.search.lut import default_granularity
 
-    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    leader = options.world is None or options.world.leader
     _set_threads(threads)
-    dataset = _load(data, None, input_size)
+    if augment:
+        dataset = load_image_folder(data, input_size, options.workers, seed)
+    else:
+        dataset = load_dataset(data, image_size=input_size)
+    pipeline = PIPELINE if augment else "tensors"
     torch.manual_seed(seed)
-    model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
+    model = build_model(
+        model_name,
+        dataset=dataset,
+        widths=parse_widths(widths),
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_size=input_size,
+    )
     check_model(model, per_layer)
     shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
     console.print(
@@ -202,7 +270,9 @@ def train_command(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, TextColumn("{task.fields[losses]}"), console=console) as progress:
+    with Progress(
+        *columns, TextColumn("{task.fields[losses]}"), console=console, disable=not leader
+    ) as progress:
         steps = -(-dataset.size("train") // batch_size)
         task = progress.add_task("train", total=epochs * steps, epoch=f"1/{epochs}", losses="")
 
@@ -211,8 +281,20 @@ def train_command(
             losses = "loss " + " ".join(
                 f"{w:g}x:{loss:.3f}" if isinstance(w, float) else f"{w}:{loss:.3f}" for w, loss in shown
             )
+            losses += f" {step.images_per_s:.0f} img/s"
             progress.update(task, advance=1, epoch=f"{step.epoch + 1}/{epochs}", losses=losses)
 
+        def resumed(at) -> None:
+            console.print(
+                f"resuming from {resume} at epoch {at.epoch + 1}/{epochs}, "
+                f"step {at.step}/{at.steps_per_epoch}",
+                highlight=False,
+            )
+            progress.update(task, completed=at.epoch * at.steps_per_epoch + at.step)
+
+        run = dataclasses.replace(
+            options, checkpoint=resume_path(output), save_every=save_every, resume=resume, on_resume=resumed
+        )
         result = train(
             model,
             dataset,
@@ -224,8 +306,21 @@ def train_command(
             on_step=show,
             per_layer=per_layer,
             granularity=granularity,
+            run=run,
+            schedule=schedule or COSINE,
+            label_smoothing=label_smoothing,
         )
-    extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    if not leader:
+        return
+    extra = {
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "pipeline": pipeline,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
     if per_layer:
         extra["per_layer"] = {"granularity": granularity or default_granularity(model)}
     path = save_checkpoint(model, output, extra=extra)
@@ -243,13 +338,11 @@ def evaluate_command(
     checkpoint: CheckpointOption,
     data: DataOption,
     widths: WidthsOption = None,
-    config_files: ConfigOption = None,
+    config_files: ConfigFilesOption = None,
     split: Annotated[str, typer.Option(help="Split to score: val, train or calibration.")] = "val",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
     calibration_batches: BatchesOption = 5,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (accuracy table).")] = Path(
-        "out"
-    ),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
@@ -260,27 +353,12 @@ def evaluate_command(
     Configurations without trained BN statistics are calibrated first on the data's calibration split,
     or use the statistics a `planner calibrate` checkpoint carries.
     """
-    from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
-    from planner.nn.calibrate import stored_calibrations
-    from planner.nn.checkpoint import read_checkpoint
+    from planner.accuracy.evaluate import checkpoint_on_data, evaluate_checkpoint
 
-    saved = read_checkpoint(checkpoint)
-    dataset = _load(data, saved, input_size)
-    model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
-    configs = _configs(model, parse_widths(widths), config_files)
-    batches = dataset.batches(split, batch_size)
-    calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
-    results = evaluate(
-        model,
-        configs,
-        batches,
-        calibration,
-        calibration_batches,
-        stored_calibrations(model, saved["planner"]),
-    )
-    rows = accuracy_rows(model.name, results, dataset.name, split, checkpoint_digest(checkpoint))
-    path = write_accuracy(out, rows)
+    shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+    on_data = checkpoint_on_data(model_name, checkpoint, data, parse_widths(widths), config_files, **shape)
+    done = evaluate_checkpoint(on_data, checkpoint, out, split, batch_size, calibration_batches)
+    model, dataset, results = done.model, done.dataset, done.results
     if as_json:
         report = [
             {
@@ -298,7 +376,7 @@ def evaluate_command(
     else:
         title = f"{model.name} on {dataset.name} ({split}, {results[0].samples} images)"
         Console().print(_accuracy_table(title, results))
-    console.print(f"wrote {len(rows)} rows to {path}", highlight=False)
+    console.print(f"wrote {done.rows} rows to {done.path}", highlight=False)
 
 
 @app.command("calibrate")
@@ -308,7 +386,7 @@ def calibrate_command(
     data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibrated checkpoint to write.")],
     widths: WidthsOption = None,
-    config_files: ConfigOption = None,
+    config_files: ConfigFilesOption = None,
     batches: Annotated[int, typer.Option("--batches", help="Calibration batches per configuration.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
     in_channels: InChannelsOption = None,
@@ -321,18 +399,14 @@ def calibrate_command(
     statistics keyed by its config id; `planner evaluate` uses them without recalibrating. The trained
     statistics are kept unchanged.
     """
-    from planner.nn.calibrate import calibrate, save_calibrated_checkpoint
-    from planner.nn.checkpoint import read_checkpoint
+    from planner.accuracy.evaluate import calibrate_checkpoint, checkpoint_on_data
 
     if not widths and not config_files:
         raise PlannerError("give --widths or --config: the configurations to calibrate")
-    saved = read_checkpoint(checkpoint)
-    dataset = _load(data, saved, input_size)
-    model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
-    configs = _configs(model, parse_widths(widths), config_files)
-    calibration = dataset.batches("calibration", batch_size, shuffle=True)
-    done = [calibrate(model, config, calibration, batches) for config in configs]
-    path = save_calibrated_checkpoint(model, output, done, extra=saved["planner"])
+    shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+    on_data = checkpoint_on_data(model_name, checkpoint, data, parse_widths(widths), config_files, **shape)
+    model = on_data.model
+    done, path = calibrate_checkpoint(on_data, checkpoint, output, batches, batch_size)
     for calibrated in done:
         console.print(
             f"calibrated {model.name} {calibrated.config.label} (config {calibrated.config.id}) "
@@ -347,12 +421,11 @@ def import_command(
     csv_file: Annotated[
         Path, typer.Argument(metavar="FILE.csv", help="Columns: model, width or config_id, ...")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Results directory (accuracy table).")] = Path(
-        "out"
-    ),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
 ) -> None:
     """Add accuracy measured elsewhere (model, width or config_id, metric, value[, dataset, split])."""
-    from planner.accuracy.table import read_accuracy_csv, write_accuracy
+    from planner.accuracy.imported import read_accuracy_csv
+    from planner.accuracy.table import write_accuracy
 
     rows = read_accuracy_csv(csv_file)
     path = write_accuracy(out, rows)

@@ -17,11 +17,9 @@ import json
 import math
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -29,14 +27,14 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target
 from planner.plan.select import Selection, label
 from planner.widths import WidthConfig
+from profilers.documents import check, load_schema, read_json
 from profilers.files import replacing
 from profilers.jobs import file_digest
 
-if TYPE_CHECKING:
-    from planner.models.base import SlimmableNetwork
-
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# How a device-side reader knows the network: what rebuilds it, in this order.
+MODEL_KEYS = ("name", "widths", "universal", "num_classes", "in_channels", "input_size")
 _STATISTICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "ci_low_ms", "ci_high_ms",
                "first_ms", "throughput_ips")  # fmt: skip
 _MEMORY = ("peak_rss_bytes", "weight_bytes", "artifact_bytes", "device_mem_bytes")
@@ -46,42 +44,22 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
 
 def schema() -> dict[str, Any]:
     """The manifest JSON Schema: one file, shipped with the profiler so a device checks the same schema."""
-    schema_file = resources.files("profilers").joinpath("schemas/manifest.schema.json")
-    text = schema_file.read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-@dataclass(frozen=True)
-class LadderExports:
-    """The model with the shipped weights, and each ladder configuration's ONNX by configuration id."""
-
-    model: SlimmableNetwork
-    onnx: dict[str, Path]
-
-
-def export_ladder(selection: Selection, target: Target, checkpoint: Path, results_dir: Path) -> LadderExports:
-    """Every rung exported with the checkpoint's weights, through the profiler's cache (RESULTS/artifacts)."""
-    from planner.measure.profile import build_model, export_artifacts, model_for_target, weights_key
-
-    name = selection.candidates["model"].iloc[0]
-    model = model_for_target(build_model(name, checkpoint), target)
-    configs = [model.validate(WidthConfig.from_json(text)) for text in selection.ladder["config"]]
-    artifacts = export_artifacts(model, configs, results_dir, target, weights_key(checkpoint))
-    return LadderExports(model, {artifact.config.id: artifact.onnx for artifact in artifacts})
+    return load_schema("profilers", "manifest")
 
 
 def write_manifest(
     selection: Selection,
     target: Target,
-    model: SlimmableNetwork,
+    model: Mapping[str, Any],
     checkpoint: Path,
     exports: Mapping[str, Path],
     out_dir: Path,
 ) -> Path:
     """Build the artifacts of every ladder rung for `target` and write `out_dir/manifest.json`.
 
-    `exports` maps each configuration id to its exported ONNX (planner.measure.profile.export_artifacts), the
-    very file that was profiled, so what ships is what was measured.
+    `model` says how to rebuild the network (name, widths, universal, classes, input); `exports` maps each
+    configuration id to its exported ONNX (planner.measure.artifacts.export_ladder), the very file that
+    was profiled, so what ships is what was measured.
     """
     if not selection.fits:
         raise PlannerError(f"nothing fits the budget on {target.name}; no manifest written")
@@ -98,12 +76,7 @@ def write_manifest(
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {
-            "name": model.name,
-            "widths": list(model.widths),
-            "universal": bool(model.universal),
-            "num_classes": model.num_classes,
-            "in_channels": model.in_channels,
-            "input_size": model.input_size,
+            **{key: model[key] for key in MODEL_KEYS},
             "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha},
         },
         "target": {
@@ -280,30 +253,16 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
     """A manifest checked against the schema, with every artifact present and matching its sha256."""
-    try:
-        import jsonschema
-    except ImportError:
-        raise PlannerError("checking a manifest needs jsonschema: pip install 'planner[report]'") from None
-
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise PlannerError(f"cannot read manifest {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise PlannerError(f"manifest {path} is not valid JSON: {error}") from None
+    manifest = read_json(path, "manifest", error=PlannerError)
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         raise PlannerError(
             f"manifest {path} has schema_version {version!r}; this planner reads version {SCHEMA_VERSION}"
         )
-    try:
-        jsonschema.validate(manifest, schema())
-    except jsonschema.ValidationError as error:
-        where = "/".join(str(part) for part in error.absolute_path) or "top level"
-        raise PlannerError(f"manifest {path} does not match the schema at {where}: {error.message}") from None
+    check(manifest, schema(), f"manifest {path}", PlannerError)
     base = path.parent.resolve()
     for rung in [manifest["configuration"], *manifest["ladder"]]:
         for entry in rung["artifact"]["files"]:

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from planner.errors import PlannerError
-from planner.plan.pareto import front_mask, pareto_mask
+from planner.measure.targets import Target
+from planner.plan.pareto import candidates, front_mask, pareto_mask, read_tables
 from planner.plan.select import label
 from planner.units import format_ms
 from profilers.files import replacing
@@ -213,6 +214,44 @@ def write_report(panels: list[Panel], out_dir: Path, title: str) -> list[Path]:
         MARKDOWN_NAME: lambda path: path.write_text(f"# {title}\n\n" + markdown(table), encoding="utf-8"),
     }
     return [_write_atomically(out_dir / name, write) for name, write in writers.items()]
+
+
+def build_report(
+    results_dir: Path,
+    report_dir: Path,
+    *,
+    targets: list[Target] | None = None,
+    budget_ms: float | None = None,
+    default_budget: Callable[[str], float | None] = lambda name: None,
+    model: str | None = None,
+    allow_estimates: bool = False,
+    warn: Callable[[str], None] = lambda line: None,
+) -> list[Path]:
+    """`planner report`: one panel per target (the given ones, or every measured one) from RESULTS.
+
+    A target asked for by name must have candidates; of the measured ones, those without are skipped
+    with a warning. The budget line is `budget_ms`, else each target's default.
+    """
+    latency, accuracy = read_tables(results_dir)
+    names = [target.name for target in targets] if targets else None
+    if names is None:
+        names = sorted(latency.loc[latency["status"] == "ok", "target"].dropna().unique())
+    panels = []
+    for name in dict.fromkeys(names):
+        try:
+            table = candidates(
+                latency, accuracy, name, model=model, allow_estimates=allow_estimates, results_dir=results_dir
+            )
+        except PlannerError as error:
+            if targets:
+                raise
+            warn(f"skipping {name}: {error}")
+            continue
+        panels.append(Panel(name, table, budget_ms if budget_ms is not None else default_budget(name)))
+    if not panels:
+        raise PlannerError(f"nothing to report in {results_dir}: no target has measured latency and accuracy")
+    models = sorted({panel.table["model"].iloc[0] for panel in panels})
+    return write_report(panels, report_dir, f"{', '.join(models)}: accuracy vs latency")
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> Path:

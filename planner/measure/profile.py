@@ -1,206 +1,42 @@
-"""The planner side of profiling: configurations -> ONNX artifacts -> profiler jobs -> result rows.
-
-Plain functions, so the CLI, the demo and the search code call the same stage:
+"""Profiling: a network's configurations measured on targets, here, over SSH or on a Ray fleet.
 
     model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-    rows = profile_configs(model, [model.config(w) for w in model.widths], [load_target("cpu")], out)
+    rows = profile_configs(model, configurations(model), [load_target("cpu")], out)
 
-Exports are cached under OUT/artifacts/ (by configuration id, input shape and weights), so a re-run or a
-second target reuses them. Measured rows land in OUT/latency.parquet as they come, through the device-side
-profiler (locally, over SSH, or on a Ray fleet); a re-run skips what OUT already holds unless `force`.
+Each target gets its artifacts (planner.measure.artifacts) and one profiler job per configuration; the
+rows land in RESULTS/latency.parquet as they come; a re-run skips what RESULTS already holds unless
+`force`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from planner.errors import PlannerError
+from planner.measure.artifacts import export_artifacts, make_jobs, model_for_target
 from planner.measure.targets import Target
 from planner.widths import WidthConfig
-from profilers.jobs import Job, Settings, file_digest
-from profilers.results import LatencyStore, load_latency, row_key
+from profilers.jobs import Job, Settings
+from profilers.results import LatencyStore, load_latency, measured_rows, row_key
 from profilers.scheduler import ProgressEvent, run_jobs
 
 if TYPE_CHECKING:
     from planner.models.base import SlimmableNetwork
 
-ARTIFACTS_DIR = "artifacts"
 # Called with (target name, finished jobs, total jobs) whenever a job finishes; drives the progress bar.
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A configuration exported for profiling, with the cost figures that go into its rows."""
-
-    config: WidthConfig
-    onnx: Path
-    input_shape: tuple[int, ...]
-    macs: int
-    params: int
-
-    @property
-    def shape_text(self) -> str:
-        return "x".join(str(size) for size in self.input_shape)
-
-
-def build_model(
-    name: str | None = None,
-    checkpoint: Path | str | None = None,
-    **options: Any,
-) -> SlimmableNetwork:
-    """The slimmable model to profile.
-
-    A planner checkpoint records its build options (name, widths, classes, input size, channels), so the
-    file alone rebuilds the model; explicit `options` override them. A reference checkpoint (plain state
-    dict) needs `name` and the options it was trained with.
-    """
-    import planner
-    from planner.nn.calibrate import stored_calibrations
-    from planner.nn.checkpoint import check_state_dict, read_checkpoint
-
-    state, recorded = None, {}
-    if checkpoint is not None:
-        loaded = read_checkpoint(checkpoint)
-        state, recorded = loaded["model"], dict(loaded["planner"])
-    recorded_name = recorded.pop("name", None)
-    if name and recorded_name and name != recorded_name:
-        raise PlannerError(f"checkpoint {checkpoint} holds a {recorded_name}, not a {name}; drop --model")
-    name = name or recorded_name
-    if not name:
-        raise PlannerError("which model? give --model NAME (or a checkpoint saved by planner)")
-    known = {"widths", "num_classes", "input_size", "in_channels"}
-    build = {key: value for key, value in recorded.items() if key in known}
-    build.update({key: value for key, value in options.items() if value is not None})
-    model = planner.create_model(name, **build)
-    if state is not None:
-        check_state_dict(model, state)
-        model.load_state_dict(state, strict=True)
-        model.calibrations = stored_calibrations(model, recorded)
-    return model.eval()
-
-
-def weights_key(checkpoint: Path | str | None) -> str:
-    """Short content hash of the checkpoint (exports of different weights never share a cache entry)."""
-    return file_digest(Path(checkpoint))[:8] if checkpoint is not None else "init"
-
-
-def configurations(
-    model: SlimmableNetwork, widths: list[float] | None = None, config_files: list[Path] | None = None
-) -> list[WidthConfig]:
-    """The configurations to profile: the given widths, the given JSON files, or every trained width."""
-    configs = [model.config(width) for width in widths or []]
-    for path in config_files or []:
-        config = WidthConfig.load(path)
-        if config.model != model.name:
-            raise PlannerError(f"{path} is a configuration of {config.model}, not of {model.name}")
-        configs.append(model.validate(config))
-    if not configs:
-        configs = [model.config(width) for width in model.widths]
-    unique = {config.id: config for config in configs}
-    return list(unique.values())
-
-
-def model_for_target(model: SlimmableNetwork, target: Target) -> SlimmableNetwork:
-    """`model` itself, or a copy built at the target's input shape when the target overrides it."""
-    if target.batch != 1:
-        raise PlannerError(
-            f"target {target.name} asks for batch {target.batch}; exports are batch 1 for now: set batch = 1"
-        )
-    if target.input_shape is None:
-        return model
-    _, channels, height, width = target.input_shape
-    if height != width:
-        raise PlannerError(f"target {target.name}: input_shape must be square for {model.name}")
-    if (channels, height) == (model.in_channels, model.input_size):
-        return model
-    if channels != model.in_channels:
-        raise PlannerError(
-            f"target {target.name} feeds {channels} input channels but {model.name} takes {model.in_channels}"
-        )
-    import planner
-
-    resized = planner.create_model(
-        model.name,
-        widths=list(model.widths),
-        num_classes=model.num_classes,
-        input_size=height,
-        in_channels=channels,
-    )
-    resized.load_state_dict(model.state_dict(), strict=True)
-    return resized.eval()
-
-
-def export_artifacts(
-    model: SlimmableNetwork,
-    configs: list[WidthConfig],
-    out_dir: Path | str,
-    target: Target,
-    weights: str = "init",
-) -> list[Artifact]:
-    """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend)."""
-    from planner.nn.counting import count
-    from planner.nn.export import export_onnx, export_program
-
-    directory = Path(out_dir) / ARTIFACTS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    shape = (1, model.in_channels, model.input_size, model.input_size)
-    shape_text = "x".join(map(str, shape))
-    artifacts = []
-    for config in configs:
-        onnx = directory / f"{model.name}-{config.id}-{shape_text}-{weights}.onnx"
-        if not onnx.is_file():
-            export_onnx(model, config, onnx)
-        program = onnx.with_suffix(".pt2")
-        if target.backend == "torch" and not program.is_file():
-            export_program(model, config, program)
-        cost = count(model, config)
-        artifacts.append(Artifact(config, onnx, shape, cost.macs, cost.params))
-    return artifacts
-
-
-def make_jobs(artifacts: list[Artifact], target: Target) -> list[Job]:
-    """One profiler job per artifact, carrying the identity and cost columns of its result row."""
-    return [
-        Job(
-            onnx=artifact.onnx,
-            backend=target.backend,
-            device=target.device,
-            precision=target.precision,
-            threads=target.threads,
-            batch=target.batch,
-            metadata={
-                "model": artifact.config.model,
-                "config_id": artifact.config.id,
-                "width": artifact.config.width,
-                "config": artifact.config.to_json(indent=None),
-                "target": target.name,
-                "input_shape": artifact.shape_text,
-                "macs": artifact.macs,
-                "params": artifact.params,
-            },
-        )
-        for artifact in artifacts
-    ]
 
 
 def pending_jobs(jobs: list[Job], out_dir: Path | str, force: bool = False) -> list[Job]:
     """The jobs OUT has no measured `ok` row for (estimates do not count as measured)."""
     if force:
         return list(jobs)
-    measured = {row_key(row) for _, row in measured_rows(load_latency(Path(out_dir))).iterrows()}
+    measured = LatencyStore(Path(out_dir)).measured_keys()
     return [job for job in jobs if row_key(job.identity()) not in measured]
-
-
-def measured_rows(table: pd.DataFrame) -> pd.DataFrame:
-    estimated = table["estimated"].fillna(False).astype(bool)
-    return table[(table["status"] == "ok") & ~estimated]
 
 
 def store_rows(out_dir: Path | str, rows: pd.DataFrame) -> None:

@@ -16,13 +16,13 @@ import ipaddress
 import os
 import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.errors import PlannerError
 from profilers.backends import BACKENDS
+from profilers.documents import check, load_schema
 from profilers.jobs import PRECISIONS
 
 TARGETS_DIR_ENV = "PLANNER_TARGETS_DIR"
@@ -211,54 +211,16 @@ def read_target(path: Path) -> Target:
     except OSError as error:
         raise PlannerError(f"{path}: cannot read: {error.strerror}") from None
     data.setdefault("name", path.stem)
-    target = _build(Target, data, path, prefix="")
-    target = dataclasses.replace(target, path=path)
+    check(data, load_schema("planner", "target"), str(path), PlannerError)
+    parts = {
+        "connection": Connection(**data.get("connection", {})),
+        "budgets": Budgets(**data.get("budgets", {})),
+        "hardware": Hardware(**data["hardware"]) if "hardware" in data else None,
+    }
+    sequences = {key: tuple(data[key]) for key in ("aliases", "input_shape") if key in data}
+    target = Target(**{**data, **parts, **sequences, "path": path})
     _check_values(target, path)
     return target
-
-
-def _build(cls: type, data: typing.Any, path: Path, prefix: str) -> typing.Any:
-    """Instantiate dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise PlannerError(f"{path}: {prefix.rstrip('.') or 'file'} must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise PlannerError(f"{path}: unknown key {prefix + unknown[0]!r}; allowed: {', '.join(fields)}")
-    values = {}
-    for key, value in data.items():
-        values[key] = _convert(hints[key], value, path, f"{prefix}{key}")
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in values
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise PlannerError(f"{path}: missing key {prefix + missing[0]!r}")
-    return cls(**values)
-
-
-def _convert(hint: typing.Any, value: typing.Any, path: Path, key: str) -> typing.Any:
-    """Check `value` against a field's type hint (str, int, float, bool, optional, tuple, dataclass)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        return _convert(options[0], value, path, key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path, prefix=f"{key}.")
-    if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, list):
-            raise PlannerError(f"{path}: key {key!r} must be a list of {item.__name__}, got {value!r}")
-        return tuple(_convert(item, element, path, key) for element in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise PlannerError(f"{path}: key {key!r} must be {hint.__name__}, got {value!r}")
-    return value
 
 
 def _check_values(target: Target, path: Path) -> None:
@@ -271,29 +233,10 @@ def _check_values(target: Target, path: Path) -> None:
         fail("backend", f"must be one of {', '.join(BACKENDS)}, got {target.backend!r}")
     if target.precision not in PRECISIONS:
         fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {target.precision!r}")
-    if target.threads < 0:
-        fail("threads", "must be 0 (all cores) or a positive count")
-    if target.batch < 1:
-        fail("batch", "must be at least 1")
-    if target.input_shape is not None and (
-        len(target.input_shape) != 4 or min(target.input_shape) < 1 or target.input_shape[0] != target.batch
-    ):
-        fail("input_shape", "must be [batch, channels, height, width] with positive sizes matching batch")
+    if target.input_shape is not None and target.input_shape[0] != target.batch:
+        fail("input_shape", "must be [batch, channels, height, width] with its batch matching batch")
     connection = target.connection
-    if connection.kind not in CONNECTION_KINDS:
-        fail("connection.kind", f"must be one of {', '.join(CONNECTION_KINDS)}, got {connection.kind!r}")
-    if not 0 < connection.port < 65536:
-        fail("connection.port", "must be from 1 to 65535")
     if connection.host is not None and not _is_host(connection.host):
         fail("connection.host", "must be a host name or IP address (user and port have their own keys)")
     if connection.user is not None and not _USER.match(connection.user):
         fail("connection.user", "must be a plain user name")
-    for key in ("max_latency_ms", "max_memory_mb"):
-        value = getattr(target.budgets, key)
-        if value is not None and value <= 0:
-            fail(f"budgets.{key}", "must be positive")
-    if target.hardware is not None:
-        for key in ("peak_fp32_gflops", "peak_fp16_gflops", "memory_bandwidth_gbs", "ram_gb"):
-            value = getattr(target.hardware, key)
-            if value is not None and value <= 0:
-                fail(f"hardware.{key}", "must be positive")

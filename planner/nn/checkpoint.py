@@ -62,14 +62,6 @@ def check_state_dict(model: SlimmableNetwork, state: Mapping[str, torch.Tensor])
         raise PlannerError(f"checkpoint does not match {model.name}: " + "; ".join(problems))
 
 
-def load_checkpoint(model: SlimmableNetwork, path: str | Path) -> SlimmableNetwork:
-    """Load a reference-format or plain state-dict checkpoint into `model`, strictly."""
-    state = read_checkpoint(path)["model"]
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
-    return model
-
-
 def build_options(model: SlimmableNetwork) -> dict[str, Any]:
     """What `create_model` needs to rebuild this model."""
     return {

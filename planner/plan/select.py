@@ -111,6 +111,94 @@ class Selection:
     def runner_up(self) -> pd.Series | None:
         return self.fitting.iloc[1] if len(self.fitting) > 1 else None
 
+    @property
+    def margins(self) -> list[Margin]:
+        """How close the choice, and the best candidate that just misses, are to the budget."""
+        return budget_margins(self)
+
+    @property
+    def within_noise(self) -> bool:
+        """A re-measurement could change the choice: a margin lies within the run-to-run spread."""
+        return any(margin.within_noise for margin in self.margins)
+
+
+@dataclass(frozen=True)
+class Margin:
+    """A configuration's distance to the latency budget against the spread a re-run would show.
+
+    `margin` is (budget - bound) / budget: positive fits, negative misses. `spread` is the half-width of
+    the row's 95% interval of p50 relative to p50 (the run-to-run spread, see docs/ARCHITECTURE.md);
+    NaN when the row has no interval. `contended`: the row was measured on a busy machine (profilers.load),
+    where runs differed by far more than any interval from inside one run (results/selection_stability.md).
+    """
+
+    config_id: str
+    label: str
+    margin: float
+    spread: float
+    contended: bool = False
+
+    @property
+    def within_noise(self) -> bool:
+        """Within the spread, or measured on a busy machine, whose next run may differ by any amount."""
+        return self.contended or (not math.isnan(self.spread) and abs(self.margin) <= self.spread)
+
+    def describe(self) -> str:
+        verb = "fits" if self.margin >= 0 else "misses"
+        text = f"{self.label} {verb} by {abs(self.margin):.1%}"
+        if math.isnan(self.spread):
+            text += " (no interval measured)"
+        else:
+            relation = "within" if abs(self.margin) <= self.spread else "beyond"
+            text += f", {relation} the run-to-run spread (+-{self.spread:.1%})"
+        return text + (", measured on a busy machine" if self.contended else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_id": self.config_id,
+            "label": self.label,
+            "margin": self.margin,
+            "spread": None if math.isnan(self.spread) else self.spread,
+            "contended": self.contended,
+            "within_noise": self.within_noise,
+            "text": self.describe(),
+        }
+
+
+def _margin(row: pd.Series, budget: Budget) -> Margin:
+    low, high, p50 = (
+        pd.to_numeric(row.get(k), errors="coerce") for k in ("ci_low_ms", "ci_high_ms", "p50_ms")
+    )
+    spread = float((high - low) / 2 / p50) if pd.notna(low) and pd.notna(high) and p50 > 0 else math.nan
+    bound = float(row["bound_ms"])
+    contended = row.get("contended")
+    busy = bool(contended) if contended is not None and pd.notna(contended) else False
+    margin = (budget.max_latency_ms - bound) / budget.max_latency_ms
+    return Margin(str(row["config_id"]), label(row), margin, spread, busy)
+
+
+def budget_margins(selection: Selection) -> list[Margin]:
+    """The choice's margin, and that of the most accurate candidate more accurate than it that misses
+    the latency budget (only by latency: one that misses on memory is not near)."""
+    budget = selection.budget
+    out = []
+    choice = selection.choice
+    if choice is not None:
+        out.append(_margin(choice, budget))
+    table = selection.candidates
+    fits_memory = (
+        table["memory_bytes"].fillna(math.inf) <= budget.max_memory_bytes
+        if budget.max_memory_bytes is not None
+        else pd.Series(True, index=table.index)
+    )
+    missing = table[(table["bound_ms"] > budget.max_latency_ms) & fits_memory]
+    if choice is not None:
+        missing = missing[missing["accuracy"] > choice["accuracy"]]
+    if len(missing):
+        nearest = missing.sort_values("bound_ms", kind="stable").iloc[0]
+        out.append(_margin(nearest, budget))
+    return out
+
 
 def fits_budget(table: pd.DataFrame, budget: Budget) -> pd.Series:
     """Rows within the budget; a row whose memory was not measured cannot be shown to fit a memory budget."""

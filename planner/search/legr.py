@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 from planner.errors import PlannerError
 from planner.models.base import SLICED_LAYERS, SlimmableNetwork
-from planner.search.lut import MIN_FRACTION, allowed_counts, default_granularity
+from planner.models.space import MIN_FRACTION, allowed_counts, default_granularity
 from planner.widths import WidthConfig
+from profilers.documents import load_schema, read_json
 from profilers.files import replacing
 
 COEFFICIENTS_FORMAT = 1
@@ -522,31 +523,20 @@ class LearnedRanking:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedRanking:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PlannerError(
-                f"coefficients file {path} does not exist: learn it with planner legr learn"
-            ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise PlannerError(f"cannot read coefficients {path}: {error}") from None
-        if not isinstance(data, dict) or data.get("format") != COEFFICIENTS_FORMAT or "layers" not in data:
-            raise PlannerError(
-                f"{path} is not a planner LeGR coefficients file (format {COEFFICIENTS_FORMAT})"
-            )
+        data = read_json(
+            path,
+            "coefficients file",
+            load_schema("planner", "legr_coefficients"),
+            missing_hint="learn it with planner legr learn",
+            error=PlannerError,
+        )
         info = {
             k: v
             for k, v in data.items()
             if k not in ("format", "model", "granularity", "min_fraction", "layers")
         }
-        try:
-            granularity, min_fraction = int(data["granularity"]), float(data["min_fraction"])
-        except (KeyError, TypeError, ValueError):
-            raise PlannerError(f"coefficients {path} lack a valid granularity and min_fraction") from None
-        return cls(
-            str(data.get("model")), Coefficients.from_dict(data["layers"]), granularity, min_fraction, info
-        )
+        coefficients = Coefficients.from_dict(data["layers"])
+        return cls(data["model"], coefficients, data["granularity"], float(data["min_fraction"]), info)
 
     def planner_for(self, model: SlimmableNetwork, cost: Cost) -> WidthPlanner:
         """A planner of `model` with the granularity and floor the coefficients were learned with."""

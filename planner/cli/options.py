@@ -1,0 +1,47 @@
+"""Options shared by the commands, so that one name has one meaning everywhere.
+
+`--out DIR` is always the results directory (latency and accuracy tables, exported artifacts, logs);
+`-o/--output PATH` is what the command writes (a checkpoint, a JSON file, the deploy or report
+directory); `--widths 0.25,0.5,1.0` gives widths (repeatable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from planner.errors import PlannerError
+
+DEFAULT_RESULTS_DIR = Path("out")
+
+ResultsOption = Annotated[
+    Path,
+    typer.Option("--out", help="Results directory: latency and accuracy tables, artifacts (default: out)."),
+]
+WidthsOption = Annotated[
+    list[str] | None,
+    typer.Option("--widths", "-w", help="Widths, e.g. 0.25,0.5,1.0 (default: every trained width)."),
+]
+ConfigFilesOption = Annotated[
+    list[Path] | None, typer.Option("--config", help="Per-layer width configuration JSON (repeatable).")
+]
+TargetsDirOption = Annotated[
+    Path | None,
+    typer.Option("--targets-dir", help="Directory of extra <name>.toml targets (searched first)."),
+]
+
+
+def parse_widths(values: list[str] | None) -> list[float] | None:
+    """`--widths 0.5 --widths 1.0` or `--widths 0.5,1.0` as floats; None when not given."""
+    if not values:
+        return None
+    widths = []
+    for value in values:
+        for part in value.split(","):
+            try:
+                widths.append(float(part))
+            except ValueError:
+                raise PlannerError(f"--widths takes numbers such as 0.5,1.0; got {part!r}") from None
+    return widths

@@ -1,0 +1,136 @@
+"""One way to get a slimmable network and its configurations: from a name, a checkpoint, or both.
+
+Every command and library stage builds its model here, so a checkpoint's recorded build options, its
+weights and its stored BN calibrations are applied the same way everywhere:
+
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    model = build_model(checkpoint="digits.pt")              # a planner checkpoint names its model
+    configs = configurations(model, widths=[0.5, 1.0], config_files=[Path("plan.json")])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from planner.errors import PlannerError
+from planner.nn.calibrate import stored_calibrations
+from planner.nn.checkpoint import check_state_dict, read_checkpoint
+from planner.widths import WidthConfig
+
+if TYPE_CHECKING:
+    from planner.accuracy.data import Dataset
+    from planner.models.base import SlimmableNetwork
+
+SHAPE_OPTIONS = ("in_channels", "num_classes", "input_size")
+
+
+def build_model(
+    name: str | None = None,
+    checkpoint: Path | str | None = None,
+    *,
+    dataset: Dataset | None = None,
+    **options: Any,
+) -> SlimmableNetwork:
+    """The slimmable network, in eval mode, with the checkpoint's weights and BN calibrations.
+
+    A planner checkpoint records its build options (name, widths, classes, input size, channels), so the
+    file alone rebuilds the model; a reference checkpoint (plain state dict) needs `name` and the options
+    it was trained with. Explicit `options` must agree with what the checkpoint records. With `dataset`,
+    the shape options default to the data's and must match it (training and evaluation).
+    """
+    from planner.models import create_model
+
+    state, recorded = None, {}
+    if checkpoint is not None:
+        loaded = read_checkpoint(checkpoint)
+        state, recorded = loaded["model"], dict(loaded["planner"])
+    recorded_name = recorded.pop("name", None)
+    if name and recorded_name and name != recorded_name:
+        raise PlannerError(f"checkpoint {checkpoint} holds a {recorded_name}, not a {name}; drop --model")
+    name = name or recorded_name
+    if not name:
+        raise PlannerError("which model? give --model NAME (or a checkpoint saved by planner)")
+    given = {key: value for key, value in options.items() if value is not None}
+    if state is not None and dataset is not None:  # training and evaluation: the data must fit the weights
+        for key, value in given.items():
+            if key in SHAPE_OPTIONS and key in recorded and recorded[key] != value:
+                raise PlannerError(
+                    f"--{key.replace('_', '-')} {value} does not match the checkpoint {checkpoint} "
+                    f"({recorded[key]})"
+                )
+    build = {key: value for key, value in recorded.items() if key in (*SHAPE_OPTIONS, "widths")}
+    build.update(given)
+    if dataset is not None:
+        build.update(_dataset_shape(dataset, build, given))
+    model = create_model(name, **build)
+    if state is not None:
+        check_state_dict(model, state)
+        model.load_state_dict(state, strict=True)
+        model.calibrations = stored_calibrations(model, recorded)
+    return model.eval()
+
+
+def _dataset_shape(dataset: Dataset, build: dict[str, Any], given: dict[str, Any]) -> dict[str, int]:
+    """The data's shape, which must match what the checkpoint records or the options give."""
+    classes = build.get("num_classes")
+    if classes is not None and classes != dataset.num_classes:
+        origin = "--num-classes" if "num_classes" in given else "the checkpoint"
+        raise PlannerError(
+            f"dataset {dataset.name} has {dataset.num_classes} classes but {origin} has {classes}"
+        )
+    for key in ("in_channels", "input_size"):
+        value = getattr(dataset, key)
+        if build.get(key) is not None and build[key] != value:
+            raise PlannerError(
+                f"dataset {dataset.name} has {key.replace('_', ' ')} {value}, "
+                f"the model takes {build[key]} (--{key.replace('_', '-')})"
+            )
+    return {
+        "in_channels": dataset.in_channels,
+        "num_classes": dataset.num_classes,
+        "input_size": dataset.input_size,
+    }
+
+
+def load_checkpoint(model: SlimmableNetwork, path: str | Path) -> SlimmableNetwork:
+    """Load a reference-format, plain or planner checkpoint into `model`, strictly, with its calibrations."""
+    loaded = read_checkpoint(path)
+    check_state_dict(model, loaded["model"])
+    model.load_state_dict(loaded["model"], strict=True)
+    model.calibrations = stored_calibrations(model, loaded["planner"])
+    return model
+
+
+def configurations(
+    model: SlimmableNetwork,
+    widths: Sequence[float] | None = None,
+    config_files: Sequence[Path] | None = None,
+    *,
+    default_all: bool = True,
+) -> list[WidthConfig]:
+    """The configurations asked for: uniform widths and per-layer JSON files, each validated on `model`.
+
+    Without either, every trained width (or nothing, with `default_all=False`). Duplicates collapse.
+    """
+    configs = [model.config(width) for width in widths or []]
+    for path in config_files or []:
+        loaded = WidthConfig.load(path)
+        if loaded.model != model.name:
+            raise PlannerError(f"{path} is a configuration of {loaded.model}, not of {model.name}")
+        configs.append(model.config_from_channels(loaded.channels, loaded.width))
+    if not configs and default_all:
+        configs = [model.config(width) for width in model.widths]
+    unique = {config.id: config for config in configs}
+    return list(unique.values())
+
+
+def one_configuration(model: SlimmableNetwork, width: float | None, config_file: Path | None) -> WidthConfig:
+    """The single configuration of `--width W` or `--config FILE` (exactly one of them)."""
+    if (width is None) == (config_file is None):
+        raise PlannerError("give exactly one of --width or --config")
+    (config,) = configurations(
+        model, [width] if width is not None else None, [config_file] if config_file else None
+    )
+    return config

@@ -1,0 +1,273 @@
+"""Building and checking latency tables on a target: per-layer measurements, whole configurations measured
+beside the full width (so that the machine's drift cancels), the calibration fit and the check."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from planner.errors import PlannerError
+from planner.measure.targets import Target
+from planner.models.base import SlimmableNetwork
+from planner.models.space import calibration_widths, random_configs
+from planner.search.layers import DEFAULT_POINTS, LayerOp, layer_ops, model_fingerprint, write_layer_onnx
+from planner.search.lut import (
+    METRIC,
+    Calibration,
+    Entry,
+    LatencyTable,
+    fit_calibration,
+    target_identity,
+    work_dir,
+)
+from planner.widths import WidthConfig
+from profilers.jobs import Job, Settings
+
+# Per-layer measurements are short and many: fewer queries and a looser interval than a whole model.
+LAYER_SETTINGS = Settings(
+    ci_rel=0.05, min_queries=32, max_seconds=3.0, warmup_s=0.2, burst_size=64, burst_seconds=0.1
+)
+END_TO_END_SETTINGS = Settings(ci_rel=0.03, min_queries=48, max_seconds=10.0, warmup_s=0.5)
+Log = Callable[[str], None]
+
+
+def measure_layers(
+    ops: Sequence[LayerOp],
+    target: Target,
+    model_name: str,
+    directory: Path,
+    settings: Settings = LAYER_SETTINGS,
+) -> tuple[dict[str, Entry], pd.DataFrame]:
+    """Measure each distinct layer shape at its grid points on the target; rows land in `directory`."""
+    from profilers.scheduler import run_jobs
+
+    layers_dir = directory / "layers"
+    layers_dir.mkdir(parents=True, exist_ok=True)
+    unique = {op.signature: op for op in ops}
+    jobs, where = [], []
+    for signature, op in unique.items():
+        for cin, cout in op.grid():
+            onnx = write_layer_onnx(op, cin, cout, layers_dir / f"{signature}-{cin}x{cout}.onnx")
+            config_id = f"{signature}-{cin}x{cout}"
+            jobs.append(
+                Job(
+                    onnx,
+                    target.backend,
+                    target.device,
+                    target.precision,
+                    target.threads,
+                    target.batch,
+                    metadata={"model": f"{model_name}:layer", "config_id": config_id, "target": target.name},
+                )
+            )
+            where.append((signature, cin, cout))
+    rows = run_jobs(jobs, directory, settings)
+    measured = _ok_rows(rows)
+    latency = dict(zip(measured["config_id"], measured[METRIC], strict=True))
+    entries = {}
+    for signature, op in unique.items():
+        missing = [
+            f"{signature}-{cin}x{cout}"
+            for cin, cout in op.grid()
+            if f"{signature}-{cin}x{cout}" not in latency
+        ]
+        if missing:
+            raise PlannerError(f"measuring layer {op.path} failed ({_first_error(rows, missing[0])})")
+        if op.depthwise:
+            ms = np.array([[latency[f"{signature}-{c}x{c}"] for c in op.out_axis]])
+        else:
+            ms = np.array([[latency[f"{signature}-{i}x{o}"] for o in op.out_axis] for i in op.in_axis])
+        entries[signature] = Entry(op.in_axis, op.out_axis, ms, op.depthwise)
+    return entries, rows
+
+
+def _ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["status"] == "ok"]
+
+
+def _first_error(rows: pd.DataFrame, config_id: str) -> str:
+    failed = rows[rows["config_id"] == config_id]
+    return str(failed["error"].iloc[0]) if len(failed) else "no row"
+
+
+def measure_configs(
+    model: SlimmableNetwork,
+    configs: Sequence[WidthConfig],
+    target: Target,
+    out_dir: Path,
+    settings: Settings = END_TO_END_SETTINGS,
+) -> dict[str, float]:
+    """End-to-end latency (the table's metric) of whole configurations, exported and measured as `planner
+    profile` does; the rows land in OUT like any other (a configuration OUT already holds is not re-measured).
+    """
+    from planner.measure.profile import profile_configs
+
+    rows = profile_configs(model, list(configs), [target], out_dir, settings=settings)
+    measured = _ok_rows(rows)
+    return dict(zip(measured["config_id"], measured[METRIC].astype(float), strict=True))
+
+
+def measure_anchored(
+    model: SlimmableNetwork,
+    configs: Sequence[WidthConfig],
+    target: Target,
+    out_dir: Path,
+    settings: Settings = END_TO_END_SETTINGS,
+) -> pd.DataFrame:
+    """End-to-end latency of whole configurations, corrected for the machine's drift during the run.
+
+    The profiler interleaves at most `max_workers` jobs, so a long list is measured group after group,
+    and a slow minute moves one group's medians alike (measured here: one group of 8 ran 40% slow in a
+    50-configuration check). So every group is measured beside the widest uniform width (the anchor), and
+    a configuration's latency is its paired per-round ratio to the anchor times the anchor's median p50 over
+    all groups. Columns: config_id, p50_ms (as measured), anchored_ms; the first row is the anchor's (its
+    median p50 over the groups). Rows land in the table's work dir.
+    """
+    from planner.measure.artifacts import export_artifacts, make_jobs
+    from profilers.scheduler import run_jobs
+
+    anchor = model.config(model.widths[-1])
+    others = list({c.id: c for c in configs if c.id != anchor.id}.values())
+    anchor_job, *jobs = make_jobs(export_artifacts(model, [anchor, *others], out_dir, target), target)
+    size = max(1, settings.max_workers - 1)
+    groups = []
+    for start in range(0, max(1, len(jobs)), size):
+        chunk = jobs[start : start + size]
+        # A directory per set of jobs: a re-run resumes it, another set never shares its anchor row.
+        digest = hashlib.sha256(" ".join(j.identity()["config_id"] for j in chunk).encode()).hexdigest()
+        directory = work_dir(out_dir, target.name, model.name) / "anchored" / digest[:12]
+        groups.append(_ok_rows(run_jobs([anchor_job, *chunk], directory, settings)))
+    rows = pd.concat(groups, ignore_index=True)
+    anchor_rows = rows[rows["config_id"] == anchor.id]
+    if anchor_rows.empty:
+        raise PlannerError(f"measuring {model.name} at its full width failed on {target.name}")
+    level = float(anchor_rows["p50_ms"].median())
+    paired = rows[(rows["ref_config_id"] == anchor.id) & (rows["config_id"] != anchor.id)]
+    frame = pd.DataFrame(
+        {
+            "config_id": [anchor.id, *paired["config_id"]],
+            "p50_ms": [level, *paired["p50_ms"].astype(float)],
+            "anchored_ms": [level, *(paired["ratio_to_ref"].astype(float) * level)],
+        }
+    )
+    return frame
+
+
+def build_table(
+    model: SlimmableNetwork,
+    target: Target,
+    out_dir: str | Path,
+    points: int = DEFAULT_POINTS,
+    calibration_configs: Sequence[WidthConfig] | None = None,
+    granularity: int | None = None,
+    layer_settings: Settings = LAYER_SETTINGS,
+    end_to_end_settings: Settings = END_TO_END_SETTINGS,
+    log: Log | None = None,
+) -> LatencyTable:
+    """Measure the layers of `model` on `target`, calibrate on end-to-end runs, return the table.
+
+    The calibration configurations default to `calibration_widths` plus two random per-layer ones.
+    """
+    say = log or (lambda line: None)
+    if target.is_remote:
+        raise PlannerError(
+            f"target {target.name} is remote; latency tables are built on local targets for now"
+        )
+    if points < 2:
+        raise PlannerError(f"a latency table needs at least 2 grid points per layer, got {points}")
+    directory = work_dir(out_dir, target.name, model.name)
+    ops = layer_ops(model, points, granularity)
+    unique = {op.signature: op for op in ops}
+    points_total = sum(len(op.grid()) for op in unique.values())
+    say(f"measuring {len(unique)} distinct layers of {len(ops)} at {points_total} grid points")
+    entries, rows = measure_layers(ops, target, model.name, directory, layer_settings)
+    if calibration_configs is None:
+        rng = np.random.default_rng(0)
+        calibration_configs = [model.config(w) for w in calibration_widths(model)] + random_configs(
+            model, 2, rng, granularity
+        )
+    say(f"measuring {len(calibration_configs)} whole configurations to calibrate the sum")
+    layers = tuple(
+        {
+            "path": op.path,
+            "entry": op.signature,
+            "in_group": op.in_group,
+            "out_group": op.out_group,
+            "in_fixed": op.in_axis[0],
+            "out_fixed": op.out_axis[0],
+        }
+        for op in ops
+    )
+    ok = _ok_rows(rows)
+    table = LatencyTable(
+        target=target_identity(target),
+        model=model.name,
+        fingerprint=model_fingerprint(model),
+        input_shape=(1, model.in_channels, model.input_size, model.input_size),
+        runtime=str(ok["env_runtime"].iloc[0]) if len(ok) else target.backend,
+        runtime_version=str(ok["env_runtime_version"].iloc[0]) if len(ok) else "",
+        layers=layers,
+        entries=entries,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    anchored = measure_anchored(model, calibration_configs, target, Path(out_dir), end_to_end_settings)
+    measured = dict(zip(anchored["config_id"], anchored["anchored_ms"], strict=True))
+    anchor_ms = float(anchored["anchored_ms"].iloc[0])
+    used = [c for c in calibration_configs if c.id in measured]
+    if not used:
+        raise PlannerError(f"no end-to-end measurement of {model.name} succeeded on {target.name}")
+    sums = [table.layer_sum_ms(c.channels) for c in used]
+    scale, offset = fit_calibration(sums, [measured[c.id] for c in used])
+    points_used = tuple(
+        {"config_id": c.id, "label": c.label, "layer_sum_ms": s, "measured_ms": measured[c.id]}
+        for c, s in zip(used, sums, strict=True)
+    )
+    return replace(table, calibration=Calibration(scale, offset, points_used, anchor_ms))
+
+
+def check_table(
+    table: LatencyTable,
+    model: SlimmableNetwork,
+    target: Target,
+    out_dir: str | Path,
+    samples: int = 20,
+    seed: int = 1,
+    granularity: int | None = None,
+    settings: Settings = END_TO_END_SETTINGS,
+) -> pd.DataFrame:
+    """Prediction against end-to-end measurement on random per-layer configurations.
+
+    The table is first re-anchored (`LatencyTable.reanchored`) on the full width measured with them.
+    Columns: config_id, predicted_ms (re-anchored), built_predicted_ms (the table as built), measured_ms
+    (drift-corrected, see `measure_anchored`), p50_ms (as measured), error (relative, signed: predicted_ms
+    against measured_ms).
+    """
+    if samples < 1:
+        raise PlannerError(f"--samples must be at least 1, got {samples}")
+    table.check(model, target)
+    configs = random_configs(model, samples, np.random.default_rng(seed), granularity)
+    measured = measure_anchored(model, configs, target, Path(out_dir), settings)
+    now = table.reanchored(float(measured["anchored_ms"].iloc[0]))
+    measured = measured.set_index("config_id")
+    rows = [
+        {
+            "config_id": c.id,
+            "predicted_ms": now.predict_ms(c),
+            "built_predicted_ms": table.predict_ms(c),
+            "measured_ms": measured.loc[c.id, "anchored_ms"],
+            "p50_ms": measured.loc[c.id, "p50_ms"],
+        }
+        for c in configs
+        if c.id in measured.index
+    ]
+    if not rows:
+        raise PlannerError(f"no end-to-end measurement of {model.name} succeeded on {target.name}")
+    frame = pd.DataFrame(rows)
+    frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1.0
+    return frame

@@ -1,0 +1,267 @@
+"""What else the machine did while a job was measured: other processes' CPU time, steal, clocks, heat.
+
+A latency measured while another process competes for the cores is too high, and by how much depends on
+the minute it ran; nothing in the samples themselves says so. So around every burst the parent reads the
+kernel's CPU accounting (/proc/stat) and the ticks of its own process tree (itself and its workers,
+/proc/PID/stat): busy ticks that are not its own are other processes' (`other_cores`: how many cores
+they kept busy on average), `steal` ticks are a hypervisor's other guests. Clock frequency, thermal zones
+and throttle counters come from the documented sysfs files (cpufreq, thermal, devfreq on a Jetson's GPU)
+where readable. A speed index (a fixed numpy sort, best of a few) is timed before and after the job.
+
+A row is `contended` when, during its own bursts, other processes used more than `contention_cores`
+cores (Settings, default 0.25), steal exceeded STEAL_LIMIT of the CPU time, a throttle counter moved, or
+the speed index moved by more than SPEED_LIMIT; `contention` says which, with the figures. Every file is
+read under a root directory (default `/`) so tests can use fixture trees; an unreadable one is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Steal above this share of the CPU time flags a row (another guest of the hypervisor took the cores).
+STEAL_LIMIT = 0.05
+# The speed index after / before beyond this factor (either way) flags a row.
+SPEED_LIMIT = 1.3
+# Devfreq nodes of Jetson GPUs (Nano/TX1, TX2, Xavier, Orin) and any node whose name says gpu.
+_GPU_DEVFREQ = ("57000000.gpu", "17000000.gp10b", "17000000.gv11b", "17000000.ga10b")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The aggregate `cpu` line of /proc/stat, in ticks: busy, idle (with iowait) and steal."""
+
+    busy: int
+    idle: int
+    steal: int
+    cores: int = 1  # how many per-CPU lines follow: the aggregate spans all of them
+
+    @property
+    def total(self) -> int:
+        return self.busy + self.idle + self.steal
+
+
+def parse_proc_stat(text: str) -> CpuTimes:
+    """user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user."""
+    lines = [line.split() for line in text.splitlines()]
+    cores = sum(1 for fields in lines if fields and fields[0][:3] == "cpu" and fields[0][3:].isdigit())
+    for fields in lines:
+        if fields and fields[0] == "cpu":
+            values = [int(v) for v in fields[1:9]] + [0] * (8 - len(fields[1:9]))
+            user, nice, system, idle, iowait, irq, softirq, steal = values
+            return CpuTimes(user + nice + system + irq + softirq, idle + iowait, steal, max(cores, 1))
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def parse_process_ticks(text: str) -> int:
+    """utime + stime of one process (all its threads) from /proc/PID/stat; the name may hold spaces."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of the full line
+
+
+def parse_loadavg(text: str) -> float:
+    return float(text.split()[0])
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _number(path: Path) -> float:
+    text = _read(path)
+    try:
+        return float(text.strip()) if text is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The counters at one instant: machine CPU times, own processes' ticks, CPU clocks, throttle count."""
+
+    cpu: CpuTimes | None
+    own_ticks: dict[int, int]
+    cpu_khz: float
+    throttles: float
+
+    @classmethod
+    def read(cls, pids: Iterable[int], root: Path = Path("/")) -> Snapshot:
+        text = _read(root / "proc/stat")
+        try:
+            cpu = parse_proc_stat(text) if text is not None else None
+        except ValueError:
+            cpu = None
+        own = {}
+        for pid in pids:
+            stat = _read(root / f"proc/{pid}/stat")
+            if stat is not None:
+                try:
+                    own[pid] = parse_process_ticks(stat)
+                except (IndexError, ValueError):
+                    continue
+        cpus = root / "sys/devices/system/cpu"
+        clocks = [_number(p) for p in sorted(cpus.glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))]
+        clocks = [c for c in clocks if not math.isnan(c)]
+        counters = [_number(p) for p in sorted(cpus.glob("cpu[0-9]*/thermal_throttle/*_throttle_count"))]
+        counters = [c for c in counters if not math.isnan(c)]
+        return cls(
+            cpu=cpu,
+            own_ticks=own,
+            cpu_khz=float(np.mean(clocks)) if clocks else math.nan,
+            throttles=float(sum(counters)) if counters else math.nan,
+        )
+
+
+def thermal(root: Path = Path("/")) -> dict[str, float]:
+    """The hottest thermal zone (deg C) and the GPU clock from devfreq (MHz), NaN where unreadable."""
+    temps = [_number(p) / 1000 for p in sorted((root / "sys/class/thermal").glob("thermal_zone*/temp"))]
+    temps = [t for t in temps if not math.isnan(t) and -50 < t < 200]  # some zones report placeholders
+    gpu = math.nan
+    for node in sorted((root / "sys/class/devfreq").glob("*")):
+        if node.name in _GPU_DEVFREQ or "gpu" in node.name.lower():
+            gpu = _number(node / "cur_freq") / 1e6
+            break
+    return {"temp_c": max(temps) if temps else math.nan, "gpu_mhz": gpu}
+
+
+def load_average(root: Path = Path("/")) -> float:
+    text = _read(root / "proc/loadavg")
+    try:
+        return parse_loadavg(text) if text is not None else math.nan
+    except (IndexError, ValueError):
+        return math.nan
+
+
+@dataclass
+class LoadMeter:
+    """Sums, over the bursts of one job, the machine's ticks split into own, others' and stolen."""
+
+    total: int = 0
+    other: int = 0
+    steal: int = 0
+    intervals: int = 0
+    cores: int = 1
+    khz: list[float] = field(default_factory=list)
+    throttles: float = 0.0
+    throttles_readable: bool = False
+
+    def add(self, before: Snapshot, after: Snapshot) -> None:
+        if before.cpu is None or after.cpu is None:
+            return
+        total = after.cpu.total - before.cpu.total
+        if total <= 0:
+            return
+        own = sum(after.own_ticks[p] - before.own_ticks[p] for p in before.own_ticks if p in after.own_ticks)
+        busy = after.cpu.busy - before.cpu.busy
+        self.total += total
+        self.other += max(0, busy - own)
+        self.steal += max(0, after.cpu.steal - before.cpu.steal)
+        self.intervals += 1
+        self.cores = after.cpu.cores
+        for khz in (before.cpu_khz, after.cpu_khz):
+            if not math.isnan(khz):
+                self.khz.append(khz)
+        if not (math.isnan(before.throttles) or math.isnan(after.throttles)):
+            self.throttles += max(0.0, after.throttles - before.throttles)
+            self.throttles_readable = True
+
+    def other_cores(self) -> float:
+        """Cores other processes kept busy on average (NaN before any interval)."""
+        return self.other / self.total * self.cores if self.total else math.nan
+
+    def steal_share(self) -> float:
+        return self.steal / self.total if self.total else math.nan
+
+    def columns(
+        self, speed_before_ms: float, speed_after_ms: float, limit_cores: float, root: Path = Path("/")
+    ) -> dict[str, Any]:
+        """The load columns of a row, with the `contended` flag and its reasons."""
+        other = self.other_cores()
+        steal = self.steal_share()
+        reasons = []
+        if other > limit_cores:
+            reasons.append(f"other processes used {other:.2f} cores")
+        if steal > STEAL_LIMIT:
+            reasons.append(f"steal {steal:.0%}")
+        if self.throttles > 0:
+            reasons.append(f"{self.throttles:g} throttle events")
+        speed = speed_after_ms / speed_before_ms if speed_before_ms > 0 else math.nan
+        if speed > SPEED_LIMIT or speed < 1 / SPEED_LIMIT:
+            reasons.append(f"speed index moved x{speed:.2f}")
+        return {
+            "contended": bool(reasons),
+            "contention": "; ".join(reasons),
+            "load_avg": load_average(root),
+            "other_cores": other,
+            "steal_pct": steal * 100,
+            "cpu_mhz": float(np.mean(self.khz)) / 1000 if self.khz else math.nan,
+            "throttle_events": int(self.throttles) if self.throttles_readable else None,
+            "speed_before_ms": speed_before_ms,
+            "speed_after_ms": speed_after_ms,
+            **thermal(root),
+        }
+
+
+_SPEED_DATA = np.random.default_rng(0).standard_normal(20_000)
+
+
+def speed_index_ms(repeats: int = 5) -> float:
+    """Best time of a fixed single-threaded workload (sorting 20k floats): the machine's speed right now."""
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        np.sort(_SPEED_DATA, kind="quicksort")
+        best = min(best, (time.perf_counter_ns() - started) / 1e6)
+    return best
+
+
+def other_cores_now(window_s: float, root: Path = Path("/"), sleep: Callable[[float], None] = time.sleep):
+    """Cores other processes (not this one) kept busy over the next `window_s` seconds."""
+    pids = [os.getpid()]
+    before = Snapshot.read(pids, root)
+    sleep(window_s)
+    meter = LoadMeter()
+    meter.add(before, Snapshot.read(pids, root))
+    return meter.other_cores()
+
+
+@dataclass(frozen=True)
+class QuietWait:
+    """How waiting for a quiet machine ended."""
+
+    quiet: bool
+    waited_s: float
+    other_cores: float
+
+
+def wait_until_quiet(
+    max_s: float,
+    limit_cores: float,
+    window_s: float = 1.0,
+    windows: int = 3,
+    measure: Callable[[float], float] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> QuietWait:
+    """Wait until others stay under `limit_cores` for `windows` consecutive windows, at most max_s."""
+    measure = measure or other_cores_now
+    window_s = min(window_s, max_s)
+    started = clock()
+    calm = 0
+    other = math.nan
+    while True:
+        other = measure(window_s)
+        calm = calm + 1 if other <= limit_cores else 0
+        if calm >= windows:
+            return QuietWait(True, clock() - started, other)
+        if clock() - started + window_s > max_s:
+            return QuietWait(False, clock() - started, other)
