@@ -38,12 +38,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from profilers.documents import check, load_schema, read_json
 from profilers.errors import ProfilerError
 from profilers.files import replacing
 from profilers.jobs import Job, file_digest
@@ -61,36 +61,21 @@ WARMUP = 12  # inferences per rung when it is loaded; the fastest but the first 
 
 def schema() -> dict[str, Any]:
     """The manifest JSON Schema (one file, shipped here; planner.deploy.manifest reads the same one)."""
-    return json.loads(resources.files("profilers").joinpath("schemas/manifest.schema.json").read_text())
+    return load_schema("profilers", "manifest")
 
 
 def read_manifest(path: str | Path) -> tuple[dict[str, Any], Path]:
     """The manifest at `path` (a file or its directory), checked against the schema and every sha256."""
-    try:
-        import jsonschema
-    except ImportError:
-        raise ProfilerError("checking a manifest needs jsonschema: pip install jsonschema") from None
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ProfilerError(f"cannot read manifest {path}: {error.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ProfilerError(f"manifest {path} is not valid JSON: {error}") from None
+    manifest = read_json(path, "manifest", missing_hint="write one with planner manifest")
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if version != SCHEMA_VERSION:
         raise ProfilerError(
             f"manifest {path} has schema_version {version!r}; this runtime reads {SCHEMA_VERSION}"
         )
-    try:
-        jsonschema.validate(manifest, schema())
-    except jsonschema.ValidationError as error:
-        where = "/".join(str(part) for part in error.absolute_path) or "top level"
-        raise ProfilerError(
-            f"manifest {path} does not match the schema at {where}: {error.message}"
-        ) from None
+    check(manifest, schema(), f"manifest {path}")
     base = path.parent.resolve()
     for rung in manifest["ladder"]:
         for entry in rung["artifact"]["files"]:

@@ -63,7 +63,7 @@ def test_other_bad_input(capsys, deployed, tmp_path):
     code, _, err = run(capsys, "loadtest", "-m", deployed, "--rate", "10", "--concurrency", "2")
     assert code == 2 and "not both" in err
     code, _, err = run(capsys, "loadtest", "-m", tmp_path / "none.json", "--interference", "quiet:1s")
-    assert code == 2 and "cannot read manifest" in err
+    assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "loadtest", "-m", deployed, "--interference", "quiet:1s", "--rate", "0")
     assert code == 2 and "--rate must be positive" in err
 
