@@ -5,7 +5,8 @@ on which accuracy grows with width), evaluates every width in torch, quantizes e
 the data's calibration split, profiles every width in FP32 and INT8 on ONNX Runtime and OpenVINO,
 scores each shipped artifact through its runtime, selects under a budget in the middle of each target's
 measured range (so the budget actually excludes something; differences within noise go to the faster),
-and writes the manifests and the Pareto report.
+writes the manifests and the Pareto report, and ends with a short load test of the cpu manifest's ladder
+(a few seconds, one CPU-spinning process in the middle).
 Every stage is the same function the individual commands call. A re-run resumes: the checkpoint is
 reused and measured configurations are not measured again.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from planner.deploy.loadtest import LoadtestResult, run_loadtest
 from planner.deploy.manifest import write_manifest
 from planner.deploy.report import Panel, write_report
 from planner.errors import PlannerError
@@ -30,6 +32,8 @@ MODEL = "s_cnn_small"
 DATASET = "digits-distorted"
 TARGETS = ("cpu-int8", "openvino-cpu-int8")
 METRIC = "p90"
+LOADTEST_TARGET = TARGETS[0]  # its ladder mixes FP32 and INT8 rungs
+LOADTEST_SCHEDULE = "quiet:1s,spin1:2s,quiet:1s"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class DemoResult:
     selections: dict[str, Selection]
     manifests: dict[str, Path]
     report: list[Path]
+    loadtest: LoadtestResult
 
 
 def middle_budget(table: pd.DataFrame) -> Budget:
@@ -152,4 +157,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
         )
         panels.append(Panel(target.name, table, selection.budget.max_latency_ms))
     report = write_report(panels, out_dir / "report", f"{MODEL} on {DATASET}: accuracy vs latency")
-    return DemoResult(checkpoint, results_dir, selections, manifests, report)
+    say(f"load test of the {LOADTEST_TARGET} ladder under interference ({LOADTEST_SCHEDULE})")
+    manifest, where = manifests[LOADTEST_TARGET], out_dir / "loadtest"
+    loadtest = run_loadtest(manifest, where, LOADTEST_SCHEDULE, fixed=False, memory=False, say=say)
+    return DemoResult(checkpoint, results_dir, selections, manifests, report, loadtest)

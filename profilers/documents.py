@@ -1,8 +1,9 @@
 """Reading a saved document the one way: a file that is missing, unreadable, not JSON or not matching its
 JSON Schema gives one line naming the file and the place in it.
 
-Every saved format has a schema file: the device side's under profilers/schemas/, planner's under
-planner/schemas/ (manifest, width configuration, latency table, LeGR coefficients, target). Semantic
+Every saved format has a schema file: the device side's under profilers/schemas/ (jobs, and the manifest,
+which the ladder runtime reads on the device), planner's under planner/schemas/ (width configuration,
+latency table, LeGR coefficients, target). Semantic
 checks a schema cannot say (a layer that the model does not have) stay with the code that reads it.
 """
 

@@ -45,7 +45,7 @@ def predict(job: Job, images: np.ndarray, settings: Settings | None = None) -> n
     ) as run:
         for start in range(0, len(images), batch):
             chunk = images[start : start + batch]
-            outputs.append(run.outputs(_pad(chunk, batch))[: len(chunk)])
+            outputs.append(np.asarray(run.run(_pad(chunk, batch)))[: len(chunk)])
     return np.concatenate(outputs)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from PIL import Image
@@ -49,6 +51,10 @@ def test_demo_runs_the_whole_pipeline_and_resumes(capsys, tmp_path):
     with Image.open(out / "report" / "pareto.png") as image:
         assert image.format == "PNG"
     assert "Plotly.newPlot" in (out / "report" / "pareto.html").read_text()
+    loadtest = json.loads((out / "loadtest" / "loadtest.json").read_text())  # the ladder under interference
+    assert [run["run"] for run in loadtest["runs"]] == ["adaptive"] and loadtest["runs"][0]["requests"] > 0
+    assert [phase["spinners"] for phase in loadtest["schedule"]] == [0, 1, 0]
+    assert "load test:" in printed and "adaptive: within budget in" in printed
 
     code, printed, err = run(capsys, "demo", "--out", out, "--epochs", "3", "--max-seconds", "3")
     assert code == 0, err

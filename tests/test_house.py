@@ -117,7 +117,7 @@ def test_a_wheel_install_ships_the_targets_and_schemas(tmp_path: Path):
     assert backends.returncode == 0, backends.stderr
     assert "onnxruntime" in backends.stdout
     schemas = subprocess.run(
-        [python, "-c", "from profilers.documents import load_schema as s; s('planner', 'manifest'); "
+        [python, "-c", "from profilers.documents import load_schema as s; s('profilers', 'manifest'); "
          "s('planner', 'target'); s('profilers', 'jobs')"],
         cwd=tmp_path, capture_output=True, text=True, env=environment,
     )  # fmt: skip

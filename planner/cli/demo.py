@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from planner.cli import app
+from planner.cli.loadtest import verdict_lines
 from planner.cli.select import candidate_table
 from planner.errors import PlannerError
 from planner.plan.select import label
@@ -60,3 +61,7 @@ def demo_command(
         console.print(f"  manifest:   {path} ({name})", highlight=False, soft_wrap=True)
     for path in result.report:
         console.print(f"  report:     {path}", highlight=False, soft_wrap=True)
+    for path in result.loadtest.files:
+        console.print(f"  load test:  {path}", highlight=False, soft_wrap=True)
+    for line in verdict_lines(result.loadtest.report):
+        console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)

@@ -1,8 +1,9 @@
 """Per-device deployment manifests: what to ship, why it was chosen, and the ladder to step down on.
 
-A manifest is JSON validated by a versioned JSON Schema (planner/schemas/manifest.schema.json; version
-1 manifests still load against manifest-v1.schema.json). Each rung is a configuration at a precision:
-an int8 rung ships the very QDQ file that was profiled and evaluated, with its quantization record. It names
+A manifest is JSON validated by a versioned JSON Schema (profilers/schemas/manifest.schema.json, shipped
+device-side so that the ladder runtime checks the same file; version 1 manifests still load against
+manifest-v1.schema.json). Each rung is a configuration at a precision: an int8 rung ships the very QDQ
+file that was profiled and evaluated, with its quantization record. It names
 the chosen configuration with its per-layer channel counts and the artifact built for the device's
 backend (path relative to the manifest, sha256), the measured statistics with their interval, the
 accuracy, the budget, the environment the numbers were measured in, and the ladder: the Pareto-optimal
@@ -28,14 +29,11 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target
 from planner.plan.select import Selection, label, rung_key
 from planner.widths import WidthConfig
-from profilers.documents import check, load_schema, read_json
 from profilers.files import replacing
 from profilers.jobs import file_digest
+from profilers.manifests import MANIFEST_NAME, SCHEMA_VERSION, read_manifest
+from profilers.manifests import schema as manifest_schema
 
-SCHEMA_VERSION = 2
-# schema version -> the schema file (planner/schemas/<name>.schema.json) a manifest of it is checked with
-READABLE_VERSIONS = {1: "manifest-v1", 2: "manifest"}
-MANIFEST_NAME = "manifest.json"
 # How a device-side reader knows the network: what rebuilds it, in this order.
 MODEL_KEYS = ("name", "widths", "universal", "num_classes", "in_channels", "input_size")
 _STATISTICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "ci_low_ms", "ci_high_ms",
@@ -46,8 +44,8 @@ _ENVIRONMENT = ("cpu", "cores", "threads", "governor", "host", "runtime", "runti
 
 
 def schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
-    """The manifest JSON Schema of a version shipped with planner."""
-    return load_schema("planner", READABLE_VERSIONS[version])
+    """The manifest JSON Schema of a version (shipped with the profiler, which reads manifests too)."""
+    return manifest_schema(version)
 
 
 def write_manifest(
@@ -289,31 +287,5 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """A manifest checked against the schema, with every artifact present and matching its sha256."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    manifest = read_json(path, "manifest", error=PlannerError)
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if version not in READABLE_VERSIONS:
-        readable = ", ".join(map(str, READABLE_VERSIONS))
-        raise PlannerError(
-            f"manifest {path} has schema_version {version!r}; this planner reads versions {readable}"
-        )
-    check(manifest, schema(version), f"manifest {path}", PlannerError)
-    base = path.parent.resolve()
-    for rung in [manifest["configuration"], *manifest["ladder"]]:
-        for entry in rung["artifact"]["files"]:
-            file = (base / entry["path"]).resolve()
-            if not file.is_relative_to(base):
-                raise PlannerError(
-                    f"manifest {path}: artifact path {entry['path']!r} leaves the manifest's directory"
-                )
-            if not file.is_file():
-                raise PlannerError(f"manifest {path}: artifact {entry['path']} is missing")
-            if file_digest(file) != entry["sha256"]:
-                raise PlannerError(
-                    f"manifest {path}: artifact {entry['path']} does not match its sha256 "
-                    "(changed or corrupt); rebuild it with planner manifest"
-                )
-    return manifest
+    """A manifest checked against its version's schema, every artifact present and matching its sha256."""
+    return read_manifest(path, PlannerError)[0]

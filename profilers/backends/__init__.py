@@ -44,11 +44,9 @@ class Session:
     def infer(self) -> None:
         raise NotImplementedError
 
-    def outputs(self, feed: np.ndarray) -> np.ndarray:
-        """The first output for `feed` (evaluation, not timing): `profilers.predict` scores artifacts."""
-        raise ProfilerError(
-            f"{type(self).__name__} cannot return outputs: evaluate on onnxruntime or openvino"
-        )
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One inference on the caller's input; the first output (what the ladder runtime serves)."""
+        raise ProfilerError(f"{type(self).__name__} cannot serve inputs")
 
     def release(self) -> None:
         """Free what activate() loaded."""

@@ -95,8 +95,8 @@ class OnnxRuntimeSession(Session):
     def infer(self) -> None:
         self.session.run(None, self.inputs)
 
-    def outputs(self, feed: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.model.input_name: feed})[0])
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.model.input_name: x})[0]
 
     def release(self) -> None:
         self.session = None

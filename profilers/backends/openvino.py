@@ -98,9 +98,10 @@ class OpenVinoSession(Session):
     def infer(self) -> None:
         self.request.infer()
 
-    def outputs(self, feed: np.ndarray) -> np.ndarray:
-        result = self.request.infer([feed])  # evaluation only: a timed session never calls this
-        return np.asarray(next(iter(result.values())))
+    def run(self, x: np.ndarray) -> np.ndarray:
+        # Not thread-safe (one infer request): the ladder runtime serialises calls per session.
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
 
     def release(self) -> None:
         self.request = None

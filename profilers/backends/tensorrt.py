@@ -124,6 +124,8 @@ class TensorRtSession(Session):
     def __init__(self, backend: TensorRtBackend, artifact: Path, feed: np.ndarray) -> None:
         self.backend, self.artifact, self.feed = backend, artifact, feed
         self.buffers: list[int] = []
+        self.inputs: list[tuple[int, tuple, np.dtype, int]] = []
+        self.outputs: list[tuple[int, tuple, np.dtype, int]] = []
 
     def activate(self) -> None:
         trt = self.backend.sdk()
@@ -146,6 +148,7 @@ class TensorRtSession(Session):
         size = int(np.prod(tuple(shape))) * np.dtype(dtype).itemsize
         pointer = int(_check(self.rt.cudaMalloc(size)))
         self.buffers.append(pointer)
+        (self.inputs if is_input else self.outputs).append((pointer, tuple(shape), np.dtype(dtype), size))
         if is_input:
             data = np.ascontiguousarray(self.feed.astype(dtype))
             _check(
@@ -180,6 +183,21 @@ class TensorRtSession(Session):
         self._enqueue()
         _check(self.rt.cudaStreamSynchronize(self.stream))
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Copy the input in, enqueue, copy the first output back (not thread-safe: one context)."""
+        pointer, _, dtype, size = self.inputs[0]
+        data = np.ascontiguousarray(x, dtype=dtype)
+        if data.nbytes != size:
+            raise ProfilerError(f"input of {data.nbytes} bytes, the engine takes {size}")
+        host_to_device = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        _check(self.rt.cudaMemcpy(pointer, data.ctypes.data, size, host_to_device))
+        self.infer()
+        pointer, shape, dtype, size = self.outputs[0]
+        output = np.empty(shape, dtype=dtype)
+        device_to_host = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check(self.rt.cudaMemcpy(output.ctypes.data, pointer, size, device_to_host))
+        return output
+
     def burst(self, count: int, max_seconds: float, warmup: int = 0) -> list[int]:
         for _ in range(warmup):
             self.infer()
@@ -200,7 +218,7 @@ class TensorRtSession(Session):
     def release(self) -> None:
         for pointer in self.buffers:
             self.rt.cudaFree(pointer)
-        self.buffers = []
+        self.buffers, self.inputs, self.outputs = [], [], []
         for event in (getattr(self, "start", None), getattr(self, "end", None)):
             if event is not None:
                 self.rt.cudaEventDestroy(event)
