@@ -1,0 +1,164 @@
+"""Model sources: torchvision/timm names, a user's file or module, and the torchvision import workaround."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from planner.errors import PlannerError
+from planner.models.sources import is_source, load_original, load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_torchvision = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed"
+)
+needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+
+USER_NET = """
+from torch import nn
+
+def build(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+def broken():
+    raise ValueError("no weights here\\nsecond line")
+
+def not_a_module():
+    return 42
+"""
+
+
+def _run(code: str, path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)])}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _fake_torchvision(root: Path, message: str) -> None:
+    """A torchvision that fails like the CUDA wheel does unless the nms schema exists."""
+    package = root / "torchvision"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        textwrap.dedent(f"""
+        import torch
+        try:
+            torch.ops.torchvision.nms.default
+        except (AttributeError, RuntimeError):
+            raise RuntimeError({message!r})
+        __version__ = "fake"
+        """)
+    )
+
+
+def test_the_workaround_defines_the_missing_ops_and_imports(tmp_path: Path) -> None:
+    _fake_torchvision(tmp_path, "operator torchvision::nms does not exist")
+    result = _run(
+        """
+        from planner.models.sources import import_torchvision
+        print(import_torchvision().__version__)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "fake"
+
+
+def test_another_import_error_is_not_hidden(tmp_path: Path) -> None:
+    _fake_torchvision(tmp_path, "libcudart.so.13: cannot open shared object file")
+    result = _run(
+        """
+        import torch
+        from planner.models.sources import import_torchvision
+        try:
+            import_torchvision()
+        except RuntimeError as error:
+            print("raised:", error)
+        print("schema defined:", hasattr(torch.ops.torchvision, "nms"))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "raised: libcudart.so.13: cannot open shared object file",
+        "schema defined: False",
+    ]
+
+
+@needs_torchvision
+def test_torchvision_model_at_small_input() -> None:
+    import torch
+
+    model = load_source("torchvision:resnet18", num_classes=7, input_size=32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    vit = load_source("torchvision:vit_b_16", num_classes=3, input_size=32)
+    assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+@needs_torchvision
+def test_unknown_torchvision_model_names_near_matches() -> None:
+    with pytest.raises(PlannerError, match="unknown torchvision model 'resnet5'; did you mean resnet50"):
+        load_source("torchvision:resnet5")
+    with pytest.raises(PlannerError, match="3 input channels"):
+        load_source("torchvision:resnet18", in_channels=1)
+
+
+@needs_timm
+def test_timm_model_and_unknown_name() -> None:
+    import torch
+
+    model = load_source("timm:mobilenetv3_small_050", num_classes=5, input_size=32, in_channels=1)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 5)
+    with pytest.raises(PlannerError, match="did you mean mobilenetv3_large_100"):
+        load_source("timm:mobilenetv3_large_10")
+
+
+def test_user_file_and_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    model = load_source(f"{tmp_path}/mynet.py:build", num_classes=4, input_size=16, in_channels=1)
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 4)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert isinstance(load_source("mynet:build"), nn.Module)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("missing.py:build", "model file .*missing.py does not exist"),
+        ("mynet.py:buld", "has no function 'buld'; did you mean build"),
+        ("mynet.py:broken", r"mynet.py:broken raised ValueError: no weights here$"),
+        ("mynet.py:not_a_module", "returned a int, not a torch nn.Module"),
+        ("no_such_module_xyz:build", "cannot import module no_such_module_xyz"),
+        (":build", "must be LIBRARY:NAME"),
+    ],
+)
+def test_bad_sources_are_one_line_errors(tmp_path: Path, entry: str, message: str) -> None:
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/{entry}" if ".py" in entry else entry
+    with pytest.raises(PlannerError, match=message) as raised:
+        load_source(source)
+    assert "\n" not in str(raised.value)
+
+
+def test_zoo_names_are_not_sources() -> None:
+    assert not is_source("s_resnet18")
+    assert is_source("torchvision:resnet18") and is_source("net.py:build")
+
+
+def test_original_weights_of_another_architecture_name_the_first_mismatch() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1))
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 6, 1)).state_dict()
+    with pytest.raises(PlannerError, match=r"1.weight is \[6, 8, 1, 1\] in the checkpoint, \[4, 8, 1, 1\]"):
+        load_original(net, other, "net.py:build")
+    with pytest.raises(PlannerError, match="missing key 1.bias"):
+        load_original(net, {k: v for k, v in net.state_dict().items() if k != "1.bias"}, "net.py:build")
