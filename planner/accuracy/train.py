@@ -18,6 +18,10 @@ statistics (they have no tracked ones), and the tracked widths between the two e
 after training every tracked width's running statistics are re-estimated on training batches (US-Nets'
 post-training calibration); per-layer configurations are calibrated when evaluated, as before.
 
+Fine-tuning a converted pretrained network (`teacher=` the original network, planner.models.sources): the
+original's softmax (eval mode, no gradient) is the soft target of every width, the widest included, so
+the full width stays where the original was and the narrow widths learn to imitate it.
+
 SGD with Nesterov momentum and a cosine learning-rate schedule per step, as the reference's recipe.
 """
 
@@ -168,6 +172,7 @@ def train(
     on_step: Callable[[TrainStep], None] | None = None,
     per_layer: bool = False,
     granularity: int | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Train `model` in place at all its widths on the dataset's train split, reshuffled every epoch.
 
@@ -175,6 +180,7 @@ def train(
         per_layer: the sandwich's random members are per-layer random configurations (US-models only).
         granularity: channel step of those configurations (default: the model's planning step,
             `planner.search.lut.default_granularity`).
+        teacher: the network `model` was converted from; its outputs are every width's soft target.
 
     The model is left in eval mode at its widest width.
     """
@@ -192,6 +198,8 @@ def train(
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     distill = model.universal
+    if teacher is not None:
+        teacher.eval()
     result = TrainResult()
     start = time.perf_counter()
     model.train()
@@ -204,10 +212,15 @@ def train(
             step_sums: dict[LossKey, float] = {}
             step_counts: dict[LossKey, int] = {}
             soft_target = None
+            if teacher is not None:
+                with torch.no_grad():
+                    soft_target = F.softmax(teacher(images), dim=1)
             for key, config in iteration_configs(model, generator, domains):
                 model.set_config(config)
                 logits = model(images)
-                if soft_target is None or not distill:
+                if teacher is not None:
+                    loss = soft_cross_entropy(logits, soft_target)
+                elif soft_target is None or not distill:
                     loss = F.cross_entropy(logits, labels)
                     soft_target = F.softmax(logits.detach(), dim=1)
                 else:
@@ -232,3 +245,34 @@ def train(
     model.set_config(model.config(model.widths[-1]))
     model.eval()
     return result
+
+
+def start_from_source(
+    source: str,
+    dataset: Dataset,
+    checkpoint: str | None = None,
+    widths: list[float] | None = None,
+    universal: bool = False,
+) -> tuple[SlimmableNetwork, torch.nn.Module | None]:
+    """The converted network to fine-tune on `dataset`, and its teacher when `checkpoint` is the original's.
+
+    A plain state dict is the original network's weights: the original (loaded as it is) becomes the
+    teacher of every width and the converted copy the student. A planner checkpoint resumes training
+    without a teacher. The network takes the data's channels, size and classes.
+    """
+    from planner.measure.profile import build_model
+    from planner.models.sources import load_original, load_source
+    from planner.nn.checkpoint import read_checkpoint
+
+    shape = {
+        "num_classes": dataset.num_classes,
+        "input_size": dataset.input_size,
+        "in_channels": dataset.in_channels,
+    }
+    saved = read_checkpoint(checkpoint) if checkpoint is not None else None
+    model = build_model(source, checkpoint, widths=widths, universal=universal, **shape)
+    teacher = None
+    if saved is not None and not saved["planner"]:
+        teacher = load_source(source, **shape)
+        load_original(teacher, saved["model"], source)
+    return model, teacher

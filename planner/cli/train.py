@@ -27,7 +27,9 @@ accuracy_app = typer.Typer(
 )
 app.add_typer(accuracy_app, name="accuracy")
 
-ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Registered model name.")]
+ModelArgument = Annotated[
+    str, typer.Argument(metavar="MODEL", help="Registered model, or torchvision:NAME, timm:NAME, FILE.py:FN.")
+]
 DataOption = Annotated[
     str,
     typer.Option(
@@ -64,6 +66,7 @@ def _build(
 ):
     """The model from MODEL and the data, checked against the options and the checkpoint, loaded if saved."""
     from planner.models import create_model
+    from planner.models.sources import build_source, is_source
     from planner.nn.checkpoint import check_state_dict
 
     info = saved["planner"] if saved else {}
@@ -90,7 +93,19 @@ def _build(
                 f"the model takes {options[key]} (--{key.replace('_', '-')})"
             )
     options = {**data_shape, "num_classes": dataset.num_classes}
-    model = create_model(name, widths=widths or info.get("widths"), **options)
+    if is_source(name):  # a plain state dict is the original network's: converted on load
+        original = saved["model"] if saved and not info else None
+        model = build_source(
+            name,
+            widths or info.get("widths"),
+            universal=bool(info.get("universal")),
+            **options,
+            reorder=not saved or original is not None,
+            state=original,
+        )
+        saved = None if original is not None else saved
+    else:
+        model = create_model(name, widths=widths or info.get("widths"), **options)
     if saved:
         check_state_dict(model, saved["model"])
         model.load_state_dict(saved["model"])
@@ -174,12 +189,25 @@ def train_command(
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="MODEL torchvision:NAME, timm:NAME, FILE.py:FN: the original network's state dict "
+            "(converted; the original teaches every width) or planner's checkpoint (resumed).",
+        ),
+    ] = None,
+    universal: Annotated[
+        bool, typer.Option("--universal", help="Converted networks: any width in range (sandwich rule).")
+    ] = False,
 ) -> None:
     """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation)."""
     import torch
 
     from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.train import check_model, check_settings, train
+    from planner.accuracy.train import check_model, check_settings, start_from_source, train
+    from planner.models.sources import is_source
     from planner.nn.checkpoint import save_checkpoint
     from planner.search.lut import default_granularity
 
@@ -187,7 +215,13 @@ def train_command(
     _set_threads(threads)
     dataset = _load(data, None, input_size)
     torch.manual_seed(seed)
-    model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
+    teacher = None
+    if is_source(model_name):
+        model, teacher = start_from_source(model_name, dataset, checkpoint, parse_widths(widths), universal)
+    elif checkpoint is not None or universal:
+        raise PlannerError("--checkpoint and --universal are for torchvision:, timm: and FILE.py: models")
+    else:
+        model = _build(model_name, dataset, None, in_channels, num_classes, input_size, parse_widths(widths))
     check_model(model, per_layer)
     shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
     console.print(
@@ -224,6 +258,7 @@ def train_command(
             on_step=show,
             per_layer=per_layer,
             granularity=granularity,
+            teacher=teacher,
         )
     extra = {"dataset": dataset.name, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     if per_layer:

@@ -59,9 +59,12 @@ def build_model(
 
     A planner checkpoint records its build options (name, widths, classes, input size, channels), so the
     file alone rebuilds the model; explicit `options` override them. A reference checkpoint (plain state
-    dict) needs `name` and the options it was trained with.
+    dict) needs `name` and the options it was trained with. `name` may be a source
+    (`torchvision:resnet18`, `net.py:build`, planner.models.sources): its plain state dict is the
+    original network's weights, converted on load; its planner checkpoint is the converted network's.
     """
     import planner
+    from planner.models.sources import build_source, is_source
     from planner.nn.calibrate import stored_calibrations
     from planner.nn.checkpoint import check_state_dict, read_checkpoint
 
@@ -75,15 +78,30 @@ def build_model(
     name = name or recorded_name
     if not name:
         raise PlannerError("which model? give --model NAME (or a checkpoint saved by planner)")
+    universal = bool(options.pop("universal", None) or recorded.get("universal", False))
     known = {"widths", "num_classes", "input_size", "in_channels"}
     build = {key: value for key, value in recorded.items() if key in known}
     build.update({key: value for key, value in options.items() if value is not None})
-    model = planner.create_model(name, **build)
+    if is_source(name):
+        # a plain state dict is the original network's weights: loaded, reordered and converted
+        original = state if state is not None and not recorded else None
+        reorder = state is None or original is not None  # planner's weights are reordered already
+        model = build_source(name, universal=universal, reorder=reorder, state=original, **build)
+        state = None if original is not None else state
+    elif universal:
+        raise PlannerError(f"--universal is for converted networks; {name} is built universal or not")
+    else:
+        model = planner.create_model(name, **build)
     if state is not None:
         check_state_dict(model, state)
         model.load_state_dict(state, strict=True)
         model.calibrations = stored_calibrations(model, recorded)
     return model.eval()
+
+
+def _file_name(name: str) -> str:
+    """A model name usable in a file name (a source such as `nets/my.py:build` holds `/` and `:`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def weights_key(checkpoint: Path | str | None) -> str:
@@ -154,7 +172,7 @@ def export_artifacts(
     shape_text = "x".join(map(str, shape))
     artifacts = []
     for config in configs:
-        onnx = directory / f"{model.name}-{config.id}-{shape_text}-{weights}.onnx"
+        onnx = directory / f"{_file_name(model.name)}-{config.id}-{shape_text}-{weights}.onnx"
         if not onnx.is_file():
             export_onnx(model, config, onnx)
         program = onnx.with_suffix(".pt2")
