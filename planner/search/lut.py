@@ -54,7 +54,9 @@ _IR_VERSION = 8
 
 
 def default_granularity(model: SlimmableNetwork) -> int:
-    return GRANULARITY.get(model.name, 1)
+    """The zoo's published step; 8 channels for a converted network (planner.models.sources), whose
+    groups are as wide as a torchvision model's (a step of 1 would make LeGR's search space huge)."""
+    return GRANULARITY.get(model.name, 8 if getattr(model, "source", None) else 1)
 
 
 def channel_floor(model: SlimmableNetwork, group: ChannelGroup, min_fraction: float = MIN_FRACTION) -> int:
