@@ -10,14 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli import app
+from planner.cli import app, parse_widths
 from planner.errors import PlannerError
 
 console = Console()
-
-WidthsOption = Annotated[
-    list[float] | None, typer.Option("--widths", "-w", help="Widths to show (default: the trained ones).")
-]
 
 
 def resolve_config(model, width: float | None, config_file: Path | None):
@@ -56,19 +52,28 @@ def models_command() -> None:
 
 @app.command("info")
 def info_command(
-    model_name: Annotated[str, typer.Argument(metavar="MODEL")],
-    widths: WidthsOption = None,
+    model_name: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="Registered model, or torchvision:NAME, timm:NAME, FILE.py:FN."),
+    ],
+    widths: Annotated[
+        list[str] | None,
+        typer.Option("--widths", "-w", help="Widths to show, e.g. 0.25,0.5 (a converted network's widths)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     num_classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
     input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
 ) -> None:
     """Channels, MACs and params of each width (the reference's counting convention)."""
     from planner.measure.profile import build_model
+    from planner.models.sources import is_source
     from planner.nn.counting import count, layer_channels
 
-    model = build_model(model_name, num_classes=num_classes, input_size=input_size)
+    shown = parse_widths(widths)
+    converted = shown if is_source(model_name) else None  # a source is converted at the widths shown
+    model = build_model(model_name, widths=converted, num_classes=num_classes, input_size=input_size)
     rows = []
-    for width in widths or model.widths:
+    for width in shown or model.widths:
         config = model.config(width)
         cost = count(model, config)
         rows.append(

@@ -127,12 +127,11 @@ def build_source(
     """The slimmable network of a source; `state` is the original network's weights (loaded first)."""
     import torch
 
-    from planner.models.convert import slimmable
-
     size, channels = input_size or 224, in_channels or 3
     network = load_source(source, num_classes, size, channels)
     if state is not None:
         load_original(network, state, source)
+    from planner.models.convert import slimmable
     example = torch.randn(1, channels, size, size)
     kwargs: dict[str, Any] = {"universal": universal, "reorder": reorder, "name": source}
     if widths is not None:
