@@ -97,7 +97,7 @@ def forward_at_full_width(model: SlimmableNetwork, modules: list[nn.Module], hoo
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
-            model(torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device))
+            model(torch.zeros(model.input_shape, device=device))
     finally:
         for handle in handles:
             handle.remove()
