@@ -171,6 +171,9 @@ _PASS_METHODS = {
     "type",
     "type_as",
 }
+# Library functions that keep channel i in channel i, by (module prefix, name): they are fx-wrapped, so
+# the graph holds them as calls (stochastic depth multiplies each sample by 0 or 1/p).
+_PASS_LIBRARY_FUNCTIONS = {("torchvision.ops", "stochastic_depth"), ("timm.layers", "drop_path")}
 _JOIN_FUNCTIONS = {
     operator.add,
     operator.iadd,
@@ -324,7 +327,7 @@ class _Analysis:
         tensor_in = args[0] if args else None
         if node.op == "call_method" and target in _SHAPE_METHODS or target in (getattr, len):
             return None
-        if (node.op == "call_function" and target in _PASS_FUNCTIONS) or (
+        if (node.op == "call_function" and (target in _PASS_FUNCTIONS or _library_pass(target))) or (
             node.op == "call_method" and target in _PASS_METHODS
         ):
             return self.passthrough(node, tensor_in, shape, where)
@@ -542,16 +545,18 @@ class _Analysis:
         sizes = node.args[1:]
         if len(sizes) == 1 and isinstance(sizes[0], list | tuple):
             sizes = tuple(sizes[0])
-        if len(sizes) == len(shape) and x.dim < len(sizes) and _literal(sizes[x.dim]):
-            return self.opaque(x, None, f"{where} (a channel count hard-coded in a reshape)")
+        hard_coded = len(sizes) == len(shape) and x.dim < len(sizes) and _literal(sizes[x.dim])
+        layout = None
         if list(shape[: x.dim + 1]) == list(in_shape[: x.dim + 1]):
-            spatial_in = math.prod(in_shape[x.dim + 1 :])
-            spatial_out = math.prod(shape[x.dim + 1 :])
-            if spatial_in == spatial_out:
-                return x.at(x.dim, len(shape))
-        if len(shape) == x.dim + 1 and list(shape[: x.dim]) == list(in_shape[: x.dim]):
-            return x.at(x.dim, len(shape), x.spatial * math.prod(in_shape[x.dim + 1 :]))
-        return self.opaque(x, None, f"{where} (a reshape that splits or moves the channels)")
+            if math.prod(in_shape[x.dim + 1 :]) == math.prod(shape[x.dim + 1 :]):
+                layout = x.at(x.dim, len(shape))
+        elif len(shape) == x.dim + 1 and list(shape[: x.dim]) == list(in_shape[: x.dim]):
+            layout = x.at(x.dim, len(shape), x.spatial * math.prod(in_shape[x.dim + 1 :]))
+        if layout is None:
+            return self.opaque(x, None, f"{where} (a reshape that splits or moves the channels)")
+        if hard_coded:
+            return self.opaque(x, None, f"{where} (a channel count hard-coded in a reshape)")
+        return layout
 
     def permute(self, node, x, shape, where) -> _Layout | None:
         if not isinstance(x, _Layout) or shape is None:
@@ -611,6 +616,11 @@ class _Analysis:
 
     def _env_of(self, node: torch.fx.Node) -> list[Any]:
         return [self._current_env.get(a) for a in _flat(node.args) if isinstance(a, torch.fx.Node)]
+
+
+def _library_pass(target: Any) -> bool:
+    module, name = getattr(target, "__module__", "") or "", getattr(target, "__name__", "")
+    return any(module.startswith(prefix) and name == known for prefix, known in _PASS_LIBRARY_FUNCTIONS)
 
 
 def _flat(value: Any) -> list[Any]:

@@ -224,14 +224,11 @@ def reorder_groups(model: nn.Module) -> dict[str, list[int]]:
     within each block. Returns the new order (old indices) per group: the permutation to record.
     """
     ops = model.converted_ops()
+    writers = [(op.out_side, filter_priority(op)) for op in ops if hasattr(op, "out_side")]
     orders = {}
     for name, group in model.groups.items():
         scores = torch.zeros(group.max_channels, dtype=torch.float64)
-        for op in ops:
-            side = getattr(op, "out_side", None)
-            if side is None:
-                continue
-            rows = filter_priority(op)
+        for side, rows in writers:
             for offset in side.offsets(group):
                 scores += rows[offset : offset + group.max_channels]
         block = group.max_channels // group.divisor
