@@ -15,6 +15,7 @@ _LAZY = {
     "load_checkpoint": "planner.nn.checkpoint",
     "load_manifest": "planner.deploy.manifest",
     "save_checkpoint": "planner.nn.checkpoint",
+    "slimmable": "planner.models.convert",
     "materialize": "planner.nn.materialize",
     "WidthConfig": "planner.widths",
 }
