@@ -99,11 +99,6 @@ def build_model(
     return model.eval()
 
 
-def _file_name(name: str) -> str:
-    """A model name usable in a file name (a source such as `nets/my.py:build` holds `/` and `:`)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
 def weights_key(checkpoint: Path | str | None) -> str:
     """Short content hash of the checkpoint (exports of different weights never share a cache entry)."""
     return file_digest(Path(checkpoint))[:8] if checkpoint is not None else "init"
@@ -163,6 +158,7 @@ def export_artifacts(
     weights: str = "init",
 ) -> list[Artifact]:
     """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend)."""
+    from planner.models.sources import file_name
     from planner.nn.counting import count
     from planner.nn.export import export_onnx, export_program
 
@@ -172,7 +168,7 @@ def export_artifacts(
     shape_text = "x".join(map(str, shape))
     artifacts = []
     for config in configs:
-        onnx = directory / f"{_file_name(model.name)}-{config.id}-{shape_text}-{weights}.onnx"
+        onnx = directory / f"{file_name(model.name)}-{config.id}-{shape_text}-{weights}.onnx"
         if not onnx.is_file():
             export_onnx(model, config, onnx)
         program = onnx.with_suffix(".pt2")

@@ -12,6 +12,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +35,11 @@ _OP_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 def is_source(name: str) -> bool:
     """True for a source (`library:name`, `file.py:function`, `module:function`), False for a zoo name."""
     return ":" in name
+
+
+def file_name(name: str) -> str:
+    """A model name usable in a file name: a source such as `nets/my.py:build` holds `/` and `:`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def import_torchvision() -> ModuleType:
@@ -132,6 +138,7 @@ def build_source(
     if state is not None:
         load_original(network, state, source)
     from planner.models.convert import slimmable
+
     example = torch.randn(1, channels, size, size)
     kwargs: dict[str, Any] = {"universal": universal, "reorder": reorder, "name": source}
     if widths is not None:

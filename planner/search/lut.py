@@ -33,6 +33,7 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target
 from planner.models.base import SlimmableNetwork
 from planner.models.ops import ChannelGroup, SlimmableConv2d, SlimmableLinear, _CalibratedBatchNorm
+from planner.models.sources import file_name
 from planner.nn.counting import forward_at_full_width
 from planner.widths import WidthConfig
 from profilers.files import replacing
@@ -463,12 +464,12 @@ def target_identity(target: Target) -> dict[str, Any]:
 
 def table_path(out_dir: str | Path, target: str, model: str) -> Path:
     """Where `planner lut build --out DIR` writes a table and `legr config` looks for it."""
-    return Path(out_dir) / "lut" / f"{target}-{model}.json"
+    return Path(out_dir) / "lut" / f"{target}-{file_name(model)}.json"
 
 
 def work_dir(out_dir: str | Path, target: str, model: str) -> Path:
     """The layer measurements' own results directory: layer rows never mix with configurations in OUT."""
-    return Path(out_dir) / "lut" / f"{target}-{model}"
+    return Path(out_dir) / "lut" / f"{target}-{file_name(model)}"
 
 
 Log = Callable[[str], None]
