@@ -72,6 +72,7 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow  # trains, profiles on two runtimes, builds a latency table and searches
+@pytest.mark.timeout(1800)  # converts the network in each command: minutes on a busy 2-core machine
 @pytest.mark.parametrize("kind", ["torchvision", "user file"])
 def test_convert_train_profile_plan_ship(kind: str, data: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
