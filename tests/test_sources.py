@@ -187,3 +187,78 @@ def test_cli_bad_sources_are_one_line_exit_2(
     assert message in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.pt").exists() and not (tmp_path / "a.onnx").exists()
+
+
+needs_converter = pytest.mark.skipif(
+    importlib.util.find_spec("planner.models.convert") is None, reason="needs planner.models.convert"
+)
+
+
+@needs_converter
+def test_original_weights_convert_and_planner_checkpoints_rebuild(tmp_path: Path) -> None:
+    import torch
+
+    from planner.measure.profile import build_model
+    from planner.nn.checkpoint import save_checkpoint
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/mynet.py:build"
+    torch.manual_seed(0)
+    original = load_source(source, num_classes=4, input_size=8)
+    torch.save(original.state_dict(), tmp_path / "original.pth")
+    net = build_model(source, tmp_path / "original.pth", num_classes=4, input_size=8, widths=[0.5, 1.0])
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert (net(x) - original(x)).abs().max() < 1e-5
+    save_checkpoint(net, tmp_path / "slim.pt")
+    info = torch.load(tmp_path / "slim.pt", weights_only=True)["planner"]
+    assert info["source"] == source and info["widths"] == [0.5, 1.0] and info["universal"] is False
+    assert set(info["permutation"]) <= set(net.groups)
+    rebuilt = build_model(checkpoint=tmp_path / "slim.pt")  # the file alone rebuilds it
+    for width in (0.5, 1.0):
+        net.set_width(width)
+        rebuilt.set_width(width)
+        with torch.no_grad():
+            assert torch.equal(net(x), rebuilt(x))
+
+
+@needs_converter
+def test_original_weights_of_another_network_are_one_line(tmp_path: Path) -> None:
+    import torch
+
+    from planner.measure.profile import build_model
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    other = nn.Sequential(nn.Conv2d(3, 6, 3)).state_dict()
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(PlannerError, match=r"0.weight is \[6, 3, 3, 3\] in the checkpoint, \[8, 3, 3, 3\]"):
+        build_model(f"{tmp_path}/mynet.py:build", tmp_path / "other.pth", num_classes=4, input_size=8)
+
+
+@needs_converter
+def test_fine_tuning_with_the_original_as_teacher(tmp_path: Path) -> None:
+    """The teacher's outputs are every width's target: a student equal to its teacher starts at its loss."""
+    import torch
+
+    from planner.accuracy.data import Dataset
+    from planner.accuracy.train import start_from_source, train
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/mynet.py:build"
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 8, 8), torch.arange(64) % 4
+    dataset = Dataset("tiny", ("a", "b", "c", "d"), {"train": (x, y), "val": (x, y), "calibration": (x, y)})
+    torch.save(load_source(source, num_classes=4, input_size=8).state_dict(), tmp_path / "original.pth")
+    model, teacher = start_from_source(source, dataset, str(tmp_path / "original.pth"), [0.5, 1.0])
+    assert teacher is not None and not any(p is q for p in model.parameters() for q in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    result = train(model, dataset, epochs=2, batch_size=32, lr=0.05, teacher=teacher)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher is frozen
+    first, last = result.epoch_losses[0], result.epoch_losses[-1]
+    assert set(first) == {0.5, 1.0} and last[0.5] < first[0.5]
+    model.set_width(0.5)
+    with torch.no_grad():
+        gap = torch.nn.functional.kl_div(
+            model(x).log_softmax(1), teacher(x).softmax(1), reduction="batchmean"
+        )
+    assert gap < 0.05
