@@ -8,7 +8,8 @@ of timm models from different families, each in its own subprocess with a time l
   tp       - Torch-Pruning's DependencyGraph through its MagnitudePruner removing 50% of the channels
              (L2 magnitude, classifier kept), then a forward pass: pruned? MACs after, time.
 Random weights (nothing is downloaded), 1000 classes, the smallest input of 64, 70, 96, 112, 128, 224 at
-which the original runs. Rows are written as they come; a re-run resumes (drop a CSV row to redo it).
+which the original runs. Rows are written as they come; a re-run resumes and tries timeouts again (drop a
+CSV row to redo it).
 
     python benchmarks/model_coverage.py --out results [--timeout 180] [--tools planner,tp] [--only resnet]
 """
@@ -227,9 +228,12 @@ def _load(path: Path) -> pd.DataFrame:
 
 
 def _done(table: pd.DataFrame, source: str, tool: str) -> bool:
+    """A model is done for a tool once it has a result; a timeout (a busy machine) is tried again."""
     rows = table[table["source"] == source]
-    column = "converted" if tool == "planner" else "tp_pruned"
-    return bool(len(rows)) and pd.notna(rows.iloc[0][column])
+    column, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
+    if not len(rows) or pd.isna(rows.iloc[0][column]):
+        return False
+    return not str(rows.iloc[0][error]).startswith("timeout")
 
 
 def _store(table: pd.DataFrame, source: str, row: dict, path: Path) -> pd.DataFrame:
