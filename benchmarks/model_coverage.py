@@ -118,8 +118,8 @@ def run_planner(source: str) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
-    from planner.models.convert import slimmable
 
+    from planner.models.convert import slimmable
     from planner.nn.counting import count
     from planner.nn.export import export_onnx
 
