@@ -297,12 +297,15 @@ def evaluate_command(
     """
     from planner.accuracy.evaluate import evaluate
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
+    from planner.models.sources import is_source
     from planner.nn.calibrate import stored_calibrations
     from planner.nn.checkpoint import read_checkpoint
 
     saved = read_checkpoint(checkpoint)
     dataset = _load(data, saved, input_size)
-    model = _build(model_name, dataset, saved, in_channels, num_classes, input_size)
+    # the original network's weights (a source, plain state dict) are converted at the widths asked for
+    converted = parse_widths(widths) if is_source(model_name) and not saved["planner"] else None
+    model = _build(model_name, dataset, saved, in_channels, num_classes, input_size, converted)
     configs = _configs(model, parse_widths(widths), config_files)
     batches = dataset.batches(split, batch_size)
     calibration = dataset.batches("calibration", batch_size, shuffle=True) if calibration_batches > 0 else []
