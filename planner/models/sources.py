@@ -9,6 +9,7 @@ A user's own Python code runs only when the user names its file or module.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -226,14 +227,16 @@ def _user_function(location: str, function: str):
         path = Path(location)
         if not path.is_file():
             raise PlannerError(f"model file {path} does not exist")
-        module_name = f"planner_user_{abs(hash(str(path.resolve())))}"
+        module_name = f"planner_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise PlannerError(f"{path} is not a Python file")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and typing look their module up there
         try:
             spec.loader.exec_module(module)
         except Exception as error:
+            del sys.modules[module_name]
             raise PlannerError(f"importing {path} failed: {type(error).__name__}: {error}") from None
     else:
         try:
