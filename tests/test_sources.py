@@ -170,6 +170,7 @@ def test_original_weights_of_another_architecture_name_the_first_mismatch() -> N
         (["export", "{dir}/mynet.py:buld", "--width", "0.5", "-o", "{dir}/a.onnx"], "has no function 'buld'"),
         (["info", "{dir}/mynet.py:broken"], "raised ValueError: no weights here"),
         (["info", "{dir}/missing.py:build"], "missing.py does not exist"),
+        (["info", "{dir}/mynet.py:build", "--widths", "0.5,1.5"], "widths must be in (0, 1], got [0.5, 1.5]"),
         (["train", "s_cnn_small", "--data", "digits", "--checkpoint", "{dir}/x.pt", "-o", "{dir}/o.pt"],
          "--checkpoint and --universal are for"),
         (["train", "torchvision:resnet18", "--data", "digits", "-o", "{dir}/o.pt"], "3 input channels"),
