@@ -140,7 +140,8 @@ def build_source(
         load_original(network, state, source)
     from planner.models.convert import slimmable
 
-    example = torch.randn(1, channels, size, size)
+    # two images: the train-mode trace runs BatchNorm on batch statistics, which one 1x1 map lacks
+    example = torch.randn(2, channels, size, size)
     kwargs: dict[str, Any] = {"universal": universal, "reorder": reorder, "name": source}
     if widths is not None:
         kwargs["widths"] = tuple(widths)
