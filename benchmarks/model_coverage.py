@@ -222,9 +222,13 @@ def _in_subprocess(tool: str, source: str, timeout: float) -> dict:
 
 
 def _load(path: Path) -> pd.DataFrame:
-    if path.is_file():
-        return pd.read_csv(path)
-    return pd.DataFrame(columns=["source", "input", *PLANNER_COLUMNS, *TP_COLUMNS])
+    if not path.is_file():
+        return pd.DataFrame(columns=["source", "input", *PLANNER_COLUMNS, *TP_COLUMNS])
+    table = pd.read_csv(path)
+    for flag, error in (("converted", "planner_error"), ("tp_pruned", "tp_error")):
+        stale = table[flag].map(_yes) & table[error].astype(str).str.startswith("timeout")
+        table.loc[stale, error] = None  # a retry succeeded after an earlier timeout
+    return table
 
 
 def _done(table: pd.DataFrame, source: str, tool: str) -> bool:
@@ -240,6 +244,11 @@ def _store(table: pd.DataFrame, source: str, row: dict, path: Path) -> pd.DataFr
     if not (table["source"] == source).any():
         table = pd.concat([table, pd.DataFrame([{"source": source}])], ignore_index=True)
     index = table.index[table["source"] == source][0]
+    columns = PLANNER_COLUMNS if any(key in PLANNER_COLUMNS for key in row) else TP_COLUMNS
+    for key in columns:  # a retry replaces the tool's whole result
+        if key in table.columns:
+            table[key] = table[key].astype(object)
+            table.at[index, key] = None
     for key, value in row.items():
         if key not in table.columns:
             table[key] = None
@@ -288,7 +297,9 @@ def write_markdown(table: pd.DataFrame, path: Path, command: str, machine: list[
         "",
         "full = max abs difference of the converted network at full width from the original (eval mode); "
         "onnx 0.5 = max abs difference of the 0.5 width's ONNX in onnxruntime from the slimmable network "
-        "at 0.5; MACs in millions at the input size.",
+        "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs) "
+        "beside torch's FlopCounterMode on the original (TP MMACs before); where they differ, planner's "
+        "count misses layers (e.g. a Linear applied per pixel, as in ConvNeXt's blocks, counted once).",
         "",
         "| model | input | converted | full | onnx 0.5 | MMACs 1.0 | MMACs 0.5 | convert s | planner failure "
         "| TP pruned | TP MMACs before | TP MMACs after | TP s | TP failure |",
