@@ -273,11 +273,14 @@ def _yes(value) -> bool:
     return str(value).lower() == "true"
 
 
-def write_markdown(table: pd.DataFrame, path: Path, command: str, machine: list[str], timeout: float) -> None:
+def write_markdown(
+    table: pd.DataFrame, path: Path, command: str, machine: list[str], timeout: float, listed: list[str]
+) -> None:
     def count(prefix: str, column: str) -> str:
         rows = table[table["source"].str.startswith(prefix)]
         tried = rows[column].notna().sum()
-        return f"{sum(_yes(v) for v in rows[column])} of {tried} tried ({len(rows)} listed)"
+        total = sum(source.startswith(prefix) for source in listed)
+        return f"{sum(_yes(v) for v in rows[column])} of {tried} tried, {total} listed"
 
     lines = [
         "# Model coverage: planner's conversion beside Torch-Pruning",
@@ -350,7 +353,8 @@ def main() -> None:
     command = "python benchmarks/model_coverage.py " + shlex.join(sys.argv[1:])
     machine = [f"start: {_machine()}"]
     table = _load(csv)
-    for source in sources():
+    listed = sources()
+    for source in listed:
         if args.only and args.only not in source:
             continue
         for tool in tools:
@@ -359,9 +363,9 @@ def main() -> None:
             row = _in_subprocess(tool, source, args.timeout)
             table = _store(table, source, row, csv)
             print(source, tool, json.dumps(row), flush=True)
-        write_markdown(table, md, command, machine, args.timeout)
+        write_markdown(table, md, command, machine, args.timeout, listed)
     machine.append(f"end: {_machine()}")
-    write_markdown(table, md, command, machine, args.timeout)
+    write_markdown(table, md, command, machine, args.timeout, listed)
 
 
 if __name__ == "__main__":
