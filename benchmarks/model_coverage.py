@@ -63,6 +63,7 @@ TIMM = (
 PLANNER_COLUMNS = [
     "converted",
     "full_width_diff",
+    "output_max",
     "onnx_0.5_diff",
     "macs_1.0",
     "macs_0.5",
@@ -134,7 +135,9 @@ def run_planner(source: str) -> dict:
     row.update(converted=True, convert_s=round(time.perf_counter() - start, 2))
     with torch.no_grad():
         net.set_width(1.0)
-        row["full_width_diff"] = float((net(x) - original(x)).abs().max())
+        expected = original(x)
+        row["full_width_diff"] = float((net(x) - expected).abs().max())
+        row["output_max"] = float(expected.abs().max())  # random weights: some outputs are huge
         try:
             row["macs_1.0"] = count(net, net.config(1.0)).macs
             row["macs_0.5"] = count(net, net.config(0.5)).macs
@@ -298,15 +301,17 @@ def write_markdown(
         f"| torchvision | {count('torchvision:', 'converted')} | {count('torchvision:', 'tp_pruned')} |",
         f"| timm | {count('timm:', 'converted')} | {count('timm:', 'tp_pruned')} |",
         "",
-        "full = max abs difference of the converted network at full width from the original (eval mode); "
+        "full = max abs difference of the converted network at full width from the original (eval mode), "
+        "max out = the original's largest output (random weights make some huge: compare full to it); "
         "onnx 0.5 = max abs difference of the 0.5 width's ONNX in onnxruntime from the slimmable network "
         "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs) "
         "beside torch's FlopCounterMode on the original (TP MMACs before); where they differ, planner's "
         "count misses layers (e.g. a Linear applied per pixel, as in ConvNeXt's blocks, counted once).",
         "",
-        "| model | input | converted | full | onnx 0.5 | MMACs 1.0 | MMACs 0.5 | convert s | planner failure "
+        "| model | input | converted | full | max out | onnx 0.5 | MMACs 1.0 | MMACs 0.5 | convert s "
+        "| planner failure "
         "| TP pruned | TP MMACs before | TP MMACs after | TP s | TP failure |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(value, scale: float = 1.0, digits: int = 1) -> str:
@@ -327,6 +332,7 @@ def write_markdown(
         lines.append(
             f"| {r['source']} | {'' if pd.isna(r.get('input')) else int(float(r['input']))} "
             f"| {cell(r.get('converted'))} | {cell(r.get('full_width_diff'), digits=0)} "
+            f"| {cell(r.get('output_max'), digits=0)} "
             f"| {cell(r.get('onnx_0.5_diff'), digits=0)} | {cell(r.get('macs_1.0'), 1e6)} "
             f"| {cell(r.get('macs_0.5'), 1e6)} | {cell(r.get('convert_s'))} | {cell(r.get('planner_error'))} "
             f"| {cell(r.get('tp_pruned'))} | {cell(r.get('tp_macs_before'), 1e6)} "
