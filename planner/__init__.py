@@ -20,6 +20,7 @@ _LAZY = {
     "create_model": "planner.models",
     "list_models": "planner.models",
     "WidthConfig": "planner.widths",
+    "slimmable": "planner.models.convert",
     "PlannerError": "planner.errors",
     # torch-side surgery
     "build_model": "planner.nn.build",

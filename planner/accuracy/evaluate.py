@@ -116,6 +116,7 @@ def checkpoint_on_data(
     are the given widths and files, or every trained width.
     """
     from planner.accuracy.images import PIPELINE, check_classes, load_image_folder
+    from planner.models.sources import is_source
     from planner.nn.build import build_model, configurations
     from planner.nn.checkpoint import read_checkpoint
 
@@ -128,7 +129,9 @@ def checkpoint_on_data(
     else:
         dataset = load_dataset(data, image_size=size)
     check_classes(recorded, dataset.classes, data)
-    model = build_model(model_name, checkpoint, dataset=dataset, **shape)
+    # the original network's weights (a source, plain state dict) are converted at the widths asked for
+    converted = list(widths) if widths and is_source(model_name or "") and not recorded else None
+    model = build_model(model_name, checkpoint, dataset=dataset, widths=converted, **shape)
     return OnData(model, dataset, configurations(model, widths, config_files))
 
 

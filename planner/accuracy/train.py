@@ -18,6 +18,10 @@ BN on batch statistics (they have no tracked ones), and the tracked widths betwe
 run, so after training every tracked width's running statistics are re-estimated on training batches
 (US-Nets' post-training calibration); per-layer configurations are calibrated when evaluated, as before.
 
+Fine-tuning a converted pretrained network (`teacher=` the original network, planner.models.sources): the
+original's softmax (eval mode, no gradient) is the soft target of every width, the widest included, so
+the full width stays where the original was and the narrow widths learn to imitate it.
+
 SGD with Nesterov momentum and, by default, a cosine learning-rate schedule per step; the published
 recipes' schedules (`planner.accuracy.recipes`) are the alternatives. Resume files, torchrun ranks,
 mixed precision and DataLoader workers are `RunOptions`.
@@ -227,6 +231,7 @@ def train(
     run: RunOptions = RunOptions(),
     schedule: Schedule = COSINE,
     label_smoothing: float = 0.0,
+    teacher: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Train `model` in place at all its widths on the dataset's train split, reshuffled every epoch.
 
@@ -237,6 +242,7 @@ def train(
         run: resume files, ranks, device, precision (`RunOptions`).
         schedule: the learning-rate decay (`planner.accuracy.recipes.Schedule`; default cosine to 0).
         label_smoothing: of the widest member's cross-entropy (the others learn its soft output).
+        teacher: the network `model` was converted from; its outputs are every width's soft target.
 
     The model is left on the CPU in eval mode at its widest width.
     """
@@ -312,6 +318,8 @@ def train(
     }
     recipe = run_recipe(model, dataset, settings)
     distill = model.universal
+    if teacher is not None:
+        teacher.to(device).eval()
     result = TrainResult()
     first_epoch, first_step = 0, 0
     sums: dict[LossKey, float] = {}
@@ -368,12 +376,18 @@ def train(
             step_sums: dict[LossKey, float] = {}
             step_counts: dict[LossKey, int] = {}
             soft_targets: list[torch.Tensor] = []
+            teacher_targets = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_targets = [F.softmax(teacher(x), dim=1) for x, _ in chunks]
             for member, (key, config) in enumerate(iteration_configs(model, generator, domains)):
                 model.set_config(config)
                 for chunk, (x, y) in enumerate(chunks):
                     with precision.autocast(device):
                         logits = model(x)
-                        if member == 0 or not distill:
+                        if teacher_targets is not None:
+                            loss = soft_cross_entropy(logits, teacher_targets[chunk])
+                        elif member == 0 or not distill:
                             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
                             if distill:
                                 soft_targets.append(F.softmax(logits.detach(), dim=1))
@@ -412,3 +426,34 @@ def train(
     model.to("cpu")
     model.eval()
     return result
+
+
+def start_from_source(
+    source: str,
+    dataset: Dataset,
+    checkpoint: str | None = None,
+    widths: list[float] | None = None,
+    universal: bool = False,
+) -> tuple[SlimmableNetwork, torch.nn.Module | None]:
+    """The converted network to fine-tune on `dataset`, and its teacher when `checkpoint` is the original's.
+
+    A plain state dict is the original network's weights: the original (loaded as it is) becomes the
+    teacher of every width and the converted copy the student. A planner checkpoint resumes training
+    without a teacher. The network takes the data's channels, size and classes.
+    """
+    from planner.models.sources import load_original, load_source
+    from planner.nn.build import build_model
+    from planner.nn.checkpoint import read_checkpoint
+
+    shape = {
+        "num_classes": dataset.num_classes,
+        "input_size": dataset.input_size,
+        "in_channels": dataset.in_channels,
+    }
+    saved = read_checkpoint(checkpoint) if checkpoint is not None else None
+    model = build_model(source, checkpoint, widths=widths, universal=universal, **shape)
+    teacher = None
+    if saved is not None and not saved["planner"]:
+        teacher = load_source(source, **shape)
+        load_original(teacher, saved["model"], source)
+    return model, teacher

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
-from planner.cli.options import WidthsOption, parse_widths
+from planner.cli.options import parse_widths
 
 console = Console()
 
@@ -38,19 +38,28 @@ def models_command() -> None:
 
 @app.command("info")
 def info_command(
-    model_name: Annotated[str, typer.Argument(metavar="MODEL")],
-    widths: WidthsOption = None,
+    model_name: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="Registered model, or torchvision:NAME, timm:NAME, FILE.py:FN."),
+    ],
+    widths: Annotated[
+        list[str] | None,
+        typer.Option("--widths", "-w", help="Widths to show, e.g. 0.25,0.5 (a converted network's widths)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     num_classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
     input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
 ) -> None:
     """Channels, MACs and params of each width (the reference's counting convention)."""
+    from planner.models.sources import is_source
     from planner.nn.build import build_model
     from planner.nn.counting import count, layer_channels
 
-    model = build_model(model_name, num_classes=num_classes, input_size=input_size)
+    shown = parse_widths(widths)
+    converted = shown if is_source(model_name) else None  # a source is converted at the widths shown
+    model = build_model(model_name, widths=converted, num_classes=num_classes, input_size=input_size)
     rows = []
-    for width in parse_widths(widths) or model.widths:
+    for width in shown or model.widths:
         config = model.config(width)
         cost = count(model, config)
         rows.append(

@@ -34,7 +34,9 @@ accuracy_app = typer.Typer(
 )
 app.add_typer(accuracy_app, name="accuracy")
 
-ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Registered model name.")]
+ModelArgument = Annotated[
+    str, typer.Argument(metavar="MODEL", help="Registered model, or torchvision:NAME, timm:NAME, FILE.py:FN.")
+]
 DataOption = Annotated[
     str,
     typer.Option(
@@ -160,6 +162,18 @@ def train_command(
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="MODEL torchvision:NAME, timm:NAME, FILE.py:FN: the original network's state dict "
+            "(converted; the original teaches every width) or planner's checkpoint (resumed).",
+        ),
+    ] = None,
+    universal: Annotated[
+        bool, typer.Option("--universal", help="Converted networks: any width in range (sandwich rule).")
+    ] = False,
 ) -> None:
     """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation).
 
@@ -202,7 +216,7 @@ def train_command(
         _train(
             model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
             per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
-            schedule, label_smoothing, RunOptions(
+            schedule, label_smoothing, checkpoint, universal, RunOptions(
                 world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
             ),
         )  # fmt: skip
@@ -233,7 +247,7 @@ def _recipe_values(ctx: typer.Context, model_name: str, name: str) -> dict[str, 
 def _train(
     model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
     per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
-    schedule, label_smoothing, options,
+    schedule, label_smoothing, checkpoint, universal, options,
 ) -> None:  # fmt: skip
     import dataclasses
 
@@ -244,7 +258,8 @@ def _train(
     from planner.accuracy.images import PIPELINE, load_image_folder
     from planner.accuracy.recipes import COSINE
     from planner.accuracy.resume import resume_path
-    from planner.accuracy.train import check_model, train
+    from planner.accuracy.train import check_model, start_from_source, train
+    from planner.models.sources import is_source
     from planner.models.space import default_granularity
     from planner.nn.build import build_model
     from planner.nn.checkpoint import save_checkpoint
@@ -257,14 +272,20 @@ def _train(
         dataset = load_dataset(data, image_size=input_size)
     pipeline = PIPELINE if augment else "tensors"
     torch.manual_seed(seed)
-    model = build_model(
-        model_name,
-        dataset=dataset,
-        widths=parse_widths(widths),
-        in_channels=in_channels,
-        num_classes=num_classes,
-        input_size=input_size,
-    )
+    teacher = None
+    if is_source(model_name):
+        model, teacher = start_from_source(model_name, dataset, checkpoint, parse_widths(widths), universal)
+    elif checkpoint is not None or universal:
+        raise PlannerError("--checkpoint and --universal are for torchvision:, timm: and FILE.py: models")
+    else:
+        model = build_model(
+            model_name,
+            dataset=dataset,
+            widths=parse_widths(widths),
+            in_channels=in_channels,
+            num_classes=num_classes,
+            input_size=input_size,
+        )
     check_model(model, per_layer)
     shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
     console.print(
@@ -318,6 +339,7 @@ def _train(
             run=run,
             schedule=schedule or COSINE,
             label_smoothing=label_smoothing,
+            teacher=teacher,
         )
     if not leader:
         return

@@ -83,6 +83,7 @@ def export_artifacts(
 ) -> list[Artifact]:
     """Export each configuration once to OUT/artifacts/ (a torch program beside it for the torch backend),
     with a static batch dimension of `batch` (the file name carries the shape)."""
+    from planner.models.sources import file_name
     from planner.nn.counting import count
     from planner.nn.export import export_onnx, export_program
 
@@ -92,7 +93,7 @@ def export_artifacts(
     shape_text = "x".join(map(str, shape))
     artifacts = []
     for config in configs:
-        onnx = directory / f"{model.name}-{config.id}-{shape_text}-{weights}.onnx"
+        onnx = directory / f"{file_name(model.name)}-{config.id}-{shape_text}-{weights}.onnx"
         if not onnx.is_file():
             if batch == 1:
                 export_onnx(model, config, onnx)

@@ -52,6 +52,11 @@ class SlimmableNetwork(nn.Module):
         # calibrated BN statistics by config id, from a `planner calibrate` checkpoint (planner.nn.calibrate)
         self.calibrations: dict = {}
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (batch 1): what counting traces and what export writes."""
+        return (1, self.in_channels, self.input_size, self.input_size)
+
     # ---- structure -------------------------------------------------------------------------------
     def _finish(self) -> None:
         for path, module in self.named_modules():

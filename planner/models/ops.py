@@ -44,11 +44,16 @@ def fixed_channels(width: float, count: int) -> int:
 
 @dataclass(eq=False)
 class ChannelGroup:
-    """Layer sides that share one channel count. Named after the module path of its first producer."""
+    """Layer sides that share one channel count. Named after the module path of its first producer.
+
+    `divisor`: every count of the group is a multiple of it (a grouped convolution or GroupNorm over the
+    group keeps its group count, so each group of channels keeps the same share).
+    """
 
     rule: Callable[[float], int]
     slimmable: bool = True
     name: str = ""
+    divisor: int = 1
     max_channels: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +65,53 @@ class ChannelGroup:
 
 def fixed_group(count: int, name: str = "") -> ChannelGroup:
     return ChannelGroup(partial(fixed_channels, count=count), slimmable=False, name=name)
+
+
+def dense_conv(
+    like: nn.modules.conv._ConvNd, weight: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> nn.modules.conv._ConvNd:
+    """A conv of `like`'s kind and geometry with the given (sliced) weight, bias and group count."""
+    kind = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(like.kernel_size)]
+    conv = kind(
+        weight.shape[1] * groups,
+        weight.shape[0],
+        like.kernel_size,
+        like.stride,
+        like.padding,
+        like.dilation,
+        groups=groups,
+        bias=bias is not None,
+        padding_mode=like.padding_mode,
+    )
+    conv.weight.data.copy_(weight)
+    if bias is not None:
+        conv.bias.data.copy_(bias)
+    return conv
+
+
+def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    linear.weight.data.copy_(weight)
+    if bias is not None:
+        linear.bias.data.copy_(bias)
+    return linear
+
+
+def dense_batch_norm(
+    kind: type[nn.modules.batchnorm._BatchNorm],
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> nn.modules.batchnorm._BatchNorm:
+    norm = kind(len(mean), eps=eps, affine=weight is not None)
+    norm.running_mean.copy_(mean)
+    norm.running_var.copy_(var)
+    if weight is not None:
+        norm.weight.data.copy_(weight)
+        norm.bias.data.copy_(bias)
+    return norm.eval()
 
 
 class SlimmableConv2d(nn.Conv2d):
@@ -113,6 +165,11 @@ class SlimmableConv2d(nn.Conv2d):
         weight, bias, groups = self.active_weight()
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
+    def densify(self) -> nn.Conv2d:
+        """A plain Conv2d holding only the active slice (Once-for-All's `get_active_subnet`)."""
+        weight, bias, groups = self.active_weight()
+        return dense_conv(self, weight, bias, groups)
+
 
 class SlimmableLinear(nn.Linear):
     """Linear layer sliced to the active input/output features."""
@@ -135,6 +192,10 @@ class SlimmableLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.active_weight()
         return F.linear(x, weight, bias)
+
+    def densify(self) -> nn.Linear:
+        weight, bias = self.active_weight()
+        return dense_linear(weight, bias)
 
 
 class USConv2d(SlimmableConv2d):
@@ -205,6 +266,11 @@ class _CalibratedBatchNorm(nn.Module):
     @property
     def eps(self) -> float:
         return self.bn[0].eps
+
+    def densify(self) -> nn.Module:
+        """A plain eval-mode BatchNorm of the active channels with the active statistics."""
+        mean, var, weight, bias = self.active_statistics()
+        return dense_batch_norm(nn.BatchNorm2d, mean, var, weight, bias, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.active_channels

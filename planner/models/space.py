@@ -18,22 +18,27 @@ GRANULARITY = {"s_mobilenet_v1": 8, "s_mobilenet_v2": 8, "us_mobilenet_v2": 8, "
 
 
 def default_granularity(model: SlimmableNetwork) -> int:
-    return GRANULARITY.get(model.name, 1)
+    """The zoo's published step; 8 channels for a converted network (planner.models.sources), whose
+    groups are as wide as a torchvision model's (a step of 1 would make LeGR's search space huge)."""
+    return GRANULARITY.get(model.name, 8 if getattr(model, "source", None) else 1)
 
 
 def channel_floor(model: SlimmableNetwork, group: ChannelGroup, min_fraction: float = MIN_FRACTION) -> int:
     """The fewest channels a group is given: `min_fraction` of it (LeGR keeps 10%), and never fewer than
-    at the narrowest trained width, below which a slimmable network was never trained."""
-    return max(1, math.ceil(min_fraction * group.max_channels), group.at(model.widths[0]))
+    at the narrowest trained width, below which a slimmable network was never trained; a multiple of the
+    group's divisor (a grouped conv keeps its group count)."""
+    floor = max(1, math.ceil(min_fraction * group.max_channels), group.at(model.widths[0]))
+    return -(-floor // group.divisor) * group.divisor
 
 
 def allowed_counts(
     model: SlimmableNetwork, group: ChannelGroup, granularity: int, min_fraction: float = MIN_FRACTION
 ) -> list[int]:
-    """Channel counts a planned configuration may give a group: multiples of the granularity between the
-    floor and the maximum, plus both ends."""
+    """Channel counts a planned configuration may give a group: multiples of the granularity (and of the
+    group's divisor) between the floor and the maximum, plus both ends."""
     floor = channel_floor(model, group, min_fraction)
-    steps = range(-(-floor // granularity) * granularity, group.max_channels, granularity)
+    step = math.lcm(granularity, group.divisor)
+    steps = range(-(-floor // step) * step, group.max_channels, step)
     return sorted({floor, *steps, group.max_channels})
 
 

@@ -41,6 +41,7 @@ def build_model(
     the shape options default to the data's and must match it (training and evaluation).
     """
     from planner.models import create_model
+    from planner.models.sources import build_source, is_source
 
     state, recorded = None, {}
     if checkpoint is not None:
@@ -52,6 +53,7 @@ def build_model(
     name = name or recorded_name
     if not name:
         raise PlannerError("which model? give --model NAME (or a checkpoint saved by planner)")
+    universal = bool(options.pop("universal", None) or recorded.get("universal", False))
     given = {key: value for key, value in options.items() if value is not None}
     if state is not None and dataset is not None:  # training and evaluation: the data must fit the weights
         for key, value in given.items():
@@ -64,7 +66,16 @@ def build_model(
     build.update(given)
     if dataset is not None:
         build.update(_dataset_shape(dataset, build, given))
-    model = create_model(name, **build)
+    if is_source(name):
+        # a plain state dict is the original network's weights: loaded, reordered and converted
+        original = state if state is not None and not recorded else None
+        reorder = state is None or original is not None  # planner's weights are reordered already
+        model = build_source(name, universal=universal, reorder=reorder, state=original, **build)
+        state = None if original is not None else state
+    elif universal:
+        raise PlannerError(f"--universal is for converted networks; {name} is built universal or not")
+    else:
+        model = create_model(name, **build)
     if state is not None:
         check_state_dict(model, state)
         model.load_state_dict(state, strict=True)

@@ -63,14 +63,25 @@ def check_state_dict(model: SlimmableNetwork, state: Mapping[str, torch.Tensor])
 
 
 def build_options(model: SlimmableNetwork) -> dict[str, Any]:
-    """What `create_model` needs to rebuild this model."""
-    return {
+    """What `create_model` (or, for a converted network, `build_source`) needs to rebuild this model.
+
+    A converted network also records that it is universal and the channel permutation its groups were
+    reordered with (provenance: the weights saved are already the reordered ones).
+    """
+    options = {
         "name": model.name,
         "widths": list(model.widths),
         "num_classes": model.num_classes,
         "input_size": model.input_size,
         "in_channels": model.in_channels,
     }
+    if getattr(model, "source", None) is not None:
+        options["source"] = model.source["source"]
+        options["universal"] = bool(model.universal)
+        permutation = getattr(model, "permutation", None)
+        if permutation:
+            options["permutation"] = {group: list(map(int, order)) for group, order in permutation.items()}
+    return options
 
 
 def save_checkpoint(

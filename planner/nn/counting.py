@@ -1,7 +1,8 @@
 """MACs and parameters of a configuration, counted the way the reference does.
 
 Convention of github.com/JiahuiYu/slimmable_networks utils/model_profiling.py, at 1 x C x H x W:
-Conv2d `Cin * Cout * k * k * Hout * Wout / groups`, Linear `in * out` (no bias), AvgPool `C * Hin * Win`;
+Conv2d `Cin * Cout * k * k * Hout * Wout / groups`, Linear `in * out` (no bias), AvgPool `C * Hin * Win`
+(the input of the last conv; a converted network's pooling modules are counted that way too);
 BN, activations, residual adds and MaxPool are not counted. Params are the sliced conv and linear
 weights (+ biases); BN is not counted.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,11 +40,22 @@ class _Layer:
     in_area: int = 1
     depthwise: bool = False
     bias: bool = False
+    groups: int = 1  # a grouped conv that keeps its group count
 
 
-def _side(layer: nn.Module, attribute: str, full: int) -> ChannelGroup | int:
+def _side(layer: nn.Module, attribute: str, full: int) -> Any:
+    """A fixed count, a ChannelGroup, or (converted networks) a Side of several segments."""
+    side = getattr(layer, attribute.replace("group", "side"), None)
+    if side is not None:
+        return side
     group = getattr(layer, attribute, None)
     return group if isinstance(group, ChannelGroup) and group.slimmable else full
+
+
+def _full(side: Any) -> int:
+    if isinstance(side, ChannelGroup):
+        return side.max_channels
+    return side if isinstance(side, int) else side.full
 
 
 def _trace(model: SlimmableNetwork) -> list[_Layer]:
@@ -51,11 +64,12 @@ def _trace(model: SlimmableNetwork) -> list[_Layer]:
     if cached is not None:
         return cached
     records: list[_Layer] = []
-    last_out: list[ChannelGroup | int] = [model.in_channels]
+    last_out: list[Any] = [model.in_channels]
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
+            depthwise = getattr(module, "depthwise", module.groups == x.shape[1] > 1)
             out_side = _side(module, "out_group", output.shape[1])
             records.append(
                 _Layer(
@@ -64,8 +78,9 @@ def _trace(model: SlimmableNetwork) -> list[_Layer]:
                     out_side,
                     kernel_area=module.kernel_size[0] * module.kernel_size[1],
                     out_area=output.shape[2] * output.shape[3],
-                    depthwise=getattr(module, "depthwise", module.groups == x.shape[1] > 1),
+                    depthwise=depthwise,
                     bias=module.bias is not None,
+                    groups=1 if depthwise else module.groups,
                 )
             )
             last_out[0] = out_side
@@ -79,7 +94,8 @@ def _trace(model: SlimmableNetwork) -> list[_Layer]:
                 )
             )
         elif isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            records.append(_Layer("pool", last_out[0], last_out[0], in_area=x.shape[2] * x.shape[3]))
+            side = last_out[0] if _full(last_out[0]) == x.shape[1] else x.shape[1]
+            records.append(_Layer("pool", side, side, in_area=x.shape[2] * x.shape[3]))
 
     counted = (nn.Conv2d, nn.Linear, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
     forward_at_full_width(model, [m for m in model.modules() if isinstance(m, counted)], hook)
@@ -97,7 +113,7 @@ def forward_at_full_width(model: SlimmableNetwork, modules: list[nn.Module], hoo
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
-            model(torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=device))
+            model(torch.zeros(model.input_shape, device=device))
     finally:
         for handle in handles:
             handle.remove()
@@ -110,14 +126,16 @@ def count(model: SlimmableNetwork, config: WidthConfig) -> Cost:
     """MACs and params of `config` on `model` at its input size (batch 1)."""
     channels = model.validate(config).channels
 
-    def resolve(side: ChannelGroup | int) -> int:
-        return channels[side.name] if isinstance(side, ChannelGroup) else side
+    def resolve(side: Any) -> int:
+        if isinstance(side, ChannelGroup):
+            return channels[side.name]
+        return side if isinstance(side, int) else side.count(channels)
 
     macs = params = 0
     for layer in _trace(model):
         cin, cout = resolve(layer.in_side), resolve(layer.out_side)
         if layer.kind == "conv":
-            weights = cout * layer.kernel_area * (1 if layer.depthwise else cin)
+            weights = cout * layer.kernel_area * (1 if layer.depthwise else cin // layer.groups)
             macs += weights * layer.out_area
             params += weights + (cout if layer.bias else 0)
         elif layer.kind == "linear":

@@ -58,17 +58,30 @@ def export_onnx(
     return export_module(dense, torch.zeros(dense.input_shape), path)
 
 
+def output_names(output: object) -> list[str] | None:
+    """ONNX output names: `logits` for one tensor, the keys of a dict, `output{i}` for a tuple or list."""
+    if isinstance(output, torch.Tensor):
+        return [OUTPUT_NAME]
+    if isinstance(output, dict) and all(isinstance(v, torch.Tensor) for v in output.values()):
+        return [str(key) for key in output]
+    if isinstance(output, tuple | list) and all(isinstance(v, torch.Tensor) for v in output):
+        return [f"output{i}" for i in range(len(output))]
+    return None
+
+
 def export_module(module: torch.nn.Module, example: torch.Tensor, path: str | Path) -> Path:
     """Write any module as planner's ONNX (single file, fixed names, atomic), so a network built another
     way is exported exactly like a sliced configuration."""
     path = _writable(Path(path))
+    with torch.no_grad():
+        names = output_names(module(example))
     with replacing(path) as tmp, _quiet():
         torch.onnx.export(
             module,
             (example,),
             str(tmp),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=names,
             dynamo=True,
             external_data=False,
             optimize=True,

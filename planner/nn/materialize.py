@@ -2,84 +2,57 @@
 
 Exporting the slimmable model itself would ship every width's weights and slicing ops; mask-based
 pruning tools ship zeroed filters at full size and gain no speed. The dense module is what runtimes see.
+
+Each slicing op densifies itself (`densify()`, Once-for-All's `get_active_subnet`): materialising is a
+walk over a copy of the network that replaces every such op by its dense form, and the network keeps its
+own `forward`. So any graph works (residual adds, concatenations, tuple or dict outputs), and a new
+slicing op needs only its own `densify`.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from planner.models.base import SlimmableNetwork
-from planner.models.ops import SlimmableConv2d, SlimmableLinear, _CalibratedBatchNorm
 from planner.widths import WidthConfig
 
 
 class DenseNetwork(nn.Module):
-    """`classifier(flatten(features(x)))` with ordinary layers; module paths as in the slimmable model."""
+    """A densified copy of a slimmable network: the same module paths and the same `forward`.
 
-    def __init__(
-        self, features: nn.Module, classifier: nn.Module, config: WidthConfig, input_shape: tuple
-    ) -> None:
+    The copy's submodules, parameters and buffers are this module's own (paths and state-dict keys as in
+    the slimmable model); `forward` is the copy's, so whatever the network returns is returned.
+    """
+
+    def __init__(self, network: nn.Module, config: WidthConfig, input_shape: tuple[int, ...]) -> None:
         super().__init__()
-        self.features = features
-        self.classifier = classifier
+        self._modules = network._modules
+        self._parameters = network._parameters
+        self._buffers = network._buffers
+        object.__setattr__(self, "_network", network)  # not a submodule: its children are ours
         self.config = config
-        self.input_shape = input_shape
+        self.input_shape = tuple(input_shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._network(*args, **kwargs)
 
-
-def _dense_conv(layer: SlimmableConv2d) -> nn.Conv2d:
-    weight, bias, groups = layer.active_weight()
-    conv = nn.Conv2d(
-        layer.active_in,
-        layer.active_out,
-        layer.kernel_size,
-        layer.stride,
-        layer.padding,
-        layer.dilation,
-        groups=groups,
-        bias=bias is not None,
-    )
-    conv.weight.data.copy_(weight)
-    if bias is not None:
-        conv.bias.data.copy_(bias)
-    return conv
+    def train(self, mode: bool = True) -> DenseNetwork:
+        super().train(mode)
+        self._network.training = mode
+        return self
 
 
-def _dense_linear(layer: SlimmableLinear) -> nn.Linear:
-    weight, bias = layer.active_weight()
-    linear = nn.Linear(layer.active_in, layer.active_out, bias=bias is not None)
-    linear.weight.data.copy_(weight)
-    if bias is not None:
-        linear.bias.data.copy_(bias)
-    return linear
-
-
-def _dense_norm(layer: _CalibratedBatchNorm) -> nn.BatchNorm2d:
-    mean, var, weight, bias = layer.active_statistics()
-    norm = nn.BatchNorm2d(layer.active_channels, eps=layer.eps, affine=weight is not None)
-    norm.running_mean.copy_(mean)
-    norm.running_var.copy_(var)
-    if weight is not None:
-        norm.weight.data.copy_(weight)
-        norm.bias.data.copy_(bias)
-    return norm
-
-
-def _densify(module: nn.Module) -> nn.Module:
-    if isinstance(module, SlimmableConv2d):
-        return _dense_conv(module)
-    if isinstance(module, SlimmableLinear):
-        return _dense_linear(module)
-    if isinstance(module, _CalibratedBatchNorm):
-        return _dense_norm(module)
+def densify(module: nn.Module) -> nn.Module:
+    """Replace, in place, every op that has a `densify()` by its dense form; return the module."""
+    if hasattr(module, "densify"):
+        return module.densify()
     for name, child in module.named_children():
-        setattr(module, name, _densify(child))
+        setattr(module, name, densify(child))
     return module
 
 
@@ -93,6 +66,18 @@ def _fold_batch_norms(module: nn.Module) -> None:
             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
                 module[i] = fuse_conv_bn_eval(conv, norm)
                 module[i + 1] = nn.Identity()
+
+
+def _copy(model: SlimmableNetwork) -> SlimmableNetwork:
+    """A deep copy without what a dense network does not need (stored calibrations, counting caches)."""
+    calibrations, trace = model.calibrations, model.__dict__.pop("_counting_trace", None)
+    model.calibrations = {}
+    try:
+        return copy.deepcopy(model)
+    finally:
+        model.calibrations = calibrations
+        if trace is not None:
+            model._counting_trace = trace
 
 
 @torch.no_grad()
@@ -109,14 +94,11 @@ def materialize(model: SlimmableNetwork, config: WidthConfig, fold_bn: bool = Fa
         apply_calibration(model, model.calibrations[config.id])
     model.set_config(config)
     try:
-        features = _densify(copy.deepcopy(model.features))
-        classifier = _densify(copy.deepcopy(model.classifier))
+        network = densify(_copy(model))
     finally:
         if previous is not None and previous != config:
             model.set_config(previous)
-    dense = DenseNetwork(
-        features, classifier, config, (1, model.in_channels, model.input_size, model.input_size)
-    ).eval()
+    dense = DenseNetwork(network, config, model.input_shape).eval()
     if fold_bn:
         _fold_batch_norms(dense)
     return dense

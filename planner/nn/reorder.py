@@ -211,3 +211,36 @@ def _permute_inputs(layer: nn.Conv2d | nn.Linear, order: torch.Tensor, spatial: 
     if spatial > 1:
         order = (order[:, None] * spatial + torch.arange(spatial)).reshape(-1)
     layer.weight.copy_(layer.weight[:, order])
+
+
+@torch.no_grad()
+def reorder_groups(model: nn.Module) -> dict[str, list[int]]:
+    """Sort the channels of every slimmable group of a converted network by descending priority, in place.
+
+    A group's priority is LeGR's squared L2 norm of each output filter, summed over every layer that writes
+    the group (a residual stage's convs, a depthwise conv). Every op that reads or writes the group is
+    permuted alike (each segment of a concatenation, each H*W block of a flattened map), so the network
+    computes the same function. A group whose count is a multiple of a grouped conv's group count is sorted
+    within each block. Returns the new order (old indices) per group: the permutation to record.
+    """
+    ops = model.converted_ops()
+    writers = [(op.out_side, filter_priority(op)) for op in ops if hasattr(op, "out_side")]
+    orders = {}
+    for name, group in model.groups.items():
+        scores = torch.zeros(group.max_channels, dtype=torch.float64)
+        for side, rows in writers:
+            for offset in side.offsets(group):
+                scores += rows[offset : offset + group.max_channels]
+        block = group.max_channels // group.divisor
+        order = torch.cat(
+            [
+                start + torch.argsort(-scores[start : start + block], stable=True)
+                for start in range(0, group.max_channels, block)
+            ]
+        )
+        if torch.equal(order, torch.arange(group.max_channels)):
+            continue
+        for op in ops:
+            op.permute(group, order)
+        orders[name] = order.tolist()
+    return orders

@@ -30,6 +30,7 @@ import pandas as pd
 from planner.errors import PlannerError
 from planner.measure.targets import Target
 from planner.models.base import SlimmableNetwork
+from planner.models.sources import file_name
 from planner.search.layers import model_fingerprint
 from planner.widths import WidthConfig
 from profilers.documents import load_schema, read_json
@@ -225,12 +226,12 @@ def target_identity(target: Target) -> dict[str, Any]:
 
 def table_path(out_dir: str | Path, target: str, model: str) -> Path:
     """Where `planner lut build --out DIR` writes a table and `legr config` looks for it."""
-    return Path(out_dir) / "lut" / f"{target}-{model}.json"
+    return Path(out_dir) / "lut" / f"{target}-{file_name(model)}.json"
 
 
 def work_dir(out_dir: str | Path, target: str, model: str) -> Path:
     """The layer measurements' own results directory: layer rows never mix with configurations in OUT."""
-    return Path(out_dir) / "lut" / f"{target}-{model}"
+    return Path(out_dir) / "lut" / f"{target}-{file_name(model)}"
 
 
 def fit_calibration(sums_ms: Sequence[float], measured_ms: Sequence[float]) -> tuple[float, float]:

@@ -1,0 +1,378 @@
+"""Issue 13 benchmark: which torchvision and timm classifiers planner converts, beside Torch-Pruning.
+
+For every classification model in `torchvision.models.list_models(module=torchvision.models)` and a set
+of timm models from different families, each in its own subprocess with a time limit:
+  planner  - `slimmable(model, x, widths=(0.5, 1.0))`: converted? full width equal to the original
+             (max abs diff, eval mode)? the 0.5 width exported to ONNX and matching in onnxruntime?
+             MACs at 0.5 and 1.0, time to convert, the reason for a failure;
+  tp       - Torch-Pruning's DependencyGraph through its MagnitudePruner removing 50% of the channels
+             (L2 magnitude, classifier kept), then a forward pass: pruned? MACs after, time.
+Random weights (nothing is downloaded), 1000 classes, the smallest input of 64, 70, 96, 112, 128, 224 at
+which the original runs. Rows are written as they come; a re-run resumes and tries timeouts again (drop a
+CSV row to redo it).
+
+    python benchmarks/model_coverage.py --out results [--timeout 180] [--tools planner,tp] [--only resnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from profilers.files import replacing  # noqa: E402
+
+SIZES = (64, 70, 96, 112, 128, 224)
+TIMM = (
+    "resnet18",
+    "resnext26ts",
+    "res2net50_26w_4s",
+    "cspresnet50",
+    "dpn68",
+    "dla34",
+    "densenet121",
+    "mobilenetv3_large_100",
+    "mobilenetv4_conv_small",
+    "efficientnet_b0",
+    "mixnet_s",
+    "mnasnet_100",
+    "ghostnet_100",
+    "lcnet_050",
+    "rexnet_100",
+    "regnetx_002",
+    "regnety_002",
+    "repvgg_a0",
+    "convnext_atto",
+    "edgenext_xx_small",
+    "mobilevit_xxs",
+    "vit_tiny_patch16_224",
+    "deit_tiny_patch16_224",
+)
+PLANNER_COLUMNS = [
+    "converted",
+    "full_width_diff",
+    "output_max",
+    "onnx_0.5_diff",
+    "macs_1.0",
+    "macs_0.5",
+    "convert_s",
+    "planner_error",
+]
+TP_COLUMNS = ["tp_pruned", "tp_macs_before", "tp_macs_after", "tp_s", "tp_error"]
+
+
+def sources() -> list[str]:
+    from planner.models.sources import import_torchvision
+
+    torchvision = import_torchvision()
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [f"torchvision:{n}" for n in names] + [f"timm:{n}" for n in TIMM]
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:240]
+
+
+def _smallest(source: str):
+    """The original network and an input at the smallest size it runs at."""
+    import torch
+
+    from planner.models.sources import load_source
+
+    last = None
+    for size in SIZES:
+        try:
+            torch.manual_seed(0)
+            model = load_source(source, input_size=size)
+            x = torch.randn(1, 3, size, size)
+            with torch.no_grad():
+                model(x)
+            return model, x
+        except Exception as error:  # the size is too small for this network: try the next
+            last = error
+    raise RuntimeError(f"runs at none of {SIZES}: {_reason(last)}")
+
+
+def _macs(model, x) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def run_planner(source: str) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from planner.models.convert import slimmable
+    from planner.nn.counting import count
+    from planner.nn.export import export_onnx
+
+    model, x = _smallest(source)
+    row: dict = {"input": x.shape[-1]}
+    original = copy.deepcopy(model).eval()
+    start = time.perf_counter()
+    try:
+        net = slimmable(model, x, widths=(0.5, 1.0)).eval()
+    except Exception as error:
+        return {**row, "converted": False, "planner_error": _reason(error)}
+    row.update(converted=True, convert_s=round(time.perf_counter() - start, 2))
+    with torch.no_grad():
+        net.set_width(1.0)
+        expected = original(x)
+        row["full_width_diff"] = float((net(x) - expected).abs().max())
+        row["output_max"] = float(expected.abs().max())  # random weights: some outputs are huge
+        try:
+            row["macs_1.0"] = count(net, net.config(1.0)).macs
+            row["macs_0.5"] = count(net, net.config(0.5)).macs
+        except Exception as error:
+            row["planner_error"] = f"count: {_reason(error)}"
+        try:
+            config = net.config(0.5)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(net, config, Path(tmp) / "half.onnx")
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            net.set_config(config)
+            row["onnx_0.5_diff"] = float(np.abs(got - net(x).numpy()).max())
+        except Exception as error:
+            row["planner_error"] = f"export 0.5: {_reason(error)}"
+    return row
+
+
+def run_tp(source: str) -> dict:
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    model, x = _smallest(source)
+    row: dict = {"input": x.shape[-1], "tp_macs_before": _macs(model, x)}
+    with torch.no_grad():
+        classes = model(x).shape[-1]
+    kept = [
+        m
+        for m in model.modules()
+        if (isinstance(m, nn.Linear) and m.out_features == classes)
+        or (isinstance(m, nn.Conv2d) and m.out_channels == classes)
+    ]
+    start = time.perf_counter()
+    try:
+        pruner = tp.pruner.MagnitudePruner(
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=0.5,
+            ignored_layers=kept,
+        )
+        pruner.step()
+        with torch.no_grad():
+            out = model(x)
+        if out.shape[-1] != classes:
+            raise RuntimeError(f"pruned network gives {out.shape[-1]} outputs, not {classes}")
+    except Exception as error:
+        return {**row, "tp_pruned": False, "tp_error": _reason(error)}
+    row.update(tp_pruned=True, tp_s=round(time.perf_counter() - start, 2), tp_macs_after=_macs(model, x))
+    return row
+
+
+def _worker(tool: str, source: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        row = run_planner(source) if tool == "planner" else run_tp(source)
+    except Exception as error:
+        column = "planner_error" if tool == "planner" else "tp_error"
+        row = {column: _reason(error), ("converted" if tool == "planner" else "tp_pruned"): False}
+    print("ROW " + json.dumps(row))
+
+
+def _in_subprocess(tool: str, source: str, timeout: float) -> dict:
+    command = [sys.executable, __file__, "--worker", tool, source]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        flag = "converted" if tool == "planner" else "tp_pruned"
+        error = "planner_error" if tool == "planner" else "tp_error"
+        return {flag: False, error: f"timeout after {timeout:g} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    flag, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
+    return {
+        flag: False,
+        error: f"worker died (rc {done.returncode}, {time.perf_counter() - start:.0f} s): {tail}",
+    }
+
+
+def _load(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame(columns=["source", "input", *PLANNER_COLUMNS, *TP_COLUMNS])
+    table = pd.read_csv(path)
+    for flag, error in (("converted", "planner_error"), ("tp_pruned", "tp_error")):
+        stale = table[flag].map(_yes) & table[error].astype(str).str.startswith("timeout")
+        table.loc[stale, error] = None  # a retry succeeded after an earlier timeout
+    return table
+
+
+def _done(table: pd.DataFrame, source: str, tool: str) -> bool:
+    """A model is done for a tool once it has a result; a timeout (a busy machine) is tried again."""
+    rows = table[table["source"] == source]
+    column, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
+    if not len(rows) or pd.isna(rows.iloc[0][column]):
+        return False
+    return not str(rows.iloc[0][error]).startswith("timeout")
+
+
+def _store(table: pd.DataFrame, source: str, row: dict, path: Path) -> pd.DataFrame:
+    if not (table["source"] == source).any():
+        table = pd.concat([table, pd.DataFrame([{"source": source}])], ignore_index=True)
+    index = table.index[table["source"] == source][0]
+    columns = PLANNER_COLUMNS if any(key in PLANNER_COLUMNS for key in row) else TP_COLUMNS
+    for key in columns:  # a retry replaces the tool's whole result
+        if key in table.columns:
+            table[key] = table[key].astype(object)
+            table.at[index, key] = None
+    for key, value in row.items():
+        if key not in table.columns:
+            table[key] = None
+        table[key] = table[key].astype(object)
+        table.at[index, key] = value
+    with replacing(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def _machine() -> str:
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    busy = subprocess.run(
+        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True
+    ).stdout.splitlines()[1:6]
+    return f"load average {' '.join(load)}; busiest processes: " + "; ".join(
+        " ".join(line.split()) for line in busy
+    )
+
+
+def _yes(value) -> bool:
+    return str(value).lower() == "true"
+
+
+def write_markdown(
+    table: pd.DataFrame, path: Path, command: str, machine: list[str], timeout: float, listed: list[str]
+) -> None:
+    def count(prefix: str, column: str) -> str:
+        rows = table[table["source"].str.startswith(prefix)]
+        tried = rows[column].notna().sum()
+        total = sum(source.startswith(prefix) for source in listed)
+        return f"{sum(_yes(v) for v in rows[column])} of {tried} tried, {total} listed"
+
+    lines = [
+        "# Model coverage: planner's conversion beside Torch-Pruning",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s each, "
+        "torch on one thread. Input: the smallest of 64, 70, 96, 112, 128, 224 at which the original runs.",
+        "",
+        "Machine (2 shared cores, other sessions running; times are not quiet-machine figures):",
+        *[f"- {m}" for m in machine],
+        "",
+        "| | planner converted | Torch-Pruning 50% pruned |",
+        "|---|---|---|",
+        f"| torchvision | {count('torchvision:', 'converted')} | {count('torchvision:', 'tp_pruned')} |",
+        f"| timm | {count('timm:', 'converted')} | {count('timm:', 'tp_pruned')} |",
+        "",
+        "full = max abs difference of the converted network at full width from the original (eval mode), "
+        "max out = the original's largest output (random weights make some huge: compare full to it); "
+        "onnx 0.5 = max abs difference of the 0.5 width's ONNX in onnxruntime from the slimmable network "
+        "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs) "
+        "beside torch's FlopCounterMode on the original (TP MMACs before); where they differ, planner's "
+        "count misses layers (e.g. a Linear applied per pixel, as in ConvNeXt's blocks, counted once).",
+        "",
+        "| model | input | converted | full | max out | onnx 0.5 | MMACs 1.0 | MMACs 0.5 | convert s "
+        "| planner failure "
+        "| TP pruned | TP MMACs before | TP MMACs after | TP s | TP failure |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(value, scale: float = 1.0, digits: int = 1) -> str:
+        """A number scaled and rounded (digits=0: scientific), a flag or a failure reason."""
+        if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+            return ""
+        try:
+            number = float(value) / scale
+        except (TypeError, ValueError):
+            return str(value).replace("|", "/")
+        if isinstance(value, bool) or str(value) in ("True", "False"):
+            return "yes" if _yes(value) else "no"
+        if digits == 0:
+            return f"{number:.1e}"
+        return f"{number:.{digits}f}"
+
+    for _, r in table.iterrows():
+        lines.append(
+            f"| {r['source']} | {'' if pd.isna(r.get('input')) else int(float(r['input']))} "
+            f"| {cell(r.get('converted'))} | {cell(r.get('full_width_diff'), digits=0)} "
+            f"| {cell(r.get('output_max'), digits=0)} "
+            f"| {cell(r.get('onnx_0.5_diff'), digits=0)} | {cell(r.get('macs_1.0'), 1e6)} "
+            f"| {cell(r.get('macs_0.5'), 1e6)} | {cell(r.get('convert_s'))} | {cell(r.get('planner_error'))} "
+            f"| {cell(r.get('tp_pruned'))} | {cell(r.get('tp_macs_before'), 1e6)} "
+            f"| {cell(r.get('tp_macs_after'), 1e6)} | {cell(r.get('tp_s'))} | {cell(r.get('tp_error'))} |"
+        )
+    with replacing(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--tools", default="planner,tp")
+    parser.add_argument("--only", default="", help="Run only sources containing this text.")
+    parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SOURCE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(*args.worker)
+        return
+    tools = [t for t in args.tools.split(",") if t]
+    csv, md = args.out / "model_coverage.csv", args.out / "model_coverage.md"
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/model_coverage.py " + shlex.join(sys.argv[1:])
+    machine = [f"start: {_machine()}"]
+    table = _load(csv)
+    listed = sources()
+    for source in listed:
+        if args.only and args.only not in source:
+            continue
+        for tool in tools:
+            if _done(table, source, tool):
+                continue
+            row = _in_subprocess(tool, source, args.timeout)
+            table = _store(table, source, row, csv)
+            print(source, tool, json.dumps(row), flush=True)
+        write_markdown(table, md, command, machine, args.timeout, listed)
+    machine.append(f"end: {_machine()}")
+    write_markdown(table, md, command, machine, args.timeout, listed)
+
+
+if __name__ == "__main__":
+    main()

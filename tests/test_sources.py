@@ -1,0 +1,265 @@
+"""Model sources: torchvision/timm names, a user's file or module, and the torchvision import workaround."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from planner.errors import PlannerError
+from planner.models.sources import is_source, load_original, load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_torchvision = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None, reason="torchvision is not installed"
+)
+needs_timm = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
+
+USER_NET = """
+from torch import nn
+
+def build(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+def broken():
+    raise ValueError("no weights here\\nsecond line")
+
+def not_a_module():
+    return 42
+"""
+
+
+def _run(code: str, path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)])}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _fake_torchvision(root: Path, message: str) -> None:
+    """A torchvision that fails like the CUDA wheel does unless the nms schema exists."""
+    package = root / "torchvision"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        textwrap.dedent(f"""
+        import torch
+        try:
+            torch.ops.torchvision.nms.default
+        except (AttributeError, RuntimeError):
+            raise RuntimeError({message!r})
+        __version__ = "fake"
+        """)
+    )
+
+
+def test_the_workaround_defines_the_missing_ops_and_imports(tmp_path: Path) -> None:
+    _fake_torchvision(tmp_path, "operator torchvision::nms does not exist")
+    result = _run(
+        """
+        from planner.models.sources import import_torchvision
+        print(import_torchvision().__version__)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "fake"
+
+
+def test_another_import_error_is_not_hidden(tmp_path: Path) -> None:
+    _fake_torchvision(tmp_path, "libcudart.so.13: cannot open shared object file")
+    result = _run(
+        """
+        import torch
+        from planner.models.sources import import_torchvision
+        try:
+            import_torchvision()
+        except RuntimeError as error:
+            print("raised:", error)
+        print("schema defined:", hasattr(torch.ops.torchvision, "nms"))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "raised: libcudart.so.13: cannot open shared object file",
+        "schema defined: False",
+    ]
+
+
+@needs_torchvision
+def test_torchvision_model_at_small_input() -> None:
+    import torch
+
+    model = load_source("torchvision:resnet18", num_classes=7, input_size=32)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+@needs_torchvision
+def test_unknown_torchvision_model_names_near_matches() -> None:
+    with pytest.raises(PlannerError, match="unknown torchvision model 'resnet5'; did you mean resnet50"):
+        load_source("torchvision:resnet5")
+    with pytest.raises(PlannerError, match="3 input channels"):
+        load_source("torchvision:resnet18", in_channels=1)
+
+
+@needs_timm
+def test_timm_model_and_unknown_name() -> None:
+    import torch
+
+    model = load_source("timm:mobilenetv3_small_050", num_classes=5, input_size=32, in_channels=1)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 5)
+    with pytest.raises(PlannerError, match="did you mean mobilenetv3_large_100"):
+        load_source("timm:mobilenetv3_large_10")
+
+
+def test_user_file_and_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    model = load_source(f"{tmp_path}/mynet.py:build", num_classes=4, input_size=16, in_channels=1)
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 4)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert isinstance(load_source("mynet:build"), nn.Module)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("missing.py:build", "model file .*missing.py does not exist"),
+        ("mynet.py:buld", "has no function 'buld'; did you mean build"),
+        ("mynet.py:broken", r"mynet.py:broken raised ValueError: no weights here$"),
+        ("mynet.py:not_a_module", "returned a int, not a torch nn.Module"),
+        ("no_such_module_xyz:build", "cannot import module no_such_module_xyz"),
+        (":build", "must be LIBRARY:NAME"),
+    ],
+)
+def test_bad_sources_are_one_line_errors(tmp_path: Path, entry: str, message: str) -> None:
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/{entry}" if ".py" in entry else entry
+    with pytest.raises(PlannerError, match=message) as raised:
+        load_source(source)
+    assert "\n" not in str(raised.value)
+
+
+def test_zoo_names_are_not_sources() -> None:
+    assert not is_source("s_resnet18")
+    assert is_source("torchvision:resnet18") and is_source("net.py:build")
+
+
+def test_original_weights_of_another_architecture_name_the_first_mismatch() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1))
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 6, 1)).state_dict()
+    with pytest.raises(PlannerError, match=r"1.weight is \[6, 8, 1, 1\] in the checkpoint, \[4, 8, 1, 1\]"):
+        load_original(net, other, "net.py:build")
+    with pytest.raises(PlannerError, match="missing key 1.bias"):
+        load_original(net, {k: v for k, v in net.state_dict().items() if k != "1.bias"}, "net.py:build")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["info", "torchvision:resnet5"], "unknown torchvision model 'resnet5'; did you mean resnet50"),
+        (["profile", "-t", "cpu", "-m", "timm:mobilenetv3_large_10"], "did you mean mobilenetv3_large_100"),
+        (["export", "{dir}/mynet.py:buld", "--width", "0.5", "-o", "{dir}/a.onnx"], "has no function 'buld'"),
+        (["info", "{dir}/mynet.py:broken"], "raised ValueError: no weights here"),
+        (["info", "{dir}/missing.py:build"], "missing.py does not exist"),
+        (["info", "{dir}/mynet.py:build", "--widths", "0.5,1.5"], "widths must be in (0, 1], got [0.5, 1.5]"),
+        (["train", "s_cnn_small", "--data", "digits", "--checkpoint", "{dir}/x.pt", "-o", "{dir}/o.pt"],
+         "--checkpoint and --universal are for"),
+        (["train", "torchvision:resnet18", "--data", "digits", "-o", "{dir}/o.pt"], "3 input channels"),
+    ],
+)  # fmt: skip
+def test_cli_bad_sources_are_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args, message
+) -> None:
+    from cli_helpers import run_cli
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([a.format(dir=tmp_path) for a in args], capsys)
+    assert code == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.pt").exists() and not (tmp_path / "a.onnx").exists()
+
+
+needs_converter = pytest.mark.skipif(
+    importlib.util.find_spec("planner.models.convert") is None, reason="needs planner.models.convert"
+)
+
+
+@needs_converter
+def test_original_weights_convert_and_planner_checkpoints_rebuild(tmp_path: Path) -> None:
+    import torch
+
+    from planner.measure.profile import build_model
+    from planner.nn.checkpoint import save_checkpoint
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/mynet.py:build"
+    torch.manual_seed(0)
+    original = load_source(source, num_classes=4, input_size=8)
+    torch.save(original.state_dict(), tmp_path / "original.pth")
+    net = build_model(source, tmp_path / "original.pth", num_classes=4, input_size=8, widths=[0.5, 1.0])
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert (net(x) - original(x)).abs().max() < 1e-5
+    save_checkpoint(net, tmp_path / "slim.pt")
+    info = torch.load(tmp_path / "slim.pt", weights_only=True)["planner"]
+    assert info["source"] == source and info["widths"] == [0.5, 1.0] and info["universal"] is False
+    assert set(info["permutation"]) <= set(net.groups)
+    rebuilt = build_model(checkpoint=tmp_path / "slim.pt")  # the file alone rebuilds it
+    for width in (0.5, 1.0):
+        net.set_width(width)
+        rebuilt.set_width(width)
+        with torch.no_grad():
+            assert torch.equal(net(x), rebuilt(x))
+
+
+@needs_converter
+def test_original_weights_of_another_network_are_one_line(tmp_path: Path) -> None:
+    import torch
+
+    from planner.measure.profile import build_model
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    other = nn.Sequential(nn.Conv2d(3, 6, 3)).state_dict()
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(PlannerError, match=r"0.weight is \[6, 3, 3, 3\] in the checkpoint, \[8, 3, 3, 3\]"):
+        build_model(f"{tmp_path}/mynet.py:build", tmp_path / "other.pth", num_classes=4, input_size=8)
+
+
+@needs_converter
+def test_fine_tuning_with_the_original_as_teacher(tmp_path: Path) -> None:
+    """The teacher's outputs are every width's target: a student equal to its teacher starts at its loss."""
+    import torch
+
+    from planner.accuracy.data import Dataset
+    from planner.accuracy.train import start_from_source, train
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/mynet.py:build"
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 8, 8), torch.arange(64) % 4
+    dataset = Dataset("tiny", ("a", "b", "c", "d"), {"train": (x, y), "val": (x, y), "calibration": (x, y)})
+    torch.save(load_source(source, num_classes=4, input_size=8).state_dict(), tmp_path / "original.pth")
+    model, teacher = start_from_source(source, dataset, str(tmp_path / "original.pth"), [0.5, 1.0])
+    assert teacher is not None and not any(p is q for p in model.parameters() for q in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    result = train(model, dataset, epochs=2, batch_size=32, lr=0.05, teacher=teacher)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the teacher is frozen
+    first, last = result.epoch_losses[0], result.epoch_losses[-1]
+    assert set(first) == {0.5, 1.0} and last[0.5] < first[0.5]
+    model.set_width(0.5)
+    with torch.no_grad():
+        gap = torch.nn.functional.kl_div(
+            model(x).log_softmax(1), teacher(x).softmax(1), reduction="batchmean"
+        )
+    assert gap < 0.05
