@@ -1084,6 +1084,8 @@ def _trace(model: nn.Module, example: torch.Tensor, keep: Sequence[str], trainin
             "marked torch.fx.wrap"
         ) from None
     module = torch.fx.GraphModule(traced_model, graph)
+    if training and example.shape[0] == 1:
+        example = torch.cat([example, example])  # batch norm in train mode needs two values per channel
     try:
         with torch.no_grad():
             ShapeProp(module).propagate(example)
