@@ -9,7 +9,8 @@ group), and the next conv's or linear layer's input. The network computes exactl
 
 The graph is read with torch.fx. A layer whose output meets another branch (a residual add, a concat) or
 reaches an op this module does not know is left in its order and reported: permuting it would need every
-layer of the coupled group at once.
+layer of the coupled group at once. `reorder_groups` does exactly that for a network converted by
+`planner.slimmable`, whose analysis found every coupled group (planner.models.convert).
 """
 
 from __future__ import annotations
