@@ -307,13 +307,15 @@ def test_universal_network_calibrates_an_untracked_width():
     assert torch.allclose(dense.stem[1].running_mean, first)
 
 
-def test_training_planning_and_search_accept_a_converted_network():
+@pytest.mark.parametrize("universal", [False, True], ids=["switchable", "universal-per-layer"])
+def test_training_planning_and_search_accept_a_converted_network(universal):
     from planner.accuracy.data import Dataset
     from planner.accuracy.train import train
     from planner.search.legr import WidthPlanner, macs_cost
     from planner.search.lut import layer_ops, random_configs
 
-    net = slimmable(Residual(), torch.randn(1, 3, 8, 8), widths=[0.5, 1.0])
+    widths = [0.35, 0.5, 0.75, 1.0] if universal else [0.5, 1.0]
+    net = slimmable(Residual(), torch.randn(1, 3, 8, 8), widths=widths, universal=universal)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(32, 3, 8, 8, generator=generator)
     labels = torch.randint(0, 10, (32,), generator=generator)
@@ -322,7 +324,7 @@ def test_training_planning_and_search_accept_a_converted_network():
         "toy", tuple(str(i) for i in range(10)), {"train": (images, labels), "val": empty, "test": empty}
     )
     before = net.a1.weight.detach().clone()
-    train(net, dataset, epochs=1, batch_size=16, lr=0.05)
+    train(net, dataset, epochs=1, batch_size=16, lr=0.05, per_layer=universal)
     assert not torch.equal(before, net.a1.weight)
     configs = random_configs(net, 3, np.random.default_rng(0))
     assert all(net.validate(c) is c for c in configs)

@@ -909,6 +909,18 @@ class ConvertedBatchNorm(_CalibratedBatchNorm):
         self.active_index = trained_index
         self.calibrated = False
 
+    @torch.no_grad()
+    def adopt_calibration(self, index: int) -> None:
+        c = self.active_channels
+        at = self._index if isinstance(self._index, int) else self._index.to(self.running_mean.device)
+        if isinstance(at, int):
+            self.running_mean[index, :at] = self.calibration_mean[:c]
+            self.running_var[index, :at] = self.calibration_var[:c]
+        else:
+            self.running_mean[index, at] = self.calibration_mean[:c]
+            self.running_var[index, at] = self.calibration_var[:c]
+        self.active_index, self.calibrated = index, False
+
     def _donor_index(self) -> int:
         covering = [i for i, count in enumerate(self.width_counts) if count >= self.active_channels]
         return covering[0] if covering else len(self.widths) - 1
