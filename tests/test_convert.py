@@ -395,3 +395,29 @@ def test_torchvision_networks_convert_export_and_count(name, tmp_path):
         expected = net(x[:1]).numpy()
     got = ort.InferenceSession(str(path)).run(None, {"input": x[:1].numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_a_learned_token_concatenated_along_the_sequence_pins_the_channels():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 2, stride=2)
+            self.token = nn.Parameter(torch.randn(1, 1, 8))
+            self.norm = nn.LayerNorm(8)
+            self.mlp = nn.Linear(8, 16)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)  # (N, tokens, channels)
+            x = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+            return self.fc(F.gelu(self.mlp(self.norm(x)))[:, 0])
+
+    model = _randomize(Tokens())
+    x = torch.randn(2, 3, 8, 8)
+    net = slimmable(model, x[:1]).eval()
+    assert "does not track" in net.conversion_report.fixed["embed"]
+    assert list(net.groups) == ["mlp"]
+    with torch.no_grad():
+        assert _max_diff(model(x), net(x)) <= 1e-5
+        net.set_width(0.5)
+        assert _max_diff(materialize(net, net.config(0.5))(x), net(x)) <= 1e-5

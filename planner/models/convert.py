@@ -469,8 +469,6 @@ class _Analysis:
             ((self.out_space_of(path, linear.out_features), linear.out_features),), len(shape) - 1, len(shape)
         )
         self.record(path, "linear", x, out, where)
-        if isinstance(x, _Layout):
-            return out
         return out
 
     def norm(self, path: str, kind: str, x: Any, where: str, need_dim: int) -> _Layout | None:
@@ -522,8 +520,11 @@ class _Analysis:
                     segments.append((self.new(size, f"{where} concatenates untracked channels"), size))
             return _Layout(tuple(segments), dim, len(shape), layouts[0].spatial)
         if layouts and all(lay.from_right == layouts[0].from_right for lay in layouts):
+            # along another axis: every input's channels meet, as in an elementwise join
             for layout in layouts[1:]:
                 self.unify(layouts[0], layout, where)
+            if len(layouts) < len(tensors):
+                self.fix_layout(layouts, f"{where} with a tensor it does not track (a parameter or constant)")
             return layouts[0].at(layouts[0].dim, len(shape))
         return self.opaque(args, kwargs, where)
 
