@@ -163,6 +163,15 @@ def test_reorder_puts_the_strongest_filters_first_and_records_the_permutation():
     order = net.permutation["stem.0"]
     assert sorted(order) == list(range(16))
     assert torch.equal(net.stem[0].weight, model.stem[0].weight[order])
+    # the recorded permutation rebuilds the same network from the original weights
+    from planner.nn.reorder import permute_groups
+
+    again = slimmable(model, torch.randn(1, 3, 16, 16), reorder=False)
+    permute_groups(again, net.permutation)
+    expected, got = net.state_dict(), again.state_dict()
+    assert list(expected) == list(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(PlannerError, match="does not fit"):
+        permute_groups(again, {"stem.0": [0, 1]})
 
 
 def test_groups_couple_residual_adds_depthwise_convs_and_squeeze_excitation():

@@ -239,9 +239,22 @@ def reorder_groups(model: nn.Module) -> dict[str, list[int]]:
                 for start in range(0, group.max_channels, block)
             ]
         )
-        if torch.equal(order, torch.arange(group.max_channels)):
-            continue
-        for op in ops:
-            op.permute(group, order)
-        orders[name] = order.tolist()
+        if not torch.equal(order, torch.arange(group.max_channels)):
+            orders[name] = order.tolist()
+    permute_groups(model, orders)
     return orders
+
+
+@torch.no_grad()
+def permute_groups(model: nn.Module, orders: Mapping[str, list[int]]) -> None:
+    """Apply recorded group orders (`reorder_groups`' result, `net.permutation`) to a converted network, e.g.
+    after loading the original network's weights into a network converted with `reorder=False`."""
+    from planner.errors import PlannerError
+
+    ops = model.converted_ops()
+    for name, order in orders.items():
+        group = model.groups.get(name)
+        if group is None or sorted(order) != list(range(group.max_channels)):
+            raise PlannerError(f"recorded channel order of {name!r} does not fit {model.name}")
+        for op in ops:
+            op.permute(group, torch.tensor(order))
