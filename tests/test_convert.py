@@ -430,3 +430,13 @@ def test_a_learned_token_concatenated_along_the_sequence_pins_the_channels():
         assert _max_diff(model(x), net(x)) <= 1e-5
         net.set_width(0.5)
         assert _max_diff(materialize(net, net.config(0.5))(x), net(x)) <= 1e-5
+
+
+def test_the_original_model_keeps_its_modes_and_weights():
+    model = Residual().train()
+    model.stem[1].eval()  # a frozen BN inside a training model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    net = slimmable(model, torch.randn(2, 3, 8, 8))
+    assert model.training and not model.stem[1].training and model.a1.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert net.training

@@ -1079,11 +1079,27 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
 
-def _trace(model: nn.Module, example: torch.Tensor, keep: Sequence[str], training: bool) -> torch.fx.Graph:
-    """The graph of the forward in train or eval mode, each node annotated with its shape."""
+def _trace(
+    model: nn.Module, example: torch.Tensor, keep: Sequence[str], training: bool
+) -> tuple[torch.fx.Graph, Any]:
+    """The graph of the forward in train or eval mode, each node annotated with its shape, and the output.
+
+    Eval mode runs on the model itself (its modes are restored); train mode on a copy, whose batch norms
+    update their statistics."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        return _trace_and_run(copy.deepcopy(model) if training else model, example, keep, training)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _trace_and_run(
+    model: nn.Module, example: torch.Tensor, keep: Sequence[str], training: bool
+) -> tuple[torch.fx.Graph, Any]:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    traced_model = copy.deepcopy(model).train(training)
+    traced_model = model.train(training)
     tracer = _Tracer(keep)
     try:
         graph = tracer.trace(traced_model)
@@ -1101,13 +1117,13 @@ def _trace(model: nn.Module, example: torch.Tensor, keep: Sequence[str], trainin
         example = torch.cat([example, example])  # batch norm in train mode needs two values per channel
     try:
         with torch.no_grad():
-            ShapeProp(module).propagate(example)
+            output = ShapeProp(module).propagate(example)
     except Exception as error:
         raise PlannerError(
             f"the example input {tuple(example.shape)} does not run through {type(model).__name__}: "
             f"{str(error).splitlines()[0]}"
         ) from None
-    return graph
+    return graph, output
 
 
 def _user_frame(error: BaseException) -> str:
@@ -1120,19 +1136,22 @@ def _user_frame(error: BaseException) -> str:
     return f" at {frame.filename}:{frame.lineno} ({frame.line})"
 
 
-def _analyse(model: nn.Module, example: torch.Tensor, keep: Sequence[str]) -> tuple[_Analysis, list[str]]:
+def _analyse(
+    model: nn.Module, example: torch.Tensor, keep: Sequence[str]
+) -> tuple[_Analysis, list[str], Any]:
     modules = dict(model.named_modules())
     unknown = [k for k in keep if k not in modules]
     if unknown:
         raise PlannerError(f"keep names {unknown[0]!r}, which is not a module of {type(model).__name__}")
     analysis = _Analysis(modules, keep)
-    analysis.run(_trace(model, example, keep, training=False))
+    graph, output = _trace(model, example, keep, training=False)
+    analysis.run(graph)
     notes = []
     try:
-        analysis.run(_trace(model, example, keep, training=True))
+        analysis.run(_trace(model, example, keep, training=True)[0])
     except PlannerError as error:
         notes.append(f"train-mode forward not analysed ({error}); modules only it reaches stay dense")
-    return analysis, notes
+    return analysis, notes, output
 
 
 def _build_groups(analysis: _Analysis) -> dict[int, ChannelGroup]:
@@ -1178,7 +1197,7 @@ def _report(analysis: _Analysis, groups: dict[int, ChannelGroup], notes: list[st
 
 def analyse(model: nn.Module, example_input: torch.Tensor, keep: Sequence[str] = ()) -> ConversionReport:
     """The channel groups `slimmable` would make of `model`, and why each fixed one is fixed."""
-    analysis, notes = _analyse(model, example_input, keep)
+    analysis, notes, _ = _analyse(model, example_input, keep)
     return _report(analysis, _build_groups(analysis), notes)
 
 
@@ -1291,7 +1310,7 @@ def slimmable(
     """
     values = _check_widths(widths)
     name = name or type(model).__name__.lower()
-    analysis, notes = _analyse(model, example_input, keep)
+    analysis, notes, output = _analyse(model, example_input, keep)
     groups = _build_groups(analysis)
     if not any(g.slimmable for g in groups.values()):
         first = next((r for g in _report(analysis, groups, notes).groups for r in g.reasons), "no layers")
@@ -1323,8 +1342,7 @@ def slimmable(
         parent, _, leaf = use.path.rpartition(".")
         setattr(network.get_submodule(parent), leaf, new)
 
-    with torch.no_grad():
-        expected = _outputs(copy.deepcopy(model).eval()(example_input))
+    expected = _outputs(output)  # the traced eval-mode forward's: the converted one must match it
     classes = expected[0].shape[-1] if len(expected) == 1 and expected[0].dim() == 2 else 0
     net = ConvertedNetwork(
         network,
