@@ -185,7 +185,7 @@ def test_groups_couple_residual_adds_depthwise_convs_and_squeeze_excitation():
     assert net.dw[0].active_weight()[2] == config.channels["expand.0"]  # depthwise: groups follow
 
 
-def test_grouped_convs_keep_their_group_count_and_counts_are_multiples():
+def test_grouped_convs_keep_their_group_count_and_counts_are_multiples(tmp_path):
     model = _randomize(Concat())
     net = slimmable(model, torch.randn(1, 3, 16, 16), reorder=False).eval()
     group = net.g2.out_group
@@ -198,9 +198,17 @@ def test_grouped_convs_keep_their_group_count_and_counts_are_multiples():
     weight, _, groups = net.g2.active_weight()
     assert groups == 4 and weight.shape == (32, 4, 3, 3)
     assert torch.equal(weight[:, :4], model.g2.weight[:, :4])
-    from planner.search.lut import allowed_counts
+    from planner.search.lut import allowed_counts, layer_ops, write_layer_onnx
 
     assert all(c % 4 == 0 for c in allowed_counts(net, group, 1))
+    # the latency table measures the grouped conv as grouped, at counts its groups allow
+    op = next(op for op in layer_ops(net) if op.path == "g2")
+    assert op.groups == 4 and all(c % 4 == 0 for c in (*op.in_axis, *op.out_axis))
+    import onnx
+
+    written = onnx.load(str(write_layer_onnx(op, op.in_axis[0], op.out_axis[0], tmp_path / "g2.onnx")))
+    conv = next(n for n in written.graph.node if n.op_type == "Conv")
+    assert next(a.i for a in conv.attribute if a.name == "group") == 4
 
 
 def test_a_concatenation_is_read_as_one_prefix_per_segment():
