@@ -437,7 +437,12 @@ def test_a_learned_token_concatenated_along_the_sequence_pins_the_channels():
     with torch.no_grad():
         assert _max_diff(model(x), net(x)) <= 1e-5
         net.set_width(0.5)
-        assert _max_diff(materialize(net, net.config(0.5))(x), net(x)) <= 1e-5
+        dense = materialize(net, net.config(0.5))
+        assert _max_diff(dense(x), net(x)) <= 1e-5
+    # a linear layer over tokens costs in * out per token
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        dense(torch.zeros(net.input_shape))
+    assert count(net, net.config(0.5)).macs == flops.get_total_flops() // 2
 
 
 def test_the_original_model_keeps_its_modes_and_weights():
