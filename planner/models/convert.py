@@ -737,17 +737,20 @@ def _take(tensor: torch.Tensor, dim: int, index: int | torch.Tensor) -> torch.Te
     return tensor.index_select(dim, index.to(tensor.device))
 
 
-def _full_permutation(side: Side, group: ChannelGroup, order: torch.Tensor) -> torch.Tensor | None:
-    """The permutation of a side's features that applies `order` to every segment that is `group`."""
-    offsets = side.offsets(group)
-    if not offsets:
+def _full_permutation(side: Side, orders: Mapping[ChannelGroup, torch.Tensor]) -> torch.Tensor | None:
+    """The permutation of a side's features that applies each group's order to its segments (None: the
+    side holds none of the groups)."""
+    if not any(segment in orders for segment in side.segments):
         return None
-    channels = torch.arange(side.full // side.spatial)
-    for offset in offsets:
-        channels[offset : offset + group.max_channels] = order + offset
+    channels, offset = [], 0
+    for segment in side.segments:
+        order = orders.get(segment)
+        channels.append((order if order is not None else torch.arange(segment.max_channels)) + offset)
+        offset += segment.max_channels
+    index = torch.cat(channels)
     if side.spatial > 1:
-        channels = (channels[:, None] * side.spatial + torch.arange(side.spatial)).reshape(-1)
-    return channels
+        index = (index[:, None] * side.spatial + torch.arange(side.spatial)).reshape(-1)
+    return index
 
 
 class ConvertedConv2d(SlimmableConv2d):
@@ -805,13 +808,13 @@ class ConvertedConv2d(SlimmableConv2d):
         return [self.out_side] if self.kind == "depthwise" else [self.in_side, self.out_side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        out = _full_permutation(self.out_side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        out = _full_permutation(self.out_side, orders)
         if out is not None:
             self.weight.copy_(self.weight[out])
             if self.bias is not None:
                 self.bias.copy_(self.bias[out])
-        into = _full_permutation(self.in_side, group, order)
+        into = _full_permutation(self.in_side, orders)
         if into is None or self.kind == "depthwise":
             return
         if self.kind == "conv":
@@ -852,13 +855,13 @@ class ConvertedLinear(SlimmableLinear):
         return [self.in_side, self.out_side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        out = _full_permutation(self.out_side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        out = _full_permutation(self.out_side, orders)
         if out is not None:
             self.weight.copy_(self.weight[out])
             if self.bias is not None:
                 self.bias.copy_(self.bias[out])
-        into = _full_permutation(self.in_side, group, order)
+        into = _full_permutation(self.in_side, orders)
         if into is not None:
             self.weight.copy_(self.weight[:, into])
 
@@ -971,8 +974,8 @@ class ConvertedBatchNorm(_CalibratedBatchNorm):
         return [self.side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        perm = _full_permutation(self.side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        perm = _full_permutation(self.side, orders)
         if perm is None:
             return
         for tensor in (self.weight, self.bias, self.running_mean, self.running_var):
@@ -1023,8 +1026,8 @@ class ConvertedNorm(nn.Module):
         return [self.side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        perm = _full_permutation(self.side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        perm = _full_permutation(self.side, orders)
         if perm is None:
             return
         for tensor in (self.weight, self.bias):

@@ -251,10 +251,12 @@ def permute_groups(model: nn.Module, orders: Mapping[str, list[int]]) -> None:
     after loading the original network's weights into a network converted with `reorder=False`."""
     from planner.errors import PlannerError
 
-    ops = model.converted_ops()
+    by_group = {}
     for name, order in orders.items():
         group = model.groups.get(name)
         if group is None or sorted(order) != list(range(group.max_channels)):
             raise PlannerError(f"recorded channel order of {name!r} does not fit {model.name}")
-        for op in ops:
-            op.permute(group, torch.tensor(order))
+        by_group[group] = torch.tensor(order)
+    if by_group:
+        for op in model.converted_ops():
+            op.permute(by_group)
