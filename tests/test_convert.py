@@ -163,6 +163,15 @@ def test_reorder_puts_the_strongest_filters_first_and_records_the_permutation():
     order = net.permutation["stem.0"]
     assert sorted(order) == list(range(16))
     assert torch.equal(net.stem[0].weight, model.stem[0].weight[order])
+    # the recorded permutation rebuilds the same network from the original weights
+    from planner.nn.reorder import permute_groups
+
+    again = slimmable(model, torch.randn(1, 3, 16, 16), reorder=False)
+    permute_groups(again, net.permutation)
+    expected, got = net.state_dict(), again.state_dict()
+    assert list(expected) == list(got) and all(torch.equal(expected[k], got[k]) for k in expected)
+    with pytest.raises(PlannerError, match="does not fit"):
+        permute_groups(again, {"stem.0": [0, 1]})
 
 
 def test_groups_couple_residual_adds_depthwise_convs_and_squeeze_excitation():
@@ -176,7 +185,7 @@ def test_groups_couple_residual_adds_depthwise_convs_and_squeeze_excitation():
     assert net.dw[0].active_weight()[2] == config.channels["expand.0"]  # depthwise: groups follow
 
 
-def test_grouped_convs_keep_their_group_count_and_counts_are_multiples():
+def test_grouped_convs_keep_their_group_count_and_counts_are_multiples(tmp_path):
     model = _randomize(Concat())
     net = slimmable(model, torch.randn(1, 3, 16, 16), reorder=False).eval()
     group = net.g2.out_group
@@ -189,9 +198,17 @@ def test_grouped_convs_keep_their_group_count_and_counts_are_multiples():
     weight, _, groups = net.g2.active_weight()
     assert groups == 4 and weight.shape == (32, 4, 3, 3)
     assert torch.equal(weight[:, :4], model.g2.weight[:, :4])
-    from planner.search.lut import allowed_counts
+    from planner.search.lut import allowed_counts, layer_ops, write_layer_onnx
 
     assert all(c % 4 == 0 for c in allowed_counts(net, group, 1))
+    # the latency table measures the grouped conv as grouped, at counts its groups allow
+    op = next(op for op in layer_ops(net) if op.path == "g2")
+    assert op.groups == 4 and all(c % 4 == 0 for c in (*op.in_axis, *op.out_axis))
+    import onnx
+
+    written = onnx.load(str(write_layer_onnx(op, op.in_axis[0], op.out_axis[0], tmp_path / "g2.onnx")))
+    conv = next(n for n in written.graph.node if n.op_type == "Conv")
+    assert next(a.i for a in conv.attribute if a.name == "group") == 4
 
 
 def test_a_concatenation_is_read_as_one_prefix_per_segment():
@@ -307,13 +324,15 @@ def test_universal_network_calibrates_an_untracked_width():
     assert torch.allclose(dense.stem[1].running_mean, first)
 
 
-def test_training_planning_and_search_accept_a_converted_network():
+@pytest.mark.parametrize("universal", [False, True], ids=["switchable", "universal-per-layer"])
+def test_training_planning_and_search_accept_a_converted_network(universal):
     from planner.accuracy.data import Dataset
     from planner.accuracy.train import train
     from planner.search.legr import WidthPlanner, macs_cost
     from planner.search.lut import layer_ops, random_configs
 
-    net = slimmable(Residual(), torch.randn(1, 3, 8, 8), widths=[0.5, 1.0])
+    widths = [0.35, 0.5, 0.75, 1.0] if universal else [0.5, 1.0]
+    net = slimmable(Residual(), torch.randn(1, 3, 8, 8), widths=widths, universal=universal)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(32, 3, 8, 8, generator=generator)
     labels = torch.randint(0, 10, (32,), generator=generator)
@@ -322,7 +341,7 @@ def test_training_planning_and_search_accept_a_converted_network():
         "toy", tuple(str(i) for i in range(10)), {"train": (images, labels), "val": empty, "test": empty}
     )
     before = net.a1.weight.detach().clone()
-    train(net, dataset, epochs=1, batch_size=16, lr=0.05)
+    train(net, dataset, epochs=1, batch_size=16, lr=0.05, per_layer=universal)
     assert not torch.equal(before, net.a1.weight)
     configs = random_configs(net, 3, np.random.default_rng(0))
     assert all(net.validate(c) is c for c in configs)
@@ -393,3 +412,44 @@ def test_torchvision_networks_convert_export_and_count(name, tmp_path):
         expected = net(x[:1]).numpy()
     got = ort.InferenceSession(str(path)).run(None, {"input": x[:1].numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_a_learned_token_concatenated_along_the_sequence_pins_the_channels():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 2, stride=2)
+            self.token = nn.Parameter(torch.randn(1, 1, 8))
+            self.norm = nn.LayerNorm(8)
+            self.mlp = nn.Linear(8, 16)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)  # (N, tokens, channels)
+            x = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+            return self.fc(F.gelu(self.mlp(self.norm(x)))[:, 0])
+
+    model = _randomize(Tokens())
+    x = torch.randn(2, 3, 8, 8)
+    net = slimmable(model, x[:1]).eval()
+    assert "does not track" in net.conversion_report.fixed["embed"]
+    assert list(net.groups) == ["mlp"]
+    with torch.no_grad():
+        assert _max_diff(model(x), net(x)) <= 1e-5
+        net.set_width(0.5)
+        dense = materialize(net, net.config(0.5))
+        assert _max_diff(dense(x), net(x)) <= 1e-5
+    # a linear layer over tokens costs in * out per token
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        dense(torch.zeros(net.input_shape))
+    assert count(net, net.config(0.5)).macs == flops.get_total_flops() // 2
+
+
+def test_the_original_model_keeps_its_modes_and_weights():
+    model = Residual().train()
+    model.stem[1].eval()  # a frozen BN inside a training model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    net = slimmable(model, torch.randn(2, 3, 8, 8))
+    assert model.training and not model.stem[1].training and model.a1.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert net.training

@@ -145,10 +145,7 @@ def refresh_tracked_statistics(model: SlimmableNetwork, batches: list[Batch]) ->
     for index, width in enumerate(model.widths):
         calibrate(model, model.config(width), batches, len(batches))
         for bn in norms:
-            c = bn.active_channels
-            bn.bn[index].running_mean.copy_(bn.calibration_mean[:c])
-            bn.bn[index].running_var.copy_(bn.calibration_var[:c])
-            bn.set_active(c, index)  # use the refreshed trained statistics from here on
+            bn.adopt_calibration(index)  # use the refreshed trained statistics from here on
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probabilities: torch.Tensor) -> torch.Tensor:

@@ -469,8 +469,6 @@ class _Analysis:
             ((self.out_space_of(path, linear.out_features), linear.out_features),), len(shape) - 1, len(shape)
         )
         self.record(path, "linear", x, out, where)
-        if isinstance(x, _Layout):
-            return out
         return out
 
     def norm(self, path: str, kind: str, x: Any, where: str, need_dim: int) -> _Layout | None:
@@ -522,8 +520,11 @@ class _Analysis:
                     segments.append((self.new(size, f"{where} concatenates untracked channels"), size))
             return _Layout(tuple(segments), dim, len(shape), layouts[0].spatial)
         if layouts and all(lay.from_right == layouts[0].from_right for lay in layouts):
+            # along another axis: every input's channels meet, as in an elementwise join
             for layout in layouts[1:]:
                 self.unify(layouts[0], layout, where)
+            if len(layouts) < len(tensors):
+                self.fix_layout(layouts, f"{where} with a tensor it does not track (a parameter or constant)")
             return layouts[0].at(layouts[0].dim, len(shape))
         return self.opaque(args, kwargs, where)
 
@@ -736,17 +737,20 @@ def _take(tensor: torch.Tensor, dim: int, index: int | torch.Tensor) -> torch.Te
     return tensor.index_select(dim, index.to(tensor.device))
 
 
-def _full_permutation(side: Side, group: ChannelGroup, order: torch.Tensor) -> torch.Tensor | None:
-    """The permutation of a side's features that applies `order` to every segment that is `group`."""
-    offsets = side.offsets(group)
-    if not offsets:
+def _full_permutation(side: Side, orders: Mapping[ChannelGroup, torch.Tensor]) -> torch.Tensor | None:
+    """The permutation of a side's features that applies each group's order to its segments (None: the
+    side holds none of the groups)."""
+    if not any(segment in orders for segment in side.segments):
         return None
-    channels = torch.arange(side.full // side.spatial)
-    for offset in offsets:
-        channels[offset : offset + group.max_channels] = order + offset
+    channels, offset = [], 0
+    for segment in side.segments:
+        order = orders.get(segment)
+        channels.append((order if order is not None else torch.arange(segment.max_channels)) + offset)
+        offset += segment.max_channels
+    index = torch.cat(channels)
     if side.spatial > 1:
-        channels = (channels[:, None] * side.spatial + torch.arange(side.spatial)).reshape(-1)
-    return channels
+        index = (index[:, None] * side.spatial + torch.arange(side.spatial)).reshape(-1)
+    return index
 
 
 class ConvertedConv2d(SlimmableConv2d):
@@ -804,13 +808,13 @@ class ConvertedConv2d(SlimmableConv2d):
         return [self.out_side] if self.kind == "depthwise" else [self.in_side, self.out_side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        out = _full_permutation(self.out_side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        out = _full_permutation(self.out_side, orders)
         if out is not None:
             self.weight.copy_(self.weight[out])
             if self.bias is not None:
                 self.bias.copy_(self.bias[out])
-        into = _full_permutation(self.in_side, group, order)
+        into = _full_permutation(self.in_side, orders)
         if into is None or self.kind == "depthwise":
             return
         if self.kind == "conv":
@@ -851,13 +855,13 @@ class ConvertedLinear(SlimmableLinear):
         return [self.in_side, self.out_side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        out = _full_permutation(self.out_side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        out = _full_permutation(self.out_side, orders)
         if out is not None:
             self.weight.copy_(self.weight[out])
             if self.bias is not None:
                 self.bias.copy_(self.bias[out])
-        into = _full_permutation(self.in_side, group, order)
+        into = _full_permutation(self.in_side, orders)
         if into is not None:
             self.weight.copy_(self.weight[:, into])
 
@@ -909,6 +913,18 @@ class ConvertedBatchNorm(_CalibratedBatchNorm):
         self.active_index = trained_index
         self.calibrated = False
 
+    @torch.no_grad()
+    def adopt_calibration(self, index: int) -> None:
+        c = self.active_channels
+        at = self._index if isinstance(self._index, int) else self._index.to(self.running_mean.device)
+        if isinstance(at, int):
+            self.running_mean[index, :at] = self.calibration_mean[:c]
+            self.running_var[index, :at] = self.calibration_var[:c]
+        else:
+            self.running_mean[index, at] = self.calibration_mean[:c]
+            self.running_var[index, at] = self.calibration_var[:c]
+        self.active_index, self.calibrated = index, False
+
     def _donor_index(self) -> int:
         covering = [i for i, count in enumerate(self.width_counts) if count >= self.active_channels]
         return covering[0] if covering else len(self.widths) - 1
@@ -958,8 +974,8 @@ class ConvertedBatchNorm(_CalibratedBatchNorm):
         return [self.side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        perm = _full_permutation(self.side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        perm = _full_permutation(self.side, orders)
         if perm is None:
             return
         for tensor in (self.weight, self.bias, self.running_mean, self.running_var):
@@ -1010,8 +1026,8 @@ class ConvertedNorm(nn.Module):
         return [self.side]
 
     @torch.no_grad()
-    def permute(self, group: ChannelGroup, order: torch.Tensor) -> None:
-        perm = _full_permutation(self.side, group, order)
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        perm = _full_permutation(self.side, orders)
         if perm is None:
             return
         for tensor in (self.weight, self.bias):
@@ -1066,11 +1082,27 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(module, qualified_name)
 
 
-def _trace(model: nn.Module, example: torch.Tensor, keep: Sequence[str], training: bool) -> torch.fx.Graph:
-    """The graph of the forward in train or eval mode, each node annotated with its shape."""
+def _trace(
+    model: nn.Module, example: torch.Tensor, keep: Sequence[str], training: bool
+) -> tuple[torch.fx.Graph, Any]:
+    """The graph of the forward in train or eval mode, each node annotated with its shape, and the output.
+
+    Eval mode runs on the model itself (its modes are restored); train mode on a copy, whose batch norms
+    update their statistics."""
+    modes = {module: module.training for module in model.modules()}
+    try:
+        return _trace_and_run(copy.deepcopy(model) if training else model, example, keep, training)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+def _trace_and_run(
+    model: nn.Module, example: torch.Tensor, keep: Sequence[str], training: bool
+) -> tuple[torch.fx.Graph, Any]:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    traced_model = copy.deepcopy(model).train(training)
+    traced_model = model.train(training)
     tracer = _Tracer(keep)
     try:
         graph = tracer.trace(traced_model)
@@ -1084,15 +1116,17 @@ def _trace(model: nn.Module, example: torch.Tensor, keep: Sequence[str], trainin
             "marked torch.fx.wrap"
         ) from None
     module = torch.fx.GraphModule(traced_model, graph)
+    if training and example.shape[0] == 1:
+        example = torch.cat([example, example])  # batch norm in train mode needs two values per channel
     try:
         with torch.no_grad():
-            ShapeProp(module).propagate(example)
+            output = ShapeProp(module).propagate(example)
     except Exception as error:
         raise PlannerError(
             f"the example input {tuple(example.shape)} does not run through {type(model).__name__}: "
             f"{str(error).splitlines()[0]}"
         ) from None
-    return graph
+    return graph, output
 
 
 def _user_frame(error: BaseException) -> str:
@@ -1105,19 +1139,22 @@ def _user_frame(error: BaseException) -> str:
     return f" at {frame.filename}:{frame.lineno} ({frame.line})"
 
 
-def _analyse(model: nn.Module, example: torch.Tensor, keep: Sequence[str]) -> tuple[_Analysis, list[str]]:
+def _analyse(
+    model: nn.Module, example: torch.Tensor, keep: Sequence[str]
+) -> tuple[_Analysis, list[str], Any]:
     modules = dict(model.named_modules())
     unknown = [k for k in keep if k not in modules]
     if unknown:
         raise PlannerError(f"keep names {unknown[0]!r}, which is not a module of {type(model).__name__}")
     analysis = _Analysis(modules, keep)
-    analysis.run(_trace(model, example, keep, training=False))
+    graph, output = _trace(model, example, keep, training=False)
+    analysis.run(graph)
     notes = []
     try:
-        analysis.run(_trace(model, example, keep, training=True))
+        analysis.run(_trace(model, example, keep, training=True)[0])
     except PlannerError as error:
         notes.append(f"train-mode forward not analysed ({error}); modules only it reaches stay dense")
-    return analysis, notes
+    return analysis, notes, output
 
 
 def _build_groups(analysis: _Analysis) -> dict[int, ChannelGroup]:
@@ -1163,7 +1200,7 @@ def _report(analysis: _Analysis, groups: dict[int, ChannelGroup], notes: list[st
 
 def analyse(model: nn.Module, example_input: torch.Tensor, keep: Sequence[str] = ()) -> ConversionReport:
     """The channel groups `slimmable` would make of `model`, and why each fixed one is fixed."""
-    analysis, notes = _analyse(model, example_input, keep)
+    analysis, notes, _ = _analyse(model, example_input, keep)
     return _report(analysis, _build_groups(analysis), notes)
 
 
@@ -1276,7 +1313,7 @@ def slimmable(
     """
     values = _check_widths(widths)
     name = name or type(model).__name__.lower()
-    analysis, notes = _analyse(model, example_input, keep)
+    analysis, notes, output = _analyse(model, example_input, keep)
     groups = _build_groups(analysis)
     if not any(g.slimmable for g in groups.values()):
         first = next((r for g in _report(analysis, groups, notes).groups for r in g.reasons), "no layers")
@@ -1308,8 +1345,7 @@ def slimmable(
         parent, _, leaf = use.path.rpartition(".")
         setattr(network.get_submodule(parent), leaf, new)
 
-    with torch.no_grad():
-        expected = _outputs(copy.deepcopy(model).eval()(example_input))
+    expected = _outputs(output)  # the traced eval-mode forward's: the converted one must match it
     classes = expected[0].shape[-1] if len(expected) == 1 and expected[0].dim() == 2 else 0
     net = ConvertedNetwork(
         network,

@@ -236,6 +236,14 @@ class _CalibratedBatchNorm(nn.Module):
         self.calibration_batches = 0
         self.calibrated = True
 
+    @torch.no_grad()
+    def adopt_calibration(self, index: int) -> None:
+        """Store the calibrated statistics as trained width `index`'s and use them from here on."""
+        c = self.active_channels
+        self.bn[index].running_mean.copy_(self.calibration_mean[:c])
+        self.bn[index].running_var.copy_(self.calibration_var[:c])
+        self.set_active(c, index)
+
     def _donor_index(self) -> int:
         """The narrowest trained width whose statistics cover the active channels."""
         sizes = [bn.num_features for bn in self.bn]

@@ -1,7 +1,8 @@
 """MACs and parameters of a configuration, counted the way the reference does.
 
 Convention of github.com/JiahuiYu/slimmable_networks utils/model_profiling.py, at 1 x C x H x W:
-Conv2d `Cin * Cout * k * k * Hout * Wout / groups`, Linear `in * out` (no bias), AvgPool `C * Hin * Win`
+Conv2d `Cin * Cout * k * k * Hout * Wout / groups`, Linear `in * out` (no bias; times the positions it is
+applied at, for a linear layer over tokens or a channels-last map), AvgPool `C * Hin * Win`
 (the input of the last conv; a converted network's pooling modules are counted that way too);
 BN, activations, residual adds and MaxPool are not counted. Params are the sliced conv and linear
 weights (+ biases); BN is not counted.
@@ -88,8 +89,9 @@ def _trace(model: SlimmableNetwork) -> list[_Layer]:
             records.append(
                 _Layer(
                     "linear",
-                    _side(module, "in_group", x.shape[1]),
-                    _side(module, "out_group", output.shape[1]),
+                    _side(module, "in_group", x.shape[-1]),
+                    _side(module, "out_group", output.shape[-1]),
+                    out_area=x[0].numel() // x.shape[-1],  # positions it is applied at (tokens, pixels)
                     bias=module.bias is not None,
                 )
             )
@@ -139,7 +141,7 @@ def count(model: SlimmableNetwork, config: WidthConfig) -> Cost:
             macs += weights * layer.out_area
             params += weights + (cout if layer.bias else 0)
         elif layer.kind == "linear":
-            macs += cin * cout
+            macs += cin * cout * layer.out_area
             params += cin * cout + (cout if layer.bias else 0)
         else:
             macs += cin * layer.in_area

@@ -9,7 +9,8 @@ group), and the next conv's or linear layer's input. The network computes exactl
 
 The graph is read with torch.fx. A layer whose output meets another branch (a residual add, a concat) or
 reaches an op this module does not know is left in its order and reported: permuting it would need every
-layer of the coupled group at once.
+layer of the coupled group at once. `reorder_groups` does exactly that for a network converted by
+`planner.slimmable`, whose analysis found every coupled group (planner.models.convert).
 """
 
 from __future__ import annotations
@@ -238,9 +239,24 @@ def reorder_groups(model: nn.Module) -> dict[str, list[int]]:
                 for start in range(0, group.max_channels, block)
             ]
         )
-        if torch.equal(order, torch.arange(group.max_channels)):
-            continue
-        for op in ops:
-            op.permute(group, order)
-        orders[name] = order.tolist()
+        if not torch.equal(order, torch.arange(group.max_channels)):
+            orders[name] = order.tolist()
+    permute_groups(model, orders)
     return orders
+
+
+@torch.no_grad()
+def permute_groups(model: nn.Module, orders: Mapping[str, list[int]]) -> None:
+    """Apply recorded group orders (`reorder_groups`' result, `net.permutation`) to a converted network, e.g.
+    after loading the original network's weights into a network converted with `reorder=False`."""
+    from planner.errors import PlannerError
+
+    by_group = {}
+    for name, order in orders.items():
+        group = model.groups.get(name)
+        if group is None or sorted(order) != list(range(group.max_channels)):
+            raise PlannerError(f"recorded channel order of {name!r} does not fit {model.name}")
+        by_group[group] = torch.tensor(order)
+    if by_group:
+        for op in model.converted_ops():
+            op.permute(by_group)

@@ -58,6 +58,7 @@ class LayerOp:
     size: int = 1
     depthwise: bool = False
     activation: str = ""
+    groups: int = 1  # a grouped conv that keeps its group count (converted networks)
 
     @property
     def signature(self) -> str:
@@ -70,7 +71,7 @@ class LayerOp:
             self.size,
             self.depthwise,
             self.activation,
-        ]
+        ] + ([self.groups] if self.groups != 1 else [])
         return hashlib.sha256(json.dumps([shape, self.in_axis, self.out_axis]).encode()).hexdigest()[:12]
 
     def grid(self) -> list[tuple[int, int]]:
@@ -143,6 +144,7 @@ def layer_ops(
                     padding=m.padding[0],
                     size=sizes[path],
                     depthwise=m.depthwise,
+                    groups=1 if m.depthwise else m.groups,
                     **common,
                 )
             )
@@ -158,7 +160,7 @@ def write_layer_onnx(op: LayerOp, cin: int, cout: int, path: Path) -> Path:
 
     rng = np.random.default_rng(0)
     if op.kind == "conv":
-        groups = cin if op.depthwise else 1
+        groups = cin if op.depthwise else op.groups
         weight = rng.standard_normal((cout, cin // groups, op.kernel, op.kernel)).astype(np.float32) * 0.1
         out_size = (op.size + 2 * op.padding - op.kernel) // op.stride + 1
         in_shape, out_shape = [1, cin, op.size, op.size], [1, cout, out_size, out_size]
