@@ -79,7 +79,7 @@ def recalibrated(original: Path, data: Path, widths: list[float]) -> dict[float,
     """Prefix-pruned top-1 with each width's BN statistics re-estimated on the calibration split: the
     strongest no-training baseline (stale full-width statistics put narrow prefixes near chance)."""
     from planner.accuracy.evaluate import evaluate
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model
     from planner.nn.calibrate import calibrate
 
     dataset = load_dataset(data)

@@ -198,7 +198,8 @@ def test_grouped_convs_keep_their_group_count_and_counts_are_multiples(tmp_path)
     weight, _, groups = net.g2.active_weight()
     assert groups == 4 and weight.shape == (32, 4, 3, 3)
     assert torch.equal(weight[:, :4], model.g2.weight[:, :4])
-    from planner.search.lut import allowed_counts, layer_ops, write_layer_onnx
+    from planner.models.space import allowed_counts
+    from planner.search.layers import layer_ops, write_layer_onnx
 
     assert all(c % 4 == 0 for c in allowed_counts(net, group, 1))
     # the latency table measures the grouped conv as grouped, at counts its groups allow
@@ -328,8 +329,9 @@ def test_universal_network_calibrates_an_untracked_width():
 def test_training_planning_and_search_accept_a_converted_network(universal):
     from planner.accuracy.data import Dataset
     from planner.accuracy.train import train
+    from planner.models.space import random_configs
+    from planner.search.layers import layer_ops
     from planner.search.legr import WidthPlanner, macs_cost
-    from planner.search.lut import layer_ops, random_configs
 
     widths = [0.35, 0.5, 0.75, 1.0] if universal else [0.5, 1.0]
     net = slimmable(Residual(), torch.randn(1, 3, 8, 8), widths=widths, universal=universal)

@@ -199,7 +199,7 @@ needs_converter = pytest.mark.skipif(
 def test_original_weights_convert_and_planner_checkpoints_rebuild(tmp_path: Path) -> None:
     import torch
 
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model
     from planner.nn.checkpoint import save_checkpoint
 
     (tmp_path / "mynet.py").write_text(USER_NET)
@@ -227,7 +227,7 @@ def test_original_weights_convert_and_planner_checkpoints_rebuild(tmp_path: Path
 def test_original_weights_of_another_network_are_one_line(tmp_path: Path) -> None:
     import torch
 
-    from planner.measure.profile import build_model
+    from planner.nn.build import build_model
 
     (tmp_path / "mynet.py").write_text(USER_NET)
     other = nn.Sequential(nn.Conv2d(3, 6, 3)).state_dict()

@@ -78,8 +78,8 @@ def test_convert_train_profile_plan_ship(kind: str, data: Path, tmp_path: Path) 
     import onnxruntime as ort
 
     from planner.deploy.manifest import load_manifest
-    from planner.measure.profile import build_model
     from planner.models.sources import load_source
+    from planner.nn.build import build_model
     from planner.nn.counting import count
     from planner.widths import WidthConfig
 
@@ -109,11 +109,11 @@ def test_convert_train_profile_plan_ship(kind: str, data: Path, tmp_path: Path) 
     cli("legr", "config", source, "--coefficients", coefficients, "--max-macs", int(1.5 * half_macs),
         "-o", config_path)  # fmt: skip
     assert model.validate(WidthConfig.load(config_path))
-    cli("select", "--target", "cpu", "--results", out, "--max-latency", "10s")
+    cli("select", "--target", "cpu", "--out", out, "--max-latency", "10s")
     deploy = tmp_path / "deploy"
     cli("manifest", "-t", "cpu", "-t", "openvino-cpu", "--max-latency", "10s", "--checkpoint", slim,
-        "--results", out, "-o", deploy)  # fmt: skip
-    cli("report", "--results", out, "-o", tmp_path / "report")
+        "--out", out, "-o", deploy)  # fmt: skip
+    cli("report", "--out", out, "-o", tmp_path / "report")
     assert (tmp_path / "report" / "pareto.csv").stat().st_size > 0
 
     manifest = load_manifest(deploy / "cpu" / "manifest.json")  # checks the artifacts' digests
