@@ -255,7 +255,9 @@ def _with_empty_splits(splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> 
     return {split: splits.get(split, empty) for split in SPLITS}
 
 
-def _image_folder(path: Path, image_size: int | None) -> Dataset:
+def list_image_folder(path: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]], Path, str]:
+    """An image folder's class names, its (file, label) lists per split folder (or "all"), its first image
+    and the mode every image is read in ("L" for grey, else "RGB")."""
     explicit = [s for s in SPLITS if (path / s).is_dir()]
     roots = {s: path / s for s in explicit} if explicit else {"all": path}
     class_names = sorted({c.name for root in roots.values() for c in _class_dirs(root)})
@@ -265,11 +267,16 @@ def _image_folder(path: Path, image_size: int | None) -> Dataset:
     if not any(files.values()):
         raise PlannerError(f"dataset directory {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     first = next(f for listed in files.values() for f, _ in listed)
-    size = image_size or _open(first).size[0]
     mode = "L" if _open(first).mode in ("L", "1", "I", "I;16", "F") else "RGB"
+    return class_names, files, first, mode
+
+
+def _image_folder(path: Path, image_size: int | None) -> Dataset:
+    class_names, files, first, mode = list_image_folder(path)
+    size = image_size or _open(first).size[0]
     tensors = {name: _read_images(listed, size, mode) for name, listed in files.items() if listed}
     classes = tuple(class_names)
-    if not explicit:
+    if "all" in files:  # no split folders: split it here
         x, y = tensors["all"]
         return Dataset(path.name, classes, _split(x, y.numpy()))
     return Dataset(path.name, classes, _with_empty_splits(tensors))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from planner.accuracy.data import IMAGE_SUFFIXES, SPLIT_FRACTIONS, SPLITS, _class_dirs, _image_files, _open
+from planner.accuracy.data import SPLIT_FRACTIONS, SPLITS, _open, list_image_folder
 from planner.errors import PlannerError
 
 PIPELINE = "imagenet"  # recorded in a checkpoint: evaluate it through this module's transforms
@@ -156,20 +156,12 @@ def load_image_folder(
     path = Path(path)
     if not path.is_dir():
         raise PlannerError(f"the image pipeline (--augment) reads an image folder; {path} is not a directory")
-    explicit = [s for s in SPLITS if (path / s).is_dir()]
-    roots = {s: path / s for s in explicit} if explicit else {"all": path}
-    class_names = sorted({c.name for root in roots.values() for c in _class_dirs(root)})
-    if not class_names:
-        raise PlannerError(f"dataset directory {path} has no class sub-folders of images")
-    files = {name: _image_files(root, class_names) for name, root in roots.items()}
-    if not any(files.values()):
-        raise PlannerError(f"dataset directory {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if workers < 0:
         raise PlannerError(f"workers must be 0 or more, got {workers}")
-    first = _open(next(f for listed in files.values() for f, _ in listed))
-    mode = "L" if first.mode in ("L", "1", "I", "I;16", "F") else "RGB"
+    class_names, files, first_path, mode = list_image_folder(path)
+    first = _open(first_path)
     size = image_size or min(first.size)
-    if not explicit:
+    if "all" in files:  # no split folders: split it here
         files = _split_files(files["all"])
     return ImageFolderData(
         path.name, tuple(class_names), {s: files.get(s, []) for s in SPLITS}, size, mode, workers, seed

@@ -753,6 +753,18 @@ def _full_permutation(side: Side, orders: Mapping[ChannelGroup, torch.Tensor]) -
     return index
 
 
+@torch.no_grad()
+def _permute_outputs(layer: nn.Module, orders: Mapping[ChannelGroup, torch.Tensor]) -> torch.Tensor | None:
+    """Reorder a conv's or linear's output filters (and bias) by its output group's order; return the
+    order of its input side (None when that side is not reordered), for the caller to apply."""
+    out = _full_permutation(layer.out_side, orders)
+    if out is not None:
+        layer.weight.copy_(layer.weight[out])
+        if layer.bias is not None:
+            layer.bias.copy_(layer.bias[out])
+    return _full_permutation(layer.in_side, orders)
+
+
 class ConvertedConv2d(SlimmableConv2d):
     """A converted network's conv: the original weight, sliced by the groups of its input and output.
 
@@ -809,12 +821,7 @@ class ConvertedConv2d(SlimmableConv2d):
 
     @torch.no_grad()
     def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
-        out = _full_permutation(self.out_side, orders)
-        if out is not None:
-            self.weight.copy_(self.weight[out])
-            if self.bias is not None:
-                self.bias.copy_(self.bias[out])
-        into = _full_permutation(self.in_side, orders)
+        into = _permute_outputs(self, orders)
         if into is None or self.kind == "depthwise":
             return
         if self.kind == "conv":
@@ -856,12 +863,7 @@ class ConvertedLinear(SlimmableLinear):
 
     @torch.no_grad()
     def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
-        out = _full_permutation(self.out_side, orders)
-        if out is not None:
-            self.weight.copy_(self.weight[out])
-            if self.bias is not None:
-                self.bias.copy_(self.bias[out])
-        into = _full_permutation(self.in_side, orders)
+        into = _permute_outputs(self, orders)
         if into is not None:
             self.weight.copy_(self.weight[:, into])
 
