@@ -11,6 +11,10 @@ from PIL import Image
 from planner.cli import main
 from planner.deploy.manifest import load_manifest
 
+# In a pytest process of their own (README): after these open ONNX Runtime and OpenVINO sessions
+# in-process, the next process start in a long run crashed the test process (SIGSEGV; cause not found).
+pytestmark = pytest.mark.own_process
+
 
 def run(capsys, *argv):
     with pytest.raises(SystemExit) as exit_info:
