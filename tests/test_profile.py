@@ -238,6 +238,7 @@ def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) ->
     rows = pd.DataFrame(
         [
             {"target": "openvino-cpu", "width": 0.35, "config_id": "a", "status": "ok", "contended": False,
+             "precision": "int8", "batch": 4,
              "p50_ms": 1234.567, "p90_ms": 1301.25, "ci_low_ms": 1200.111, "ci_high_ms": 1260.999,
              "n": 12345, "macs": 300.5e6, "peak_rss_bytes": 123.4 * 2**20},
             {"target": "openvino-cpu", "width": float("nan"), "config_id": "3f9a0c1d2e", "status": "ok",

@@ -180,7 +180,8 @@ def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
 def _summary(rows: pd.DataFrame, out: Path, estimated: bool, output: Console | None = None) -> None:
     """The rows as a table that fits an 80-column terminal: the interval as +-% of p50, errors below it."""
     title = "estimated latency (roofline, not measured)" if estimated else "measured latency"
-    rows = rows.sort_values(["target", "macs", "precision", "batch"]) if len(rows) else rows
+    order = [column for column in ("target", "macs", "precision", "batch") if column in rows]
+    rows = rows.sort_values(order) if len(rows) else rows
     labels = [row_label(row) for _, row in rows.iterrows()]
     cells, errors = [], []
     for label, (_, row) in zip(labels, rows.iterrows(), strict=True):
