@@ -16,6 +16,11 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return done.value.code, captured.out, captured.err
 
 
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """`run_cli` with the arguments as they come (paths, numbers): each is passed as its text."""
+    return run_cli([str(arg) for arg in argv], capsys)
+
+
 def fresh_out(exports: Path, tmp_path: Path) -> Path:
     """A results directory of its own, holding the shared exports (so no test exports again)."""
     out = tmp_path / "out"

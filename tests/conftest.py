@@ -23,6 +23,18 @@ def randomize_batch_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Mod
     return model
 
 
+# Run in a pytest process of their own (README, .ci/run): after these tests open ONNX Runtime and
+# OpenVINO sessions in-process, the next process start of a long run crashed the test process
+# (SIGSEGV; cause not found).
+OWN_PROCESS_MODULES = {"test_ladder.py", "test_loadtest.py", "test_demo.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in OWN_PROCESS_MODULES:
+            item.add_marker(pytest.mark.own_process)
+
+
 @pytest.fixture
 def randomize():
     return randomize_batch_norms

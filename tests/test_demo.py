@@ -6,21 +6,10 @@ import json
 
 import pandas as pd
 import pytest
+from cli_helpers import run
 from PIL import Image
 
-from planner.cli import main
 from planner.deploy.manifest import load_manifest
-
-# In a pytest process of their own (README): after these open ONNX Runtime and OpenVINO sessions
-# in-process, the next process start in a long run crashed the test process (SIGSEGV; cause not found).
-pytestmark = pytest.mark.own_process
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.mark.timeout(400)

@@ -23,10 +23,6 @@ from profilers.ladder import (
     record_memory,
 )
 
-# In a pytest process of their own (README): after these open ONNX Runtime and OpenVINO sessions
-# in-process, the next process start in a long run crashed the test process (SIGSEGV; cause not found).
-pytestmark = pytest.mark.own_process
-
 
 class FakeClock:
     def __init__(self) -> None:

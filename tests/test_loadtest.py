@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import run
 from ladder_helpers import deploy_ladder
 from PIL import Image
 
-from planner.cli import main
 from planner.deploy.loadtest import (
     Phase,
     fit_schedule,
@@ -22,17 +22,6 @@ from planner.deploy.loadtest import (
     run_loadtest,
 )
 from planner.errors import PlannerError
-
-# In a pytest process of their own (README): after these open ONNX Runtime and OpenVINO sessions
-# in-process, the next process start in a long run crashed the test process (SIGSEGV; cause not found).
-pytestmark = pytest.mark.own_process
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import run
 from selection_tables import four_widths, write_results
 
 import planner
 from planner.accuracy.table import checkpoint_digest
-from planner.cli import main
 from planner.deploy.manifest import load_manifest
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

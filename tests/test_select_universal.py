@@ -6,17 +6,10 @@ import json
 
 import pandas as pd
 import pytest
+from cli_helpers import run
 from selection_tables import accuracy_row, accuracy_table, latency_row, latency_table, write_results
 
 import planner
-from planner.cli import main
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture
