@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+import torch
 from torch import nn
 
 from planner.errors import PlannerError
@@ -184,3 +185,44 @@ class SlimmableNetwork(nn.Module):
         """Start BN calibration of the active configuration (then forward batches in train mode)."""
         for bn in self.batch_norms():
             bn.reset_calibration()
+
+
+class ZooNetwork(SlimmableNetwork):
+    """A zoo model laid out as the reference's: `features` (ending in a pool) -> flatten -> `classifier`.
+
+    `input_stride` is the features' total stride: the input size must be a multiple of it, because the
+    final pool is sized for the feature map it leaves.
+    """
+
+    input_stride = 32
+
+    def _assemble(self, features: list[nn.Module], classifier: nn.Module) -> None:
+        """Install the layers, initialise them as the reference does, and activate the widest width."""
+        if self.input_size % self.input_stride:
+            raise ValueError(
+                f"{self.name} needs an input size divisible by {self.input_stride}, got {self.input_size}"
+            )
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(classifier)
+        reset_parameters(self)
+        self._finish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def reset_parameters(model: nn.Module) -> None:
+    """He-normal convs, unit BN, small linear: the reference's initialisation."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0, (2.0 / fan_out) ** 0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -114,7 +114,19 @@ def dense_batch_norm(
     return norm.eval()
 
 
-class SlimmableConv2d(nn.Conv2d):
+class _SlicedChannels:
+    """A layer's input and output channel groups, and the prefix of each that is active now."""
+
+    def _slice_groups(self, in_group: ChannelGroup, out_group: ChannelGroup) -> None:
+        self.in_group = in_group
+        self.out_group = out_group
+        self.set_channels(in_group.max_channels, out_group.max_channels)
+
+    def set_channels(self, active_in: int, active_out: int) -> None:
+        self.active_in, self.active_out = active_in, active_out
+
+
+class SlimmableConv2d(_SlicedChannels, nn.Conv2d):
     """Conv2d whose active input/output channels are a prefix of its stored (widest) weight.
 
     Args:
@@ -145,14 +157,8 @@ class SlimmableConv2d(nn.Conv2d):
             groups=groups,
             bias=bias,
         )
-        self.in_group = in_group
-        self.out_group = out_group
         self.depthwise = depthwise
-        self.active_in = in_group.max_channels
-        self.active_out = out_group.max_channels
-
-    def set_channels(self, active_in: int, active_out: int) -> None:
-        self.active_in, self.active_out = active_in, active_out
+        self._slice_groups(in_group, out_group)
 
     def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """The sliced weight, bias and groups of the current configuration."""
@@ -171,18 +177,12 @@ class SlimmableConv2d(nn.Conv2d):
         return dense_conv(self, weight, bias, groups)
 
 
-class SlimmableLinear(nn.Linear):
+class SlimmableLinear(_SlicedChannels, nn.Linear):
     """Linear layer sliced to the active input/output features."""
 
     def __init__(self, in_group: ChannelGroup, out_group: ChannelGroup, bias: bool = True) -> None:
         super().__init__(in_group.max_channels, out_group.max_channels, bias=bias)
-        self.in_group = in_group
-        self.out_group = out_group
-        self.active_in = in_group.max_channels
-        self.active_out = out_group.max_channels
-
-    def set_channels(self, active_in: int, active_out: int) -> None:
-        self.active_in, self.active_out = active_in, active_out
+        self._slice_groups(in_group, out_group)
 
     def active_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = self.weight[: self.active_out, : self.active_in]

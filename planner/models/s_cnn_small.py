@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 from torch import nn
 
-from planner.models.base import SlimmableNetwork
+from planner.models.base import ZooNetwork
 from planner.models.ops import (
     ChannelGroup,
     SlimmableConv2d,
@@ -28,19 +27,20 @@ from planner.models.ops import (
     mobilenet_channels,
 )
 from planner.models.registry import register_model
-from planner.models.s_mobilenet_v2 import _reset_parameters
 
 # channels at 1.0x, stride
 LAYERS = [(32, 1), (64, 1), (64, 2), (128, 1)]
 
 
-class SlimmableSmallCNN(SlimmableNetwork):
+class SlimmableSmallCNN(ZooNetwork):
     """conv-BN-ReLU x4 -> global average pool -> linear.
 
     Args:
         widths: trained widths (S) or widths with tracked BN statistics (US).
         universal: US-Net (any width in range, shared affine BN) instead of switchable BN.
     """
+
+    input_stride = 1  # the adaptive pool takes any feature map
 
     def __init__(
         self,
@@ -68,13 +68,7 @@ class SlimmableSmallCNN(SlimmableNetwork):
             )
             channels = outp
         features.append(nn.AdaptiveAvgPool2d(1))
-        self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(linear(channels, fixed_group(num_classes, "classes")))
-        _reset_parameters(self)
-        self._finish()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        self._assemble(features, linear(channels, fixed_group(num_classes, "classes")))
 
 
 @register_model

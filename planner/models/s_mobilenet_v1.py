@@ -12,7 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from planner.models.base import SlimmableNetwork
+from planner.models.base import ZooNetwork
 from planner.models.ops import (
     ChannelGroup,
     SlimmableConv2d,
@@ -22,7 +22,7 @@ from planner.models.ops import (
     mobilenet_channels,
 )
 from planner.models.registry import register_model
-from planner.models.s_mobilenet_v2 import _reset_parameters
+from planner.models.s_mobilenet_v2 import stem
 
 # c (channels at 1.0x), n (blocks), s (stride of the first block)
 BLOCK_SETTING = [(64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 6, 2), (1024, 2, 2)]
@@ -50,23 +50,17 @@ class DepthwiseSeparableConv(nn.Module):
         return self.body(x)
 
 
-class SlimmableMobileNetV1(SlimmableNetwork):
+class SlimmableMobileNetV1(ZooNetwork):
     """MobileNetV1 with switchable BN."""
 
     def __init__(
         self, widths: list[float], num_classes: int = 1000, input_size: int = 224, in_channels: int = 3
     ) -> None:
         super().__init__("s_mobilenet_v1", widths, num_classes, input_size, in_channels)
-        if input_size % 32:
-            raise ValueError(f"MobileNetV1 needs an input size divisible by 32, got {input_size}")
         widths = self.widths
         channels = _group(32)
         features: list[nn.Module] = [
-            nn.Sequential(
-                SlimmableConv2d(fixed_group(in_channels, "input"), channels, 3, 2, 1),
-                SwitchableBatchNorm2d(channels, widths),
-                nn.ReLU6(inplace=True),
-            )
+            stem(SlimmableConv2d, SwitchableBatchNorm2d, in_channels, channels, widths)
         ]
         for c, n, s in BLOCK_SETTING:
             for i in range(n):
@@ -74,13 +68,7 @@ class SlimmableMobileNetV1(SlimmableNetwork):
                 features.append(DepthwiseSeparableConv(channels, outp, s if i == 0 else 1, widths))
                 channels = outp
         features.append(nn.AvgPool2d(input_size // 32))
-        self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(SlimmableLinear(channels, fixed_group(num_classes, "classes")))
-        _reset_parameters(self)
-        self._finish()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        self._assemble(features, SlimmableLinear(channels, fixed_group(num_classes, "classes")))
 
 
 @register_model

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from planner.models.base import SlimmableNetwork
+from planner.models.base import ZooNetwork
 from planner.models.ops import (
     ChannelGroup,
     SlimmableConv2d,
@@ -83,7 +83,16 @@ class InvertedResidual(nn.Module):
         return out + x if self.residual_connection else out
 
 
-class SlimmableMobileNetV2(SlimmableNetwork):
+def stem(conv: type, norm: type, in_channels: int, channels: ChannelGroup, widths: list[float]) -> nn.Module:
+    """The MobileNets' first layer: a stride-2 3x3 conv from the fixed input channels, BN, ReLU6."""
+    return nn.Sequential(
+        conv(fixed_group(in_channels, "input"), channels, 3, 2, 1),
+        norm(channels, widths),
+        nn.ReLU6(inplace=True),
+    )
+
+
+class SlimmableMobileNetV2(ZooNetwork):
     """MobileNetV2 whose every layer but the 1280-channel tail is slimmable.
 
     Args:
@@ -101,19 +110,11 @@ class SlimmableMobileNetV2(SlimmableNetwork):
         universal: bool = False,
     ) -> None:
         super().__init__(name, widths, num_classes, input_size, in_channels, universal)
-        if input_size % 32:
-            raise ValueError(f"MobileNetV2 needs an input size divisible by 32, got {input_size}")
         widths = self.widths
         conv = USConv2d if universal else SlimmableConv2d
         norm = USBatchNorm2d if universal else SwitchableBatchNorm2d
         channels = _group(32)
-        features: list[nn.Module] = [
-            nn.Sequential(
-                conv(fixed_group(in_channels, "input"), channels, 3, 2, 1),
-                norm(channels, widths),
-                nn.ReLU6(inplace=True),
-            )
-        ]
+        features: list[nn.Module] = [stem(conv, norm, in_channels, channels, widths)]
         base = 32
         for t, c, n, s in BLOCK_SETTING:
             for i in range(n):
@@ -127,30 +128,7 @@ class SlimmableMobileNetV2(SlimmableNetwork):
             nn.Sequential(conv(channels, tail, 1), nn.BatchNorm2d(TAIL_CHANNELS), nn.ReLU6(inplace=True))
         )
         features.append(nn.AvgPool2d(input_size // 32))
-        self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Linear(TAIL_CHANNELS, num_classes))
-        _reset_parameters(self)
-        self._finish()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def _reset_parameters(model: nn.Module) -> None:
-    """He-normal convs, unit BN, small linear: the reference's initialisation."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0, (2.0 / fan_out) ** 0.5)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self._assemble(features, nn.Linear(TAIL_CHANNELS, num_classes))
 
 
 US_WIDTHS = [round(0.35 + 0.025 * i, 3) for i in range(27)]

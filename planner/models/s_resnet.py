@@ -12,7 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from planner.models.base import SlimmableNetwork
+from planner.models.base import ZooNetwork
 from planner.models.ops import (
     ChannelGroup,
     SlimmableConv2d,
@@ -22,7 +22,6 @@ from planner.models.ops import (
     truncated_channels,
 )
 from planner.models.registry import register_model
-from planner.models.s_mobilenet_v2 import _reset_parameters
 
 STAGE_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
 STAGE_FEATURES = [64, 128, 256, 512]
@@ -65,7 +64,7 @@ class Bottleneck(nn.Module):
         return self.post_relu(self.body(x) + identity)
 
 
-class SlimmableResNet(SlimmableNetwork):
+class SlimmableResNet(ZooNetwork):
     """Bottleneck ResNet with switchable BN."""
 
     def __init__(
@@ -77,8 +76,6 @@ class SlimmableResNet(SlimmableNetwork):
         in_channels: int = 3,
     ) -> None:
         super().__init__(f"s_resnet{depth}", widths, num_classes, input_size, in_channels)
-        if input_size % 32:
-            raise ValueError(f"ResNet needs an input size divisible by 32, got {input_size}")
         widths = self.widths
         channels = ChannelGroup(partial(truncated_channels, base=64))
         features: list[nn.Module] = [
@@ -97,13 +94,7 @@ class SlimmableResNet(SlimmableNetwork):
                 features.append(Bottleneck(channels, outp, stride, base, widths))
                 channels = outp
         features.append(nn.AvgPool2d(input_size // 32))
-        self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(SlimmableLinear(channels, fixed_group(num_classes, "classes")))
-        _reset_parameters(self)
-        self._finish()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        self._assemble(features, SlimmableLinear(channels, fixed_group(num_classes, "classes")))
 
 
 @register_model
