@@ -35,6 +35,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.own_process)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread: tiny convs run as fast on one, and far faster when other jobs load the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def randomize():
     return randomize_batch_norms

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from selection_tables import four_widths, write_results
+from selection_tables import four_widths, small_checkpoint, write_results
 
-import planner
 from planner.accuracy.table import checkpoint_digest
 from planner.cli import main
 
@@ -16,9 +14,7 @@ from planner.cli import main
 def deploy_ladder(root: Path, target: str = "cpu") -> Path:
     """s_cnn_small (8x8) with a 4-ms budget: the ladder is 0.25x -> 0.5x -> 0.75x (p90 1.2, 2.4, 3.6 ms,
     made-up numbers; accuracy 80, 88, 92%), each rung's artifact built from an ONNX with real weights."""
-    torch.manual_seed(0)
-    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-    checkpoint = planner.save_checkpoint(model, root / "weights.pt")
+    checkpoint = small_checkpoint(root / "weights.pt")
     _, latency, accuracy = four_widths(target)
     accuracy["checkpoint"] = checkpoint_digest(checkpoint)
     results = write_results(root / "out", latency, accuracy)

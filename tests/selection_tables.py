@@ -34,6 +34,16 @@ def small_model():
     return planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
 
 
+def small_checkpoint(path: Path) -> Path:
+    """The seeded, untrained small model saved as a planner checkpoint: weights to ship in a test."""
+    import torch
+
+    import planner
+
+    torch.manual_seed(0)
+    return planner.save_checkpoint(small_model(), path)
+
+
 def latency_row(config, target: str, p50: float, **overrides) -> dict:
     """One ok measurement: p90/p99 and the interval derived from p50 unless given."""
     backend, device, precision = BACKENDS.get(target, ("tensorrt", "GPU", "fp16"))

@@ -36,18 +36,13 @@ def digits():
     return load_dataset("digits")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches on a shared 2-core machine: one torch thread is ~10x faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A digits-sized model and its checkpoint (the ranking needs weights, not accuracy)."""
+    torch.manual_seed(0)  # the same weights whichever tests ran before
     model = planner.create_model("s_cnn_small")
     path = save_checkpoint(model, tmp_path_factory.mktemp("legr") / "digits.pt")
     return model, path

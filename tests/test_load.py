@@ -4,11 +4,11 @@ contended flag on synthetic snapshots, waiting for quiet, and a real CPU spinner
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 from pathlib import Path
 
 import pytest
+from spinners import spinning
 
 from profilers.load import (
     LoadMeter,
@@ -149,22 +149,11 @@ def test_waiting_for_quiet_needs_consecutive_calm_windows_and_is_bounded():
     assert not waited.quiet and waited.waited_s == 10.0 and waited.other_cores == 1.0
 
 
-def _spin(stop) -> None:
-    while not stop.is_set():
-        pass
-
-
 @pytest.fixture
 def spinner():
     """One process spinning on a CPU for the length of a test."""
-    stop = multiprocessing.Event()
-    process = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
-    process.start()
-    yield process.pid
-    stop.set()
-    process.join(5)
-    if process.is_alive():
-        process.kill()
+    with spinning(1) as pids:
+        yield pids[0]
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 from cli_helpers import run
-from selection_tables import four_widths, write_results
+from selection_tables import four_widths, small_checkpoint, write_results
 
-import planner
 from planner.accuracy.table import checkpoint_digest
 from planner.deploy.manifest import load_manifest
 
@@ -17,9 +15,7 @@ from planner.deploy.manifest import load_manifest
 def workspace(tmp_path_factory):
     """A checkpoint and results for cpu and openvino-cpu, accuracy measured with that checkpoint."""
     root = tmp_path_factory.mktemp("workspace")
-    torch.manual_seed(0)
-    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-    checkpoint = planner.save_checkpoint(model, root / "weights.pt")
+    checkpoint = small_checkpoint(root / "weights.pt")
     _, cpu, accuracy = four_widths("cpu")  # p90 1.2, 2.4, 3.6, 4.8 ms
     _, openvino, _ = four_widths("openvino-cpu", latencies=(2.0, 3.0, 4.0, 5.0))  # p90 2.4, 3.6, ...
     accuracy["checkpoint"] = checkpoint_digest(checkpoint)

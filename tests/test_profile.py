@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import fresh_out, run_cli
+from spinners import spinning
 
 import planner
 from planner.cli import main
@@ -175,24 +176,11 @@ def test_configuration_of_another_model_is_refused(tmp_path: Path) -> None:
     assert [config.width for config in configurations(model)] == model.widths
 
 
-def _spin(stop) -> None:
-    while not stop.is_set():
-        pass
-
-
 @pytest.fixture
 def spinners():
     """Two processes spinning on the CPUs for the length of a test: a busy machine."""
-    import multiprocessing
-
-    stop = multiprocessing.Event()
-    processes = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
-    for process in processes:
-        process.start()
-    yield
-    stop.set()
-    for process in processes:
-        process.join(5)
+    with spinning(2):
+        yield
 
 
 @pytest.mark.parametrize("require", [False, True])

@@ -18,6 +18,7 @@ import onnx
 import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from spinners import spinning
 
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
@@ -473,24 +474,9 @@ def test_jobs_file_round_trips_jobs_and_settings(tmp_path):
 # --- contention -------------------------------------------------------------------------------------
 
 
-def _spin(stop) -> None:
-    while not stop.is_set():
-        pass
-
-
 def test_rows_measured_next_to_a_cpu_spinner_are_flagged_with_the_figures(models, fast, tmp_path):
-    import multiprocessing
-
-    stop = multiprocessing.Event()
-    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
-    for spinner in spinners:
-        spinner.start()
-    try:
+    with spinning(2):
         table = run_jobs([job(models["narrow"]), job(models["mid"])], tmp_path, fast)
-    finally:
-        stop.set()
-        for spinner in spinners:
-            spinner.join(5)
     assert table["contended"].all()
     assert (table["other_cores"] > 0.5).all()
     assert table["contention"].str.contains("other processes used").all()

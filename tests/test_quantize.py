@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from cli_helpers import fresh_out, run_cli
+from selection_tables import small_checkpoint
 
 from planner.errors import PlannerError
 from planner.measure import quantize
@@ -133,15 +134,13 @@ def test_a_failing_quantization_keeps_the_fp32_rows(exports, tmp_path, capsys, m
 def test_int8_pipeline_profile_evaluate_manifest_ships_the_measured_file(exports, tmp_path, capsys):
     import hashlib
 
-    import planner
     from planner.accuracy.table import load_accuracy
     from planner.deploy.manifest import load_manifest, write_manifest
     from planner.measure.artifacts import export_ladder
     from planner.plan.pareto import candidates, read_tables
     from planner.plan.select import Budget, select
 
-    model = planner.create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
-    checkpoint = planner.save_checkpoint(model, tmp_path / "weights.pt")
+    checkpoint = small_checkpoint(tmp_path / "weights.pt")
     out = tmp_path / "out"
     calibrate = ["--calibration-data", "digits", "--calibration-size", "16"]
     profile = ["profile", "-t", "cpu-int8", "--checkpoint", str(checkpoint), "--widths", "0.25,1.0"]

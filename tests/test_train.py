@@ -32,15 +32,6 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    """Tiny convs run as fast on one thread, and far faster when other jobs load the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def trained(digits, single_thread):
     torch.manual_seed(0)
     model = create_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
