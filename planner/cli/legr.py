@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
-from planner.cli.options import TargetsDirOption
+from planner.cli.options import (
+    DEFAULT_RESULTS_DIR,
+    LutOption,
+    ModelArgument,
+    ResultsOption,
+    TargetsDirOption,
+)
 from planner.errors import PlannerError
 from profilers.files import replacing
 
@@ -27,7 +33,6 @@ app.add_typer(lut_app, name="lut")
 app.add_typer(legr_app, name="legr")
 
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Target name or alias.")]
-OutOption = Annotated[Path, typer.Option("--out", help="Results directory (tables go to OUT/lut/).")]
 CheckpointOption = Annotated[
     Path | None,
     typer.Option("--checkpoint", help="Weights; planner checkpoints also give the model's options."),
@@ -69,7 +74,7 @@ def lut_build(
     ] = 2,
     max_seconds: MaxSecondsOption = None,
     min_queries: MinQueriesOption = None,
-    out: OutOption = Path("out"),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Measure each slimmable layer of a model on a target and write OUT/lut/<target>-<model>.json.
@@ -123,12 +128,10 @@ def lut_check(
     input_size: InputSizeOption = None,
     samples: Annotated[int, typer.Option(help="Random per-layer configurations to measure.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the random configurations.")] = 1,
-    lut: Annotated[
-        Path | None, typer.Option("--lut", help="Table (default: OUT/lut/<target>-<model>.json).")
-    ] = None,
+    lut: LutOption = None,
     max_seconds: MaxSecondsOption = None,
     min_queries: MinQueriesOption = None,
-    out: OutOption = Path("out"),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Prediction error of a table against end-to-end measurements of random configurations.
@@ -163,7 +166,7 @@ def lut_check(
 
 @legr_app.command("learn")
 def legr_learn(
-    model_name: Annotated[str, typer.Argument(help="Model name.")],
+    model_name: ModelArgument,
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="Trained weights (their filters are ranked).")
     ],
@@ -176,9 +179,7 @@ def legr_learn(
     target_name: Annotated[
         str | None, typer.Option("--target", "-t", help="Rank against this target's latency table, not MACs.")
     ] = None,
-    lut: Annotated[
-        Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
-    ] = None,
+    lut: LutOption = None,
     generations: Annotated[int, typer.Option(help="Children evaluated after the initial population.")] = 400,
     population: Annotated[int, typer.Option(help="Population size.")] = 64,
     sample: Annotated[int, typer.Option(help="Tournament sample size.")] = 16,
@@ -196,7 +197,7 @@ def legr_learn(
     threads: Annotated[
         int | None, typer.Option(help="torch threads for the search (1 is fastest on a busy machine).")
     ] = None,
-    out: OutOption = Path("out"),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Learn LeGR's per-layer affine coefficients by regularized evolution; reuse them for every budget."""
@@ -246,7 +247,7 @@ def legr_learn(
 
 @legr_app.command("config")
 def legr_config(
-    model_name: Annotated[str, typer.Argument(help="Model name.")],
+    model_name: ModelArgument,
     coefficients: Annotated[
         Path, typer.Option("--coefficients", help="Coefficients from planner legr learn.")
     ],
@@ -264,9 +265,7 @@ def legr_config(
     target_name: Annotated[
         str | None, typer.Option("--target", "-t", help="Target of the latency budget.")
     ] = None,
-    lut: Annotated[
-        Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
-    ] = None,
+    lut: LutOption = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Measure the result on the target.")
     ] = True,
@@ -281,7 +280,7 @@ def legr_config(
             "validation loss on this dataset is lower.",
         ),
     ] = None,
-    out: OutOption = Path("out"),
+    out: ResultsOption = DEFAULT_RESULTS_DIR,
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """The per-layer configuration for a budget: walk the learned ranking until the predicted cost fits.

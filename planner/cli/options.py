@@ -27,6 +27,10 @@ WidthsOption = Annotated[
 ConfigFilesOption = Annotated[
     list[Path] | None, typer.Option("--config", help="Per-layer width configuration JSON (repeatable).")
 ]
+ModelArgument = Annotated[str, typer.Argument(help="Model name, or a source such as torchvision:resnet18.")]
+LutOption = Annotated[
+    Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
+]
 TargetsDirOption = Annotated[
     Path | None,
     typer.Option("--targets-dir", help="Directory of extra <name>.toml targets (searched first)."),
