@@ -190,11 +190,13 @@ class _Measurement:
         return max(settings.burst_size, math.ceil(settings.burst_min_seconds * 1000 / last_ms))
 
     def ratio(self, confidence: float) -> Ratio | None:
+        """Paired per-round ratio of the bursts' minima to the reference's: the ranking statistic that moved
+        least between runs, quiet and with a spinner (results/busy_repeatability_quiet.md)."""
         if self.reference is None:
             return None
         if self.reference is self:
-            return Ratio(1.0, 1.0, 1.0, len(self.round_medians_ms))
-        return Ratio.paired(self.round_medians_ms, self.reference.round_medians_ms, confidence)
+            return Ratio(1.0, 1.0, 1.0, len(self.round_minima_ms))
+        return Ratio.paired(self.round_minima_ms, self.reference.round_minima_ms, confidence)
 
     def converged(self, settings: Settings) -> bool:
         """Its median's interval is tight, and so is its ratio's, unless it has no live reference."""

@@ -178,6 +178,22 @@ def test_paired_ratio_cancels_a_drift_that_moves_both_jobs_alike():
     assert Ratio.paired({0: 1.0}, {1: 4.0}) is None  # never in the same round: no ratio
 
 
+def test_the_ranking_ratio_pairs_burst_minima_so_a_burst_slowed_by_contention_does_not_move_it():
+    from profilers.scheduler import _Measurement
+
+    rng = np.random.default_rng(4)
+    reference = _Measurement(job=None, index=0, model=None)
+    narrow = _Measurement(job=None, index=1, model=None, reference=reference)
+    reference.reference = reference
+    for r in range(30):
+        slowed = 1.6 if r % 3 == 0 else 1.0  # every third burst of the narrow job waits for the CPU
+        reference.round_minima_ms[r], reference.round_medians_ms[r] = 4.0, 4.0 * rng.normal(1.02, 0.01)
+        narrow.round_minima_ms[r], narrow.round_medians_ms[r] = 1.0, 1.0 * slowed * rng.normal(1.02, 0.01)
+    ratio = narrow.ratio(0.95)
+    assert ratio.value == pytest.approx(0.25) and ratio.rounds == 30
+    assert reference.ratio(0.95).value == 1.0
+
+
 # --- measuring ----------------------------------------------------------------------------------------
 
 
