@@ -82,26 +82,19 @@ def lut_build(
     The whole configurations that calibrate the sum (the trained widths, four for a US model, and a few
     random ones) are measured beside the full width, under OUT/lut/<target>-<model>/anchored/.
     """
-    import numpy as np
-
     from planner.measure.targets import load_target
-    from planner.models.space import calibration_widths, random_configs
     from planner.search.lut import table_path
     from planner.search.lut_runs import END_TO_END_SETTINGS, LAYER_SETTINGS, build_table
 
-    if calibration_samples < 0:
-        raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)
-    configs = [model.config(w) for w in calibration_widths(model)]
-    configs += random_configs(model, calibration_samples, np.random.default_rng(0))
     started = time.perf_counter()
     table = build_table(
         model,
         target,
         out,
         points=points,
-        calibration_configs=configs,
+        calibration_samples=calibration_samples,
         layer_settings=_settings(LAYER_SETTINGS, max_seconds, min_queries),
         end_to_end_settings=_settings(END_TO_END_SETTINGS, max_seconds, min_queries),
         log=console.print,
@@ -294,45 +287,24 @@ def legr_config(
     """
     from planner.measure.targets import load_target
     from planner.nn.counting import count
-    from planner.search.budget import config_for_budget, fitness_on, latency_table_for, recorded_checkpoint
-    from planner.search.legr import LearnedRanking
+    from planner.search.budget import config_from_coefficients
     from planner.units import parse_duration_ms
-    from profilers.jobs import file_digest
 
-    if (max_latency is None) == (max_macs is None):
-        raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
-    if max_latency is not None and target_name is None:
-        raise PlannerError("--max-latency needs --target: latency is a property of a device")
-    budget_ms = parse_duration_ms(max_latency) if max_latency is not None else None
-    ranking = LearnedRanking.load(coefficients)
-    checkpoint = checkpoint or recorded_checkpoint(ranking, coefficients)
-    if checkpoint is not None and not checkpoint.is_file():
-        raise PlannerError(f"checkpoint {checkpoint} does not exist")
-    recorded = (ranking.info.get("checkpoint") or {}).get("sha256")
-    if checkpoint is not None and recorded and file_digest(checkpoint) != recorded:
-        console.print(f"note: {checkpoint} is not the checkpoint the coefficients were learned on")
-    model = _model(model_name, checkpoint)
-    target = table = None
-    if budget_ms is not None:
-        target = load_target(target_name, targets_dir)
-        model = _target_model(model, target)
-        table = latency_table_for(model, target, out, lut)
-    fitness = None
-    if data is not None:  # the loss the coefficients were learned with
-        learned = ranking.info.get("search") or {}
-        fitness = fitness_on(model, data, int(learned.get("calibration_batches", 5)))
-    fit = config_for_budget(
-        model,
-        ranking,
+    planned = config_from_coefficients(
+        coefficients,
         out,
-        max_latency_ms=budget_ms,
+        model_name=model_name,
+        checkpoint=checkpoint,
+        max_latency_ms=parse_duration_ms(max_latency) if max_latency is not None else None,
         max_macs=max_macs,
-        target=target,
-        table=table,
+        target=load_target(target_name, targets_dir) if target_name is not None else None,
+        lut=lut,
         verify=verify,
         max_plans=plans,
-        fitness=fitness,
+        data=data,
+        log=console.print,
     )
+    model, fit, table = planned.model, planned.fit, planned.table
     if fit.note:
         typer.echo(fit.note)
     config = fit.config

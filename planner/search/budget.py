@@ -289,6 +289,71 @@ def _latency_ms(
     return {"p50_ms": float(row["p50_ms"]), "p90_ms": float(row["p90_ms"])}
 
 
+@dataclass
+class CoefficientsPlan:
+    """What `planner legr config` prints: the network it planned for, the fit, and the table it used."""
+
+    model: SlimmableNetwork
+    fit: BudgetFit
+    table: LatencyTable | None
+
+
+def config_from_coefficients(
+    coefficients: Path,
+    results_dir: Path,
+    *,
+    model_name: str | None = None,
+    checkpoint: Path | None = None,
+    max_latency_ms: float | None = None,
+    max_macs: float | None = None,
+    target: Target | None = None,
+    lut: Path | None = None,
+    verify: bool = True,
+    max_plans: int = 6,
+    data: str | None = None,
+    log: Log = print,
+) -> CoefficientsPlan:
+    """`planner legr config` from its files: the coefficients, the weights they were learned on (or the
+    ones given), the target's table; with `data`, the loss the coefficients were learned with decides
+    between the plan and the widest uniform width that fits."""
+    from planner.measure.artifacts import model_for_target
+    from planner.nn.build import build_model
+
+    if (max_latency_ms is None) == (max_macs is None):
+        raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
+    if max_latency_ms is not None and target is None:
+        raise PlannerError("--max-latency needs --target: latency is a property of a device")
+    ranking = LearnedRanking.load(coefficients)
+    checkpoint = checkpoint or recorded_checkpoint(ranking, coefficients)
+    if checkpoint is not None and not checkpoint.is_file():
+        raise PlannerError(f"checkpoint {checkpoint} does not exist")
+    recorded = (ranking.info.get("checkpoint") or {}).get("sha256")
+    if checkpoint is not None and recorded and file_digest(checkpoint) != recorded:
+        log(f"note: {checkpoint} is not the checkpoint the coefficients were learned on")
+    model = build_model(model_name, checkpoint)
+    table = None
+    if max_latency_ms is not None:
+        model = model_for_target(model, target)
+        table = latency_table_for(model, target, results_dir, lut)
+    fitness = None
+    if data is not None:
+        learned = ranking.info.get("search") or {}
+        fitness = fitness_on(model, data, int(learned.get("calibration_batches", 5)))
+    fit = config_for_budget(
+        model,
+        ranking,
+        results_dir,
+        max_latency_ms=max_latency_ms,
+        max_macs=max_macs,
+        target=target if max_latency_ms is not None else None,
+        table=table,
+        verify=verify,
+        max_plans=max_plans,
+        fitness=fitness,
+    )
+    return CoefficientsPlan(model, fit, table)
+
+
 def recorded_checkpoint(ranking: LearnedRanking, coefficients: Path) -> Path | None:
     """The checkpoint the coefficients were learned on, as they record it (None if they do not)."""
     recorded = (ranking.info.get("checkpoint") or {}).get("path")

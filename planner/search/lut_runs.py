@@ -169,10 +169,12 @@ def build_table(
     layer_settings: Settings = LAYER_SETTINGS,
     end_to_end_settings: Settings = END_TO_END_SETTINGS,
     log: Log | None = None,
+    calibration_samples: int = 2,
 ) -> LatencyTable:
     """Measure the layers of `model` on `target`, calibrate on end-to-end runs, return the table.
 
-    The calibration configurations default to `calibration_widths` plus two random per-layer ones.
+    The calibration configurations default to `calibration_widths` plus `calibration_samples` random
+    per-layer ones.
     """
     say = log or (lambda line: None)
     if target.is_remote:
@@ -181,6 +183,8 @@ def build_table(
         )
     if points < 2:
         raise PlannerError(f"a latency table needs at least 2 grid points per layer, got {points}")
+    if calibration_samples < 0:
+        raise PlannerError(f"--calibration-samples must be >= 0, got {calibration_samples}")
     directory = work_dir(out_dir, target.name, model.name)
     ops = layer_ops(model, points, granularity)
     unique = {op.signature: op for op in ops}
@@ -190,7 +194,7 @@ def build_table(
     if calibration_configs is None:
         rng = np.random.default_rng(0)
         calibration_configs = [model.config(w) for w in calibration_widths(model)] + random_configs(
-            model, 2, rng, granularity
+            model, calibration_samples, rng, granularity
         )
     say(f"measuring {len(calibration_configs)} whole configurations to calibrate the sum")
     layers = tuple(
