@@ -85,11 +85,11 @@ def benchmark_app(onnx: Path, seconds: float) -> tuple[float, str, int | None]:
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     threads = re.search(r"INFERENCE_NUM_THREADS: (\d+)", done.stdout)
-    median = re.search(r"Median:\s+([0-9.]+) ms", done.stdout)
+    median = re.search(r"Median:\s+([0-9.]+) (ms|us)", done.stdout)  # us below 1 ms (OpenVINO 2025+)
     if not median:
         raise RuntimeError(f"no median in benchmark_app output:\n{done.stdout[-2000:]}")
     return (
-        float(median.group(1)),
+        float(median.group(1)) / (1000 if median.group(2) == "us" else 1),
         " ".join(["benchmark_app", *command[1:]]),
         int(threads.group(1)) if threads else None,
     )
