@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from profiler_common import RESULTS, busy_processes, command_line, conditions, export_widths
+from profiler_common import RESULTS, busy_processes, command_line, conditions, export_widths, runs_parser
 
 from profilers import Settings, run_jobs
 from profilers.stats import median_ci
@@ -257,11 +257,7 @@ def report(raw: pd.DataFrame, command: str, conditions_text: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-seconds", type=float, default=5.0)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/planner-busy-bench"))
+    parser = runs_parser(__doc__.splitlines()[0], runs=5, max_seconds=5.0)
     parser.add_argument("--analyse", type=Path, help="only write the report from this CSV")
     parser.add_argument("--name", default="busy_repeatability")
     arguments = parser.parse_args()

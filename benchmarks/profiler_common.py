@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -18,6 +19,18 @@ from profilers.environment import cpu_model
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
 WIDTHS = (0.35, 0.5, 0.75, 1.0)
+# the columns every profiler benchmark's CSV starts with
+ROW_COLUMNS = ["run", "backend", "width", "p50_ms", "ci_low_ms", "ci_high_ms"]
+
+
+def runs_parser(description: str, runs: int, max_seconds: float) -> argparse.ArgumentParser:
+    """The options the repeated-profiling benchmarks share: how many runs, threads, time, work directory."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-seconds", type=float, default=max_seconds)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/planner-busy-bench"))
+    return parser
 
 
 def export_widths(work_dir: Path, model_name: str = "s_mobilenet_v2") -> dict[float, Job]:

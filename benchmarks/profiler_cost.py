@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from profiler_common import RESULTS, busy_processes, command_line, conditions, export_widths, report_name
+from profiler_common import (
+    RESULTS,
+    ROW_COLUMNS,
+    busy_processes,
+    command_line,
+    conditions,
+    export_widths,
+    report_name,
+)
 
 from profilers import Settings, run_jobs
 
@@ -63,12 +71,7 @@ def main() -> None:
             print(summaries[-1], flush=True)
     detail = pd.concat(rows, ignore_index=True)
     columns = [
-        "run",
-        "backend",
-        "width",
-        "p50_ms",
-        "ci_low_ms",
-        "ci_high_ms",
+        *ROW_COLUMNS,
         "ci_half_width_pct",
         "n",
         "converged",

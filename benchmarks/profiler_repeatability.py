@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from profiler_common import (
     RESULTS,
+    ROW_COLUMNS,
     WIDTHS,
     busy_processes,
     command_line,
@@ -59,12 +60,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     raw[
         [
-            "run",
-            "backend",
-            "width",
-            "p50_ms",
-            "ci_low_ms",
-            "ci_high_ms",
+            *ROW_COLUMNS,
             "n",
             "converged",
             "rounds",

@@ -12,14 +12,12 @@ Also reported: how often run k's interval held run k+1's p50 (the reported, re-r
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import pandas as pd
 from busy_repeatability import machine_state
-from profiler_common import RESULTS, command_line, conditions, export_widths
+from profiler_common import RESULTS, command_line, conditions, export_widths, runs_parser
 
 from planner.plan.pareto import candidates
 from planner.plan.select import Budget, select
@@ -58,11 +56,7 @@ def budgets_from(table: pd.DataFrame, metric: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-seconds", type=float, default=3.0)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/planner-busy-bench"))
+    parser = runs_parser(__doc__.splitlines()[0], runs=10, max_seconds=3.0)
     parser.add_argument("--name", default="selection_stability", help="results/NAME.md and .csv")
     arguments = parser.parse_args()
     before = conditions()
