@@ -40,7 +40,7 @@ from planner.measure.quantize import DEFAULT_CALIBRATION_SIZE, calibration_from
 from planner.measure.targets import Target
 from planner.models.base import SlimmableNetwork
 from planner.widths import WidthConfig
-from profilers.jobs import Settings
+from profilers.jobs import Job, Settings
 from profilers.predict import predict
 from profilers.results import load_latency
 
@@ -88,33 +88,44 @@ def evaluate_target(
         raise PlannerError(
             f"label {int(labels.max())} in the data but {model.name} has {model.num_classes} classes"
         )
-    results: dict[str, list[ConfigAccuracy]] = {}
+    chosen: dict[str, list[Artifact]] = {}
     for precision in target.planned_precisions:
-        chosen = artifacts
+        chosen[precision] = artifacts
         if precision == "int8":
-            chosen = _profiled_int8(artifacts, target, out_dir, batch)
-            missing = [a for a in artifacts if a.config.id not in {c.config.id for c in chosen}]
+            profiled = _profiled_int8(artifacts, target, out_dir, batch)
+            missing = [a for a in artifacts if a.config.id not in {c.config.id for c in profiled}]
             if missing:
                 calibration = calibration_from(dataset, artifacts[0].input_shape, calibration_size)
                 quantized, failures = quantize_artifacts(missing, target, calibration)
                 if failures:
                     raise PlannerError(failures[0])
-                chosen = chosen + quantized
-        jobs = make_jobs(chosen, target.at_batch(batch).at_precision(precision))
-        if ray_address:
-            from planner.measure.fleet import predict_fleet
+                profiled = profiled + quantized
+            chosen[precision] = profiled
+    jobs = [
+        job
+        for precision, files in chosen.items()
+        for job in make_jobs(files, target.at_batch(batch).at_precision(precision))
+    ]
+    outputs = iter(_run(jobs, target, images, settings, ray_address))  # one trip to the device
+    return {
+        precision: [_score(artifact.config, next(outputs), labels) for artifact in files]
+        for precision, files in chosen.items()
+    }
 
-            outputs = predict_fleet(jobs, target.name, images, ray_address)
-        elif target.is_remote:
-            from planner.measure.remote import predict_remote
 
-            outputs = predict_remote(jobs, target, images)
-        else:
-            outputs = [predict(job, images, settings) for job in jobs]
-        results[precision] = [
-            _score(artifact.config, output, labels) for artifact, output in zip(chosen, outputs, strict=True)
-        ]
-    return results
+def _run(
+    jobs: list[Job], target: Target, images: np.ndarray, settings: Settings | None, ray_address: str | None
+) -> list[np.ndarray]:
+    """Each job's outputs on `images`: on the target's Ray node, over SSH, or here."""
+    if ray_address:
+        from planner.measure.fleet import predict_fleet
+
+        return predict_fleet(jobs, target.name, images, ray_address)
+    if target.is_remote:
+        from planner.measure.remote import predict_remote
+
+        return predict_remote(jobs, target, images)
+    return [predict(job, images, settings) for job in jobs]
 
 
 def _profiled_int8(artifacts: list[Artifact], target: Target, out_dir: Path, batch: int) -> list[Artifact]:
