@@ -123,7 +123,8 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
         model, configs, targets, results_dir, settings=settings, weights=weights, calibration=calibration
     )
     for target in targets:
-        scored = evaluate_target(model, configs, target, dataset, "val", results_dir, weights)
+        batch = target.planned_batches[0]
+        scored = evaluate_target(model, configs, target, dataset, "val", results_dir, weights, batch=batch)
         for precision, results in scored.items():
             rows = accuracy_rows(
                 MODEL,
@@ -134,6 +135,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
                 target=target.name,
                 precision=precision,
                 runtime=target.backend,
+                batch=batch,
             )
             write_accuracy(results_dir, rows)
             say(

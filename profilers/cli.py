@@ -113,14 +113,10 @@ def _predict(arguments: argparse.Namespace) -> int:
     import numpy as np
 
     from profilers.files import replacing
-    from profilers.predict import predict
+    from profilers.predict import predict, read_images
 
     jobs, file_settings = load_jobs_file(arguments.jobs)
-    try:
-        with np.load(arguments.images, allow_pickle=False) as data:
-            images = data["x"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ProfilerError(f"cannot read images {arguments.images}: {str(error).splitlines()[0]}") from None
+    images = read_images(arguments.images)
     outputs = {f"job{index}": predict(job, images, file_settings) for index, job in enumerate(jobs)}
     with replacing(arguments.out) as tmp:
         with open(tmp, "wb") as handle:

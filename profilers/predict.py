@@ -1,14 +1,18 @@
 """Run images through the exact artifact the profiler measures: accuracy of what ships, not of torch.
 
     outputs = predict(job, images)          # (N, ...) first model output per image
+    payload = split_npz(images)             # the evaluation split as it travels (SSH, Ray): an .npz
+    images = read_images(payload)
 
 The artifact comes from the same cache as the measurement (same ONNX bytes, backend, version, device and
-precision, so the same key), built if missing; static-batch exports are fed `job.batch` images at a time,
-the last chunk padded. Device-side like the rest of `profilers`: no planner, no torch.
+precision, so the same key), built if missing; a static batch-B export is fed B images at a time, the
+last chunk padded with zeros and the padded rows' outputs dropped, so every image is scored by the very
+batch-B file that ships. Device-side like the rest of `profilers`: no planner, no torch.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +58,20 @@ def _pad(chunk: np.ndarray, batch: int) -> np.ndarray:
         return chunk
     padding = np.zeros((batch - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
     return np.concatenate([chunk, padding])
+
+
+def split_npz(images: np.ndarray) -> bytes:
+    """An evaluation split's images as .npz bytes (`x`, float32 N x C x H x W; labels stay behind)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.ascontiguousarray(images, dtype=np.float32))
+    return buffer.getvalue()
+
+
+def read_images(source: Path | bytes) -> np.ndarray:
+    """The `x` array of a split .npz (a file, or its bytes as they arrived)."""
+    name = str(source) if isinstance(source, Path) else "(the split sent)"
+    try:
+        with np.load(io.BytesIO(source) if isinstance(source, bytes) else source, allow_pickle=False) as data:
+            return data["x"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ProfilerError(f"cannot read images {name}: {str(error).splitlines()[0]}") from None

@@ -1,4 +1,5 @@
-"""`planner profile --ray`: a local two-node Ray cluster, each node offering one target resource."""
+"""`planner profile --ray` and `planner evaluate --ray`: a local two-node Ray cluster, each node offering one
+target resource."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import fresh_out, run_cli
+from cli_helpers import fresh_out, run, run_cli
 
 from planner.errors import PlannerError
 from planner.measure.profile import profile_configs
@@ -93,6 +95,62 @@ def test_unreachable_cluster_is_a_one_line_error(targets_dir: Path, tmp_path: Pa
     code, _, err = run_cli(argv, capsys)
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: cannot join the Ray cluster at 127.0.0.1:1")
+
+
+def test_evaluate_runs_the_artifacts_on_the_targets_node(
+    cluster, targets_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The split goes to desk-b's node as an .npz, each batch size's file runs there (batch 7 pads the
+    last batch), the hits come back and match this machine's; the node keeps nothing."""
+    import planner
+    from planner.accuracy.table import load_accuracy
+    from planner.stats import decode_hits
+
+    (targets_dir / "desk-b.toml").write_text(
+        'backend = "onnxruntime"\nthreads = 1\nbatches = [1, 7]\n[connection]\nkind = "ssh"\nuser = "lab"\n'
+    )
+    checkpoint = planner.save_checkpoint(
+        build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8), tmp_path / "weights.pt"
+    )
+    out = tmp_path / "out"
+    argv = ["evaluate", "s_cnn_small", "--checkpoint", checkpoint, "--data", "digits", "--widths", "0.5"]
+    argv += ["--targets-dir", targets_dir, "--out", out]
+    code, _, err = run(capsys, *argv, "--target", "desk-b", "--ray", cluster.address)
+    assert code == 0, err
+    code, _, err = run(capsys, *argv, "--target", "cpu")  # the same file, run here
+    assert code == 0, err
+    top1 = load_accuracy(out).query("metric == 'top1'").set_index(["target", "batch"])
+    assert set(top1.index) == {("desk-b", 1), ("desk-b", 7), ("cpu", 1)}
+    here = decode_hits(top1.loc[("cpu", 1), "hits"], int(top1.loc[("cpu", 1), "n"]))
+    for batch in (1, 7):
+        row = top1.loc[("desk-b", batch)]
+        assert row["runtime"] == "onnxruntime" and row["n"] == len(here) and len(here) % 7
+        assert np.mean(decode_hits(row["hits"], int(row["n"])) == here) > 0.99
+    fleet_dir = Path(tempfile.gettempdir()) / "planner-fleet"
+    assert not list(fleet_dir.glob("desk-b-predict-*"))
+
+    code, _, err = run(capsys, *argv, "--target", "desk-c", "--ray", cluster.address)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "target:desk-c" in err
+
+
+def test_evaluate_on_an_unreachable_cluster_or_without_a_target_is_a_one_line_error(
+    targets_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import planner
+
+    if ray.is_initialized():
+        ray.shutdown()
+    model = build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8)
+    checkpoint = planner.save_checkpoint(model, tmp_path / "weights.pt")
+    argv = ["evaluate", "s_cnn_small", "--checkpoint", checkpoint, "--data", "digits", "--widths", "0.5"]
+    argv += ["--targets-dir", targets_dir, "--out", tmp_path / "out", "--ray", "127.0.0.1:1"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err == "error: --ray runs a target's artifacts on its fleet node: give --target\n"
+    code, _, err = run(capsys, *argv, "--target", "desk-a")
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: cannot join the Ray cluster at 127.0.0.1:1")
+    assert not (tmp_path / "out" / "accuracy.parquet").exists()
 
 
 def _parent(pid: int) -> int | None:

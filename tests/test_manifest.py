@@ -155,7 +155,7 @@ def test_a_version_1_manifest_still_loads(deployed, tmp_path):
     for rung in [manifest["configuration"], *manifest["ladder"]]:
         for key in ("precision", "batch", "quantization"):
             rung.pop(key)
-        for key in ("runtime", "n", "ci95"):
+        for key in ("runtime", "batch", "n", "ci95"):
             rung["accuracy"].pop(key)
     old = paths["cpu"].parent / "manifest.v1.json"
     old.write_text(json.dumps(manifest))

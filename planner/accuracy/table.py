@@ -8,10 +8,12 @@
 Rows join the latency rows on (model, config_id, precision): the id is `WidthConfig.id`, the same hash
 `planner profile` records. `runtime` says where a row was scored: `torch` (the slimmable model in
 torch, FP32, `target` empty) or a backend (`onnxruntime`, `openvino`) running the exact artifact a
-target measured, at that target's `precision`. Every row carries `n` (images), a 95% Wilson interval
+target measured, at that target's `precision` and static `batch` (empty for torch and imported rows,
+which stand for every batch size). Every row carries `n` (images), a 95% Wilson interval
 (`ci_low`, `ci_high`, percent) and, for top-1, `hits`: which images were right, as a hex bitset
 (planner.stats), so two rows scored on the same images can be compared pairwise. Tables written before
-these columns load with them empty (`runtime` torch for measured rows, `precision` fp32).
+these columns load with them empty (`runtime` torch for measured rows, `precision` fp32; a runtime row
+from before `batch` was recorded was scored on the batch-1 artifact and loads with batch 1).
 
 Writing upserts: a row replaces the stored row with the same key (a re-evaluation), and both files are
 replaced atomically (temp file + os.replace) under a lock file, so a reader never sees a half-written
@@ -47,12 +49,25 @@ COLUMNS = [
     "target",
     "precision",
     "runtime",
+    "batch",
     "n",
     "ci_low",
     "ci_high",
     "hits",
 ]
-KEY = ["model", "config_id", "metric", "dataset", "split", "checkpoint", "source", "target", "precision"]
+KEY = [
+    "model",
+    "config_id",
+    "metric",
+    "dataset",
+    "split",
+    "checkpoint",
+    "source",
+    "target",
+    "precision",
+    "batch",
+]
+INTEGER = ("n", "batch")
 NUMERIC = {"width": float, "value": float, "ci_low": float, "ci_high": float}
 METRICS = ("top1", "top5")
 PARQUET, CSV = "accuracy.parquet", "accuracy.csv"
@@ -60,7 +75,7 @@ PARQUET, CSV = "accuracy.parquet", "accuracy.csv"
 
 def _empty() -> pd.DataFrame:
     frame = pd.DataFrame({column: pd.Series(dtype=object) for column in COLUMNS})
-    return frame.astype({**NUMERIC, "n": "Int64"})
+    return frame.astype({**NUMERIC, **dict.fromkeys(INTEGER, "Int64")})
 
 
 def now() -> str:
@@ -82,8 +97,10 @@ def accuracy_rows(
     target: str = "",
     precision: str = "fp32",
     runtime: str = "torch",
+    batch: int | None = None,
 ) -> pd.DataFrame:
-    """Measured rows from `ConfigAccuracy` results (torch's, or a runtime's: planner.accuracy.runtime)."""
+    """Measured rows from `ConfigAccuracy` results (torch's, or a runtime's: planner.accuracy.runtime, at
+    the static `batch` of the artifact that was run)."""
     stamp = now()
     rows = []
     for result in results:
@@ -107,6 +124,7 @@ def accuracy_rows(
                     "target": target,
                     "precision": precision,
                     "runtime": runtime,
+                    "batch": batch,
                     "n": n,
                     "ci_low": low,
                     "ci_high": high,
@@ -121,15 +139,19 @@ def normalised(frame: pd.DataFrame) -> pd.DataFrame:
     if "runtime" not in frame:  # a table from before runtimes: measured rows were scored in torch
         source = frame["source"] if "source" in frame else pd.Series("", index=frame.index)
         frame["runtime"] = np.where(source.astype(str) == "measured", "torch", "")
+    if "batch" not in frame:  # runtime rows from before batches were scored on the batch-1 artifact
+        target = frame["target"] if "target" in frame else pd.Series("", index=frame.index)
+        frame["batch"] = np.where(target.fillna("").astype(str) != "", 1, np.nan)
     for column in COLUMNS:
         if column not in frame:
-            frame[column] = np.nan if column in NUMERIC or column == "n" else ""
+            frame[column] = np.nan if column in NUMERIC or column in INTEGER else ""
     frame = frame[COLUMNS]
     for column in NUMERIC:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    frame["n"] = pd.to_numeric(frame["n"], errors="coerce").round().astype("Int64")
+    for column in INTEGER:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
     for column in COLUMNS:
-        if column not in NUMERIC and column != "n":
+        if column not in NUMERIC and column not in INTEGER:
             frame[column] = frame[column].astype(object).fillna("").astype(str)
     frame.loc[frame["precision"] == "", "precision"] = "fp32"
     return frame.reset_index(drop=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target, load_target
 from planner.plan.budgets import budget_for
 from planner.plan.select import Proposal, Selection, describe_row, label
-from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms, parse_rate_per_s
+from planner.units import format_bytes, format_interval, format_ms, parse_duration_ms
 from planner.workflows import select_on_target, write_manifests
 
 MaxLatencyOption = Annotated[
@@ -31,6 +30,10 @@ MaxMemoryOption = Annotated[
 ]
 MetricOption = Annotated[
     str, typer.Option("--metric", help="Latency statistic the budget applies to: p50, p90, p99.")
+]
+MinThroughputOption = Annotated[
+    str | None,
+    typer.Option("--min-throughput", help="Images per second at least, e.g. 500/s (batched rows count b)."),
 ]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Model, when the results hold several.")]
 EstimatesOption = Annotated[
@@ -70,12 +73,7 @@ def select_command(
             help="Take the most accurate even when a faster one is not significantly worse (McNemar).",
         ),
     ] = False,
-    min_throughput: Annotated[
-        str | None,
-        typer.Option(
-            "--min-throughput", help="Images per second at least, e.g. 500/s (batched rows count b)."
-        ),
-    ] = None,
+    min_throughput: MinThroughputOption = None,
 ) -> None:
     """The most accurate configuration whose latency upper bound fits the budget (exit 1 if none fits).
 
@@ -86,9 +84,7 @@ def select_command(
     the measured widths) is measured on the target and accepted only if it fits and has an accuracy.
     """
     target = load_target(target_name, targets_dir)
-    budget = budget_for(target, max_latency, max_memory, metric)
-    if min_throughput is not None:
-        budget = dataclasses.replace(budget, min_throughput_ips=parse_rate_per_s(min_throughput))
+    budget = budget_for(target, max_latency, max_memory, metric, min_throughput)
     chosen = select_on_target(
         target,
         budget,
@@ -215,7 +211,7 @@ def candidate_table(rows: list[tuple[str, pd.Series | None]], metric: str) -> Ta
         "top-1 accuracy": lambda r: _number(r["accuracy"], "{:.2f}%"),
         "top-1 95% interval": lambda r: (
             f"{_number(r.get('accuracy_ci_low'), '{:.1f}')}-{_number(r.get('accuracy_ci_high'), '{:.1f}')}% "
-            f"of {_number(r.get('accuracy_n'), '{:.0f}')} ({r.get('accuracy_runtime') or 'torch'})"
+            f"of {_number(r.get('accuracy_n'), '{:.0f}')} ({_scored_by(r)})"
         ),
         bound: lambda r: format_ms(r["bound_ms"]),
         "p50 [95% CI]": lambda r: format_interval(r["p50_ms"], r["ci_low_ms"], r["ci_high_ms"]),
@@ -233,6 +229,15 @@ def candidate_table(rows: list[tuple[str, pd.Series | None]], metric: str) -> Ta
     for title, show in lines.items():
         table.add_row(title, *(show(row) for _, row in rows))
     return table
+
+
+def _scored_by(row: pd.Series) -> str:
+    """The runtime that scored a row's accuracy, and the batch size when it was another one's file."""
+    runtime = row.get("accuracy_runtime") or "torch"
+    scored, batch = row.get("accuracy_batch"), row.get("batch")
+    if scored is None or pd.isna(scored) or batch is None or pd.isna(batch) or int(scored) == int(batch):
+        return runtime
+    return f"{runtime}, scored at batch {int(scored)}"
 
 
 def _number(value: Any, pattern: str = "{:.3g}") -> str:
@@ -261,10 +266,12 @@ def manifest_command(
     model: ModelOption = None,
     allow_estimates: EstimatesOption = False,
     targets_dir: TargetsDirOption = None,
+    min_throughput: MinThroughputOption = None,
 ) -> None:
-    """Per target, the chosen configuration's artifact and a JSON manifest with the ladder to step down on."""
+    """Per target, the chosen configuration's artifact and a JSON manifest with the ladder to step down on
+    (every rung at the choice's batch size)."""
     targets = [load_target(name, targets_dir) for name in target_names]
-    budgets = [budget_for(target, max_latency, max_memory, metric) for target in targets]
+    budgets = [budget_for(target, max_latency, max_memory, metric, min_throughput) for target in targets]
     deployed = write_manifests(
         targets, budgets, checkpoint, results_dir, deploy_dir, model=model, allow_estimates=allow_estimates
     )

@@ -390,16 +390,25 @@ def evaluate_command(
     calibration_size: Annotated[
         int, typer.Option(help="Calibration images for an int8 artifact profile did not write.")
     ] = 128,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray", help="Ray cluster address: run --target's artifacts on its target:<name> node."
+        ),
+    ] = None,
 ) -> None:
     """Top-1 (and top-5) per configuration, added to OUT/accuracy.parquet under profile's config ids.
 
     Configurations without trained BN statistics are calibrated first on the data's calibration split,
     or use the statistics a `planner calibrate` checkpoint carries. With --target, the exact artifacts
     `planner profile` measured there (ONNX, IR, int8) run through the target's runtime at each of its
-    precisions instead of torch; rows record target, precision and runtime.
+    precisions and batch sizes (a batch-B file is fed B images at a time) instead of torch: here, over
+    SSH, or with --ray on the target's fleet node; rows record target, precision, batch and runtime.
     """
     from planner.accuracy.evaluate import checkpoint_on_data, evaluate_checkpoint
 
+    if ray and not target_names:
+        raise PlannerError("--ray runs a target's artifacts on its fleet node: give --target")
     shape = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
     on_data = checkpoint_on_data(model_name, checkpoint, data, parse_widths(widths), config_files, **shape)
     if target_names:
@@ -407,7 +416,7 @@ def evaluate_command(
         from planner.measure.targets import load_target
 
         targets = [load_target(name, targets_dir) for name in target_names]
-        scores = evaluate_on_targets(on_data, checkpoint, targets, out, split, calibration_size)
+        scores = evaluate_on_targets(on_data, checkpoint, targets, out, split, calibration_size, ray)
         _print_target_scores(on_data, scores, split, as_json)
         return
     done = evaluate_checkpoint(on_data, checkpoint, out, split, batch_size, calibration_batches)
@@ -439,6 +448,7 @@ def _print_target_scores(on_data, scores, split: str, as_json: bool) -> None:
     report = []
     for score in scores:
         target, precision, results, rows = score.target, score.precision, score.results, score.rows
+        at = precision if score.batch == 1 else f"{precision} b{score.batch}"
         console.print(f"wrote {len(rows)} rows to {score.path}", highlight=False)
         if as_json:
             top1 = rows[rows["metric"] == "top1"]
@@ -446,6 +456,7 @@ def _print_target_scores(on_data, scores, split: str, as_json: bool) -> None:
                 {
                     "target": target.name,
                     "precision": precision,
+                    "batch": score.batch,
                     "runtime": target.backend,
                     "config_id": row["config_id"],
                     "width": None if pd.isna(row["width"]) else float(row["width"]),
@@ -460,7 +471,7 @@ def _print_target_scores(on_data, scores, split: str, as_json: bool) -> None:
             f"{model.name} on {dataset.name} ({split}, {results[0].samples} images) "
             f"through {target.backend} ({target.name})"
         )
-        Console().print(_accuracy_table(title, results, precision))
+        Console().print(_accuracy_table(title, results, at))
     if as_json:
         typer.echo(
             json.dumps({"model": model.name, "dataset": dataset.name, "split": split, "results": report})

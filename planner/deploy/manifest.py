@@ -2,8 +2,9 @@
 
 A manifest is JSON validated by a versioned JSON Schema (profilers/schemas/manifest.schema.json, shipped
 device-side so that the ladder runtime checks the same file; version 1 manifests still load against
-manifest-v1.schema.json). Each rung is a configuration at a precision: an int8 rung ships the very QDQ
-file that was profiled and evaluated, with its quantization record. It names
+manifest-v1.schema.json). Each rung is a configuration at a precision and static batch size (every rung
+at the choice's batch, which `target.batch` records: the runtime feeds one shape); an int8 rung ships the
+very QDQ file that was profiled and evaluated, with its quantization record. It names
 the chosen configuration with its per-layer channel counts and the artifact built for the device's
 backend (path relative to the manifest, sha256), the measured statistics with their interval, the
 accuracy, the budget, the environment the numbers were measured in, and the ladder: the Pareto-optimal
@@ -87,7 +88,7 @@ def write_manifest(
             "backend": target.backend,
             "device": target.device,
             "precision": chosen["precision"],
-            "batch": target.batch,
+            "batch": chosen["batch"],
             "threads": target.threads,
         },
         "precision": chosen["precision"],
@@ -138,6 +139,7 @@ def _rung(
             "split": str(row.get("accuracy_split") or ""),
             "source": str(row.get("accuracy_source") or ""),
             "runtime": str(row.get("accuracy_runtime") or "torch"),
+            "batch": _integer(row.get("accuracy_batch")),
             "n": _integer(row.get("accuracy_n")),
             "ci95": [_finite(row.get("accuracy_ci_low")), _finite(row.get("accuracy_ci_high"))],
         },

@@ -34,6 +34,7 @@ import pandas as pd
 from planner.errors import PlannerError
 from planner.measure.targets import Target
 from profilers.jobs import Job, Settings, write_jobs_file
+from profilers.predict import split_npz
 
 CONNECT_TIMEOUT_S = 15.0
 KEEPALIVE_S = 15.0
@@ -246,7 +247,7 @@ async def _predict_session(asyncssh, jobs: list[Job], target: Target, images: np
     ) as ssh:
         with tempfile.TemporaryDirectory(prefix="planner-predict-") as local:
             split = Path(local) / "split.npz"
-            np.savez(split, x=np.ascontiguousarray(images, dtype=np.float32))
+            split.write_bytes(split_npz(images))
             async with ssh.start_sftp_client() as sftp:
                 artifacts_dir = posixpath.join(connection.workdir, "artifacts")
                 await sftp.makedirs(artifacts_dir, exist_ok=True)

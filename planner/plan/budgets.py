@@ -10,13 +10,18 @@ from planner.errors import PlannerError
 from planner.measure.targets import Target
 from planner.plan.pareto import METRICS, candidates, read_tables
 from planner.plan.select import Budget, Selection, select
-from planner.units import parse_duration_ms, parse_size_bytes
+from planner.units import parse_duration_ms, parse_rate_per_s, parse_size_bytes
 
 
 def budget_for(
-    target: Target, max_latency: str | None = None, max_memory: str | None = None, metric: str = "p90"
+    target: Target,
+    max_latency: str | None = None,
+    max_memory: str | None = None,
+    metric: str = "p90",
+    min_throughput: str | None = None,
 ) -> Budget:
-    """The budget from the given texts ("20ms", "64MB"), falling back to the target's default budgets."""
+    """The budget from the given texts ("20ms", "64MB", "500/s"), falling back to the target's default
+    budgets for latency and memory."""
     if metric not in METRICS:
         raise PlannerError(f"unknown --metric {metric!r}; use one of {', '.join(METRICS)}")
     if max_latency is not None:
@@ -33,7 +38,8 @@ def budget_for(
         memory = int(target.budgets.max_memory_mb * 10**6)
     else:
         memory = None
-    return Budget(latency_ms, metric, memory)
+    throughput = parse_rate_per_s(min_throughput) if min_throughput is not None else None
+    return Budget(latency_ms, metric, memory, throughput)
 
 
 def select_for_target(

@@ -1,8 +1,9 @@
 """Pareto front per target over accuracy (max), latency (min) and memory (min).
 
 The solver reads only the results tables: `candidates()` joins the latency rows of one target with the
-accuracy rows on `(model, config_id, precision)` into one row per configuration and precision (accuracy
-measured through the target's runtime first, torch's for fp32 otherwise), and `pareto_mask()` marks the rows
+accuracy rows on `(model, config_id, precision, batch)` into one row per configuration, precision and
+batch size (accuracy measured through the target's runtime on that very artifact first, torch's for fp32
+otherwise; see `_top1`), and `pareto_mask()` marks the rows
 no other row beats on all three objectives at once. Everything after this stage (select, manifest,
 report) works on the candidates table.
 """
@@ -165,9 +166,18 @@ def candidates(
         rows = rows.assign(batch=1)
     rows = rows.drop_duplicates(["model", "config_id", "precision", "batch"]).drop(columns="_estimated")
 
-    scores = _top1(accuracy, model, results_dir, target, sorted(rows["precision"].unique()))
-    # accuracy does not depend on the batch size: one accuracy row serves every batch of a configuration
-    joined = rows.merge(scores, on=["model", "config_id", "precision"], how="inner", validate="many_to_one")
+    rows = rows.assign(batch=pd.to_numeric(rows["batch"], errors="coerce").fillna(1).astype(int))
+    scores = _top1(
+        accuracy,
+        model,
+        results_dir,
+        target,
+        sorted(rows["precision"].unique()),
+        sorted(rows["batch"].unique()),
+    )
+    joined = rows.merge(
+        scores, on=["model", "config_id", "precision", "batch"], how="inner", validate="one_to_one"
+    )
     if joined.empty:
         raise PlannerError(
             f"no accuracy for the configurations of {model} measured on {target!r}; run "
@@ -183,14 +193,23 @@ def candidates(
 
 
 def _top1(
-    accuracy: pd.DataFrame, model: str, results_dir: Path | str, target: str, precisions: list[str]
+    accuracy: pd.DataFrame,
+    model: str,
+    results_dir: Path | str,
+    target: str,
+    precisions: list[str],
+    batches: list[int],
 ) -> pd.DataFrame:
-    """The top-1 per (configuration, precision) of `model` on `target`, for the latency `precisions`.
+    """The top-1 per (configuration, precision, batch) of `model` on `target`, for the latency `precisions`
+    and `batches`.
 
-    Best first: measured through this target's runtime at that precision (the artifact that ships),
-    then measured in torch (FP32), then imported; the newest of each. Torch's FP32 figure stands in for
-    fp16/bf16 (TensorRT cannot be evaluated everywhere; `accuracy_runtime` says torch), never for int8:
-    an int8 row with no accuracy through the runtime stays unscored.
+    Best first: measured through this target's runtime at that precision on the artifact of that batch
+    size (the file that ships), then the same at another batch size of the target (the same weights and
+    graph with another static batch dimension: equal in exact arithmetic), then measured in torch (FP32),
+    then imported; the newest of each. `accuracy_batch` says which batch was scored (empty for torch and
+    imported rows). Torch's FP32 figure stands in for fp16/bf16 (TensorRT cannot be evaluated everywhere;
+    `accuracy_runtime` says torch), never for int8: an int8 row with no accuracy through the runtime
+    stays unscored.
     """
     rows = (
         accuracy[(accuracy["model"] == model) & (accuracy["metric"] == ACCURACY_METRIC)]
@@ -216,17 +235,26 @@ def _top1(
         if other not in ("fp32", "int8")
     ]
     rows = pd.concat([rows, *stand_ins], ignore_index=True) if stand_ins else rows
+    scored_batch = pd.to_numeric(column_of(rows, "batch", np.nan), errors="coerce").astype(float)
+    rows = rows.assign(_scored_batch=scored_batch)
+    per_batch = []
+    for batch in batches:
+        other_batch = (rows["_rank"] == 0) & (rows["_scored_batch"] != batch)
+        per_batch.append(rows.assign(batch=batch, _rank=np.where(other_batch, 0.5, rows["_rank"])))
+    rows = pd.concat(per_batch, ignore_index=True)
     rows = rows.sort_values(["_rank", "timestamp"], ascending=[True, False], kind="stable")
-    rows = rows.drop_duplicates(["model", "config_id", "precision"])
+    rows = rows.drop_duplicates(["model", "config_id", "precision", "batch"])
 
     def column(name: str, default: object = "") -> pd.Series:
-        return rows[name] if name in rows else pd.Series(default, index=rows.index)
+        return column_of(rows, name, default)
 
     return pd.DataFrame(
         {
             "model": rows["model"],
             "config_id": rows["config_id"],
             "precision": column("precision", "fp32"),
+            "batch": rows["batch"].astype(int),
+            "accuracy_batch": rows["_scored_batch"].astype("Int64"),
             "accuracy": pd.to_numeric(rows["value"], errors="coerce"),
             "accuracy_dataset": rows["dataset"],
             "accuracy_split": rows["split"],
@@ -239,6 +267,11 @@ def _top1(
             "accuracy_hits": column("hits"),
         }
     )
+
+
+def column_of(frame: pd.DataFrame, name: str, default: object = "") -> pd.Series:
+    """A column of a table that may predate it, else `default` on every row."""
+    return frame[name] if name in frame else pd.Series(default, index=frame.index)
 
 
 def comparable_memory(memory: pd.Series) -> np.ndarray:

@@ -242,6 +242,9 @@ def select(table: pd.DataFrame, budget: Budget, significance: bool = True) -> Se
         rungs = fitting[
             (fitting["latency_ms"] <= choice["latency_ms"]) & (fitting["accuracy"] <= choice["accuracy"])
         ]
+    if len(rungs) and "batch" in rungs:  # a runtime feeds one static batch size: the choice's
+        batches = pd.to_numeric(rungs["batch"], errors="coerce").fillna(1)
+        rungs = rungs[batches == batches.iloc[0]]
     return Selection(budget, table, fitting, ladder(rungs), fastest, note)
 
 
@@ -287,6 +290,7 @@ def ladder(fitting: pd.DataFrame) -> pd.DataFrame:
 
     The accuracy-latency Pareto front of the fitting configurations (memory is already a constraint),
     so each rung is both slower and more accurate than the one below it; the top rung is the choice.
+    `select` passes only rows of the choice's batch size: the runtime serves one static batch shape.
     """
     if fitting.empty:
         return fitting
@@ -336,7 +340,7 @@ def describe_row(row: pd.Series) -> dict[str, Any]:
         value = row.get(key)
         if value is None or pd.isna(value):
             return None
-        integers = ("n", "macs", "params", "memory_bytes", "accuracy_n", "batch")
+        integers = ("n", "macs", "params", "memory_bytes", "accuracy_n", "batch", "accuracy_batch")
         return int(value) if key in integers else float(value)
 
     width = row.get("width")
@@ -351,6 +355,7 @@ def describe_row(row: pd.Series) -> dict[str, Any]:
         "accuracy_ci": [number("accuracy_ci_low"), number("accuracy_ci_high")],
         "accuracy_images": number("accuracy_n"),
         "accuracy_runtime": row.get("accuracy_runtime") or None,
+        "accuracy_batch": number("accuracy_batch"),
         "latency_ms": number("latency_ms"),
         "bound_ms": number("bound_ms"),
         **{key: number(key) for key in ("p50_ms", "p90_ms", "p99_ms", "ci_low_ms", "ci_high_ms", "n")},
