@@ -43,13 +43,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from planner.accuracy.data import Batch, Dataset
-from planner.accuracy.distributed import (
-    ShardSampler,
-    World,
-    average_gradients,
-    average_values,
-    broadcast_model,
-)
+from planner.accuracy.distributed import ShardSampler, World, average_values, data_parallel, synchronized
 from planner.accuracy.precision import select_precision
 from planner.accuracy.recipes import COSINE, Schedule, lr_factor
 from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
@@ -146,6 +140,17 @@ def refresh_tracked_statistics(model: SlimmableNetwork, batches: list[Batch]) ->
         calibrate(model, model.config(width), batches, len(batches))
         for bn in norms:
             bn.adopt_calibration(index)  # use the refreshed trained statistics from here on
+
+
+def leaves_parameters_unused(model: SlimmableNetwork, config: WidthConfig, device: torch.device) -> bool:
+    """Whether `config` leaves a trainable parameter without a gradient: the other widths' switchable-BN
+    parameters, or one the network never uses. One eval-mode forward of a zero image (no BN statistic
+    changes); the narrowest width, the last member of every step, decides whether DDP looks for them."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    model.set_config(config)
+    model.eval()
+    output = model(torch.zeros(model.input_shape, device=device))
+    return any(g is None for g in torch.autograd.grad(output.sum(), parameters, allow_unused=True))
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probabilities: torch.Tensor) -> torch.Tensor:
@@ -335,7 +340,9 @@ def train(
         if run.on_resume is not None:
             run.on_resume(TrainStep(first_epoch, first_step, steps_per_epoch, {}))
 
-    broadcast_model(model, world)
+    # The narrowest width runs last in every step: DDP must not wait for what it leaves unused.
+    unused = world is not None and leaves_parameters_unused(model, model.config(model.widths[0]), device)
+    net = data_parallel(model, world, device, unused)
 
     def save(epoch: int, step: int) -> None:
         if run.checkpoint is None or not leader:
@@ -377,23 +384,25 @@ def train(
             if teacher is not None:
                 with torch.no_grad():
                     teacher_targets = [F.softmax(teacher(x), dim=1) for x, _ in chunks]
-            for member, (key, config) in enumerate(iteration_configs(model, generator, domains)):
+            members = iteration_configs(model, generator, domains)
+            for member, (key, config) in enumerate(members):
                 model.set_config(config)
                 for chunk, (x, y) in enumerate(chunks):
-                    with precision.autocast(device):
-                        logits = model(x)
-                        if teacher_targets is not None:
-                            loss = soft_cross_entropy(logits, teacher_targets[chunk])
-                        elif member == 0 or not distill:
-                            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                            if distill:
-                                soft_targets.append(F.softmax(logits.detach(), dim=1))
-                        else:
-                            loss = soft_cross_entropy(logits, soft_targets[chunk])
-                    scaler.scale(loss / k).backward()
+                    last = member == len(members) - 1 and chunk == k - 1
+                    with synchronized(net, last):  # DDP averages the step's summed gradients here
+                        with precision.autocast(device):
+                            logits = net(x)
+                            if teacher_targets is not None:
+                                loss = soft_cross_entropy(logits, teacher_targets[chunk])
+                            elif member == 0 or not distill:
+                                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                                if distill:
+                                    soft_targets.append(F.softmax(logits.detach(), dim=1))
+                            else:
+                                loss = soft_cross_entropy(logits, soft_targets[chunk])
+                        scaler.scale(loss / k).backward()
                     step_sums[key] = step_sums.get(key, 0.0) + loss.item() / k
                 step_counts[key] = step_counts.get(key, 0) + 1
-            average_gradients(model, world)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
