@@ -54,7 +54,7 @@ def test_two_gloo_ranks_train_the_weights_of_one_process_on_the_same_global_batc
     name: str, data: Path, tmp_path: Path
 ) -> None:
     """2 ranks x 8 images against one process stepping on the same 16 images as 2 micro-batches (BN
-    statistics are per rank, as DDP's): the same weights after 6 steps, within float tolerance.
+    statistics are not synchronised within a step): the same weights after 6 steps, within float tolerance.
 
     us_cnn_small: the sandwich and inplace distillation. s_cnn_small: each width has BN parameters of its
     own, and the narrowest width runs last, so every other width's BN gets its gradient only in backward
