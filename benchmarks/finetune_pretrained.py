@@ -5,8 +5,8 @@
    saved as a plain state dict, as a user's pretrained weights would be.
 3. Pruned by prefix without fine-tuning: `planner evaluate torchvision:resnet18 --checkpoint ORIGINAL`
    converts the original (channels reordered by importance) and scores each width as it is.
-4. Fine-tuned: `planner train torchvision:resnet18 --checkpoint ORIGINAL --widths ...` (the original teaches
-   every width), then `planner evaluate` of the result.
+4. Fine-tuned: `planner.train_checkpoint` (what `planner train torchvision:resnet18 --checkpoint ORIGINAL
+   --widths ...` runs; the original teaches every width), then `planner evaluate` of the result.
 Goal: the full width within 0.5 points of the original; every narrower width above its prefix-pruned score.
 
     python benchmarks/finetune_pretrained.py --out results [--epochs 6] [--finetune-epochs 3]
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planner.accuracy.data import load_dataset  # noqa: E402
+from planner.accuracy.train import TrainOptions, train_checkpoint  # noqa: E402
 from planner.models.sources import load_source  # noqa: E402
 from profilers.files import replacing  # noqa: E402
 
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     command = "python benchmarks/finetune_pretrained.py " + shlex.join(sys.argv[1:])
+    widths = [float(w) for w in args.widths.split(",")]
     before = machine()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -139,12 +141,13 @@ def main() -> None:
         original_top1 = train_original(data, original, args.epochs, args.seed)
         original_s = time.perf_counter() - start
         pruned = evaluate(original, data, args.widths, work / "out")
-        pruned_calibrated = recalibrated(original, data, [float(w) for w in args.widths.split(",")])
+        pruned_calibrated = recalibrated(original, data, widths)
         start = time.perf_counter()
-        planner_cli(
-            "train", SOURCE, "--checkpoint", str(original), "--data", str(data), "--widths", args.widths,
-            "--epochs", str(args.finetune_epochs), "--lr", str(args.lr), "--batch-size", "64",
-            "--seed", str(args.seed), "-o", str(slim),
+        train_checkpoint(
+            TrainOptions(
+                SOURCE, data, slim, checkpoint=original, widths=widths, epochs=args.finetune_epochs,
+                lr=args.lr, batch_size=64, seed=args.seed,
+            )
         )  # fmt: skip
         finetune_s = time.perf_counter() - start
         tuned = evaluate(slim, data, args.widths, work / "out")
@@ -171,7 +174,7 @@ def main() -> None:
         "",
         f"{SOURCE} (10 classes) on digits at {SIZE}x{SIZE}, grey repeated to 3 channels; val split "
         f"({val_images} images). The original was trained plainly "
-        f"for {args.epochs} epochs ({original_s:.0f} s); fine-tuning: `planner train` for "
+        f"for {args.epochs} epochs ({original_s:.0f} s); fine-tuning: `planner.train_checkpoint` for "
         f"{args.finetune_epochs} epochs at lr {args.lr:g}, the original teaching every width "
         f"({finetune_s:.0f} s). Prefix-pruned = the converted original (channels reordered by importance) at "
         "that width, its BN statistics as converted, no training; recalibrated = the same with each width's "

@@ -35,6 +35,8 @@ _LAZY = {
     # accuracy
     "load_dataset": "planner.accuracy.data",
     "train": "planner.accuracy.train",
+    "TrainOptions": "planner.accuracy.train",
+    "train_checkpoint": "planner.accuracy.train",
     "evaluate": "planner.accuracy.evaluate",
     # measurement
     "Target": "planner.measure.targets",

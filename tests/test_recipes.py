@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_cli
 
-from planner.accuracy.recipes import Schedule, load_recipe, lr_factor, recipe_names
+from planner.accuracy.recipes import COSINE, Schedule, load_recipe, lr_factor, recipe_names
+from planner.accuracy.train import TrainOptions, resolve_options
 from planner.errors import PlannerError
 from planner.nn.checkpoint import read_checkpoint
 
@@ -87,3 +88,21 @@ def test_train_runs_a_recipe_and_given_options_win(tmp_path: Path, capsys) -> No
     assert (info["epochs"], info["batch_size"], info["widths"]) == (2, 256, [0.5, 1.0])
     code, _, err = run_cli(["train", "s_mobilenet_v2", *argv[2:]], capsys)
     assert code == 2 and err.strip() == "error: recipe digits trains s_cnn_small, not s_mobilenet_v2"
+
+
+def test_options_left_out_take_the_recipes_values_then_the_defaults(tmp_path: Path) -> None:
+    recipe = tmp_path / "digits.toml"
+    recipe.write_text(
+        "[train]\nmodel = 's_cnn_small'\nwidths = [0.5, 1.0]\nepochs = 3\nbatch_size = 256\nlr = 0.3\n"
+        "weight_decay = 1e-4\nlabel_smoothing = 0.1\nschedule = { kind = 'multistep', milestones = [1] }\n"
+    )
+    given = TrainOptions("s_cnn_small", "digits", tmp_path / "m.pt", recipe=recipe, epochs=2, lr=0.1)
+    resolved = resolve_options(given)
+    assert (resolved.epochs, resolved.lr, resolved.batch_size, resolved.weight_decay) == (2, 0.1, 256, 1e-4)
+    assert (resolved.widths, resolved.label_smoothing) == ([0.5, 1.0], 0.1)
+    assert resolved.schedule == Schedule("multistep", (1,))
+    plain = resolve_options(TrainOptions("s_cnn_small", "digits", tmp_path / "m.pt"))
+    assert (plain.epochs, plain.batch_size, plain.lr, plain.weight_decay) == (15, 128, 0.2, 5e-4)
+    assert (plain.widths, plain.augment, plain.schedule, plain.label_smoothing) == (None, False, COSINE, 0.0)
+    with pytest.raises(PlannerError, match="recipe digits trains s_cnn_small, not us_cnn_small"):
+        resolve_options(TrainOptions("us_cnn_small", "digits", tmp_path / "m.pt", recipe=recipe))

@@ -258,3 +258,25 @@ def test_train_command_bad_input_exits_2_with_one_line(argv, message, tmp_path: 
     assert code == 2
     assert err.strip().startswith("error:") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_checkpoint_from_python_writes_what_the_command_writes(
+    tmp_path: Path, capsys, single_thread
+) -> None:
+    import planner
+
+    starts, steps = [], []
+    options = planner.TrainOptions("s_cnn_small", "digits", tmp_path / "py.pt", epochs=1, widths=[0.5, 1.0])
+    done = planner.train_checkpoint(options, on_start=starts.append, on_step=steps.append)
+    argv = ["train", "s_cnn_small", "-d", "digits", "--epochs", "1", "--widths", "0.5,1.0"]
+    code, out, err = run_cli([*argv, "-o", str(tmp_path / "cli.pt")], capsys)
+    assert code == 0, err
+    python, cli = read_checkpoint(tmp_path / "py.pt"), read_checkpoint(tmp_path / "cli.pt")
+    assert python["planner"] == cli["planner"]
+    for key, value in cli["model"].items():
+        assert torch.equal(value, python["model"][key]), key
+    assert done.path == tmp_path / "py.pt" and (tmp_path / "py.resume.pt").is_file()
+    assert [score.config.width for score in done.scores] == [0.5, 1.0]
+    assert f"{done.scores[0].top1:.2f}" in out  # the command prints the same val scores
+    assert starts[0].options.batch_size == 128
+    assert starts[0].steps_per_epoch == len(steps) == done.result.steps

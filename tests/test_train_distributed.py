@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,26 +49,35 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["us_cnn_small", "s_cnn_small"])
 def test_two_gloo_ranks_train_the_weights_of_one_process_on_the_same_global_batch(
-    data: Path, tmp_path: Path
+    name: str, data: Path, tmp_path: Path
 ) -> None:
     """2 ranks x 8 images against one process stepping on the same 16 images as 2 micro-batches (BN
-    statistics are per rank, as DDP's): the same weights after 6 steps of a US model (sandwich +
-    inplace distillation), within float tolerance."""
-    common = ["train", "us_cnn_small", "-d", str(data), "--epochs", "1", "--batch-size", "16", "--lr", "0.1"]
+    statistics are not synchronised within a step): the same weights after 6 steps, within float tolerance.
+
+    us_cnn_small: the sandwich and inplace distillation. s_cnn_small: each width has BN parameters of its
+    own, and the narrowest width runs last, so every other width's BN gets its gradient only in backward
+    passes run under DDP's no_sync: they match only if DDP averages what the last pass did not use."""
+    common = ["train", name, "-d", str(data), "--epochs", "1", "--batch-size", "16", "--lr", "0.1"]
     ddp = planner(*common, "-o", str(tmp_path / "ddp.pt"), "--nproc", "2")
     assert ddp.returncode == 0, ddp.stderr
-    assert ddp.stderr.count("training us_cnn_small") == 1  # rank 0 alone prints
+    assert ddp.stderr.count(f"training {name}") == 1  # rank 0 alone prints
+    assert "Warning" not in ddp.stderr
     one = planner(*common, "-o", str(tmp_path / "one.pt"), "--accumulate", "2")
     assert one.returncode == 0, one.stderr
     got, expected = (read_checkpoint(tmp_path / f"{n}.pt")["model"] for n in ("ddp", "one"))
     untrained = planner(*common, "-o", str(tmp_path / "zero.pt"), "--epochs", "1", "--lr", "1e-12")
     assert untrained.returncode == 0
     zero = read_checkpoint(tmp_path / "zero.pt")["model"]
-    weights = [k for k in expected if k.endswith("weight")]
+    weights = [k for k in expected if k.endswith(("weight", "bias"))]
     for key in weights:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
     assert any(not torch.allclose(expected[k], zero[k], atol=1e-3) for k in weights)  # it did train
+    if name == "s_cnn_small":  # BN parameters of the widths before the last (.bn.0 is the narrowest's)
+        before_last = [k for k in weights if re.search(r"\.bn\.[1-9]\.(weight|bias)$", k)]
+        assert len(before_last) == 4 * 3 * 2  # 4 BN layers x 3 wider widths x weight and bias
+        assert all(not torch.allclose(expected[k], zero[k], atol=1e-4) for k in before_last)
 
 
 @pytest.mark.slow

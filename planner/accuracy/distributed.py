@@ -3,17 +3,21 @@
     torchrun --nproc-per-node N -m planner train ...      # or: planner train --nproc N ...
     world = from_environment()      # None outside torchrun; PlannerError when its variables are wrong
     with process_group(world, device): ...                # gloo on CPU, nccl on CUDA
-    average_gradients(model, world) / average_values(values, world)
+    net = data_parallel(model, world, device, find_unused)  # DistributedDataParallel under torchrun
+    with synchronized(net, last): net(x) ... backward()   # no_sync for all but a step's last backward
+    average_values(values, world)
     launch(nproc, argv) -> exit code                      # torch.distributed.run, no shell
 
 Every rank runs every sandwich member on its shard of the global batch (the same members: the sandwich
-generator is seeded alike on all ranks) and the gradients summed over the members are averaged over the
-ranks once per optimizer step, in one flattened all-reduce. This is what DistributedDataParallel
-computes, done by hand because a slimmable step is several forward/backward passes before one
-optimizer step, each leaving other widths' BN parameters without gradients: DDP's per-backward reducer
-would need `no_sync` plus `find_unused_parameters` across passes. BN statistics stay per rank, as with
-DDP's default (no SyncBatchNorm), so a 2-rank run equals one process accumulating the same two
-half-batches (`accumulate=2`), not one process on the whole batch at once.
+generator is seeded alike on all ranks). A slimmable step is several forward/backward passes, one per
+member and micro-batch, before one optimizer step: all but the last run under DDP's `no_sync`, so the
+gradients accumulate locally and DDP all-reduces the sums once, in the last backward. Switchable BN
+gives each trained width its own affine parameters, which the last member (the narrowest) does not use:
+with `find_unused_parameters`, DDP marks parameters used anywhere in the `no_sync` passes as used
+(torch >= 2.4, pytorch/pytorch#124193) and averages their accumulated gradients too
+(tests/test_train_distributed.py checks exactly that). BN statistics are not synchronised within a step
+(no SyncBatchNorm), so a 2-rank run computes the weights of one process accumulating the same two
+half-batches (`accumulate=2`), not those of one process on the whole batch at once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -116,31 +120,34 @@ def process_group(world: World | None, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def broadcast_model(model: torch.nn.Module, world: World | None) -> None:
-    """Start every rank from rank 0's weights and statistics (DDP's constructor does the same)."""
-    if world is None or world.size == 1:
-        return
-    import torch.distributed as dist
+def data_parallel(
+    model: torch.nn.Module, world: World | None, device: torch.device, find_unused: bool
+) -> torch.nn.Module:
+    """`model` in DistributedDataParallel under torchrun, `model` itself for one process.
 
-    for tensor in [*model.parameters(), *model.buffers()]:
-        dist.broadcast(tensor.data, src=0)
+    DDP starts every rank from rank 0's parameters and buffers, and broadcasts rank 0's buffers (BN
+    statistics) again before the first forward of each step; within a step each rank updates its own
+    on its shard, and rank 0's are the ones saved. `find_unused`: the step's last backward leaves some
+    parameters without a gradient of its own (`planner.accuracy.train.leaves_parameters_unused`); DDP must
+    then not wait for them. It costs a traversal of the autograd graph per step (and a warning from DDP
+    when nothing is unused), so it is off when the last backward uses every parameter.
+    """
+    if world is None:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
-def average_gradients(model: torch.nn.Module, world: World | None) -> None:
-    """Average the parameters' gradients over the ranks in one all-reduce. A parameter no member used
-    (another width's BN) has no gradient on any rank (all ranks run the same members) and keeps none."""
-    if world is None or world.size == 1:
-        return
-    import torch.distributed as dist
+def synchronized(net: torch.nn.Module, last: bool) -> AbstractContextManager:
+    """Around one forward and its backward: all-reduce the gradients in the step's last backward only;
+    the earlier ones accumulate locally (DDP's `no_sync`). Nothing for one process."""
+    from torch.nn.parallel import DistributedDataParallel
 
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world.size
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
+    if last or not isinstance(net, DistributedDataParallel):
+        return nullcontext()
+    return net.no_sync()
 
 
 def average_values(values: list[float], world: World | None, device: torch.device) -> list[float]:

@@ -1,7 +1,12 @@
 """Slimmable training: one set of weights trained at every width.
 
+    train_checkpoint(TrainOptions(model, data, output, ...)) -> TrainedCheckpoint    # `planner train`
     train(model, dataset, epochs=15, batch_size=128, lr=0.2, seed=0, on_step=None, per_layer=False)
         -> TrainResult
+
+`train_checkpoint` is the whole command from Python: recipe and defaults, data, model (or a converted
+network and its teacher), torchrun ranks, training, the checkpoint and the val scores. `train` is the
+loop itself on a model and dataset you already have.
 
 S-models (Yu et al., ICLR 2019): every iteration runs all trained widths, widest first, accumulates their
 gradients and takes one optimizer step, so the shared weights serve every width.
@@ -42,22 +47,26 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from planner.accuracy.data import Batch, Dataset
+from planner.accuracy.data import Batch, Dataset, load_dataset
 from planner.accuracy.distributed import (
     ShardSampler,
     World,
-    average_gradients,
     average_values,
-    broadcast_model,
+    data_parallel,
+    pick_device,
+    synchronized,
+    training_session,
 )
+from planner.accuracy.evaluate import ConfigAccuracy, evaluate
+from planner.accuracy.images import PIPELINE, load_image_folder
 from planner.accuracy.precision import select_precision
-from planner.accuracy.recipes import COSINE, Schedule, lr_factor
-from planner.accuracy.resume import capture_rng, load_state, restore_rng, save_state
+from planner.accuracy.recipes import COSINE, Schedule, load_recipe, lr_factor
+from planner.accuracy.resume import capture_rng, load_state, restore_rng, resume_path, save_state
 from planner.errors import PlannerError
 from planner.models.base import SlimmableNetwork
 from planner.models.space import allowed_counts, default_granularity
 from planner.nn.calibrate import DEFAULT_BATCHES, calibrate
-from planner.nn.checkpoint import build_options
+from planner.nn.checkpoint import build_options, save_checkpoint
 from planner.widths import WidthConfig
 
 # Loss key of the sandwich's per-layer random members (the other members are keyed by their width).
@@ -146,6 +155,17 @@ def refresh_tracked_statistics(model: SlimmableNetwork, batches: list[Batch]) ->
         calibrate(model, model.config(width), batches, len(batches))
         for bn in norms:
             bn.adopt_calibration(index)  # use the refreshed trained statistics from here on
+
+
+def leaves_parameters_unused(model: SlimmableNetwork, config: WidthConfig, device: torch.device) -> bool:
+    """Whether `config` leaves a trainable parameter without a gradient: the other widths' switchable-BN
+    parameters, or one the network never uses. One eval-mode forward of a zero image (no BN statistic
+    changes); the narrowest width, the last member of every step, decides whether DDP looks for them."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    model.set_config(config)
+    model.eval()
+    output = model(torch.zeros(model.input_shape, device=device))
+    return any(g is None for g in torch.autograd.grad(output.sum(), parameters, allow_unused=True))
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probabilities: torch.Tensor) -> torch.Tensor:
@@ -268,7 +288,7 @@ def train(
         train_set, num_replicas=ranks, rank=world.rank if world else 0, shuffle=True, seed=seed * 100_003
     )
     local_batch = batch_size // ranks
-    steps_per_epoch = -(-sampler.num_samples // local_batch)
+    steps_per_epoch = epoch_steps(len(train_set), batch_size, ranks)
 
     def loader(epoch: int, skip_steps: int = 0) -> DataLoader:
         sampler.set_epoch(epoch)
@@ -335,7 +355,9 @@ def train(
         if run.on_resume is not None:
             run.on_resume(TrainStep(first_epoch, first_step, steps_per_epoch, {}))
 
-    broadcast_model(model, world)
+    # The narrowest width runs last in every step: DDP must not wait for what it leaves unused.
+    unused = world is not None and leaves_parameters_unused(model, model.config(model.widths[0]), device)
+    net = data_parallel(model, world, device, unused)
 
     def save(epoch: int, step: int) -> None:
         if run.checkpoint is None or not leader:
@@ -377,23 +399,25 @@ def train(
             if teacher is not None:
                 with torch.no_grad():
                     teacher_targets = [F.softmax(teacher(x), dim=1) for x, _ in chunks]
-            for member, (key, config) in enumerate(iteration_configs(model, generator, domains)):
+            members = iteration_configs(model, generator, domains)
+            for member, (key, config) in enumerate(members):
                 model.set_config(config)
                 for chunk, (x, y) in enumerate(chunks):
-                    with precision.autocast(device):
-                        logits = model(x)
-                        if teacher_targets is not None:
-                            loss = soft_cross_entropy(logits, teacher_targets[chunk])
-                        elif member == 0 or not distill:
-                            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                            if distill:
-                                soft_targets.append(F.softmax(logits.detach(), dim=1))
-                        else:
-                            loss = soft_cross_entropy(logits, soft_targets[chunk])
-                    scaler.scale(loss / k).backward()
+                    last = member == len(members) - 1 and chunk == k - 1
+                    with synchronized(net, last):  # DDP averages the step's summed gradients here
+                        with precision.autocast(device):
+                            logits = net(x)
+                            if teacher_targets is not None:
+                                loss = soft_cross_entropy(logits, teacher_targets[chunk])
+                            elif member == 0 or not distill:
+                                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                                if distill:
+                                    soft_targets.append(F.softmax(logits.detach(), dim=1))
+                            else:
+                                loss = soft_cross_entropy(logits, soft_targets[chunk])
+                        scaler.scale(loss / k).backward()
                     step_sums[key] = step_sums.get(key, 0.0) + loss.item() / k
                 step_counts[key] = step_counts.get(key, 0) + 1
-            average_gradients(model, world)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -454,3 +478,191 @@ def start_from_source(
         teacher = load_source(source, **shape)
         load_original(teacher, saved["model"], source)
     return model, teacher
+
+
+# What `train_checkpoint` runs for an option left None, unless a recipe sets it.
+DEFAULTS = {"epochs": 15, "batch_size": 128, "lr": 0.2, "weight_decay": 5e-4, "augment": False}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything `planner train` takes, as one value: `train_checkpoint(TrainOptions(...))` from Python.
+
+    model: a registered name, or torchvision:NAME, timm:NAME, FILE.py:FN (converted; `checkpoint` is then
+        the original's state dict, which teaches every width, or a planner checkpoint to continue).
+    data: digits, digits-distorted, an image folder or an .npz file. output: the checkpoint to write; the
+        resume state is kept beside it (`planner.accuracy.resume.resume_path`).
+    epochs, batch_size (global, over all ranks), lr, weight_decay, widths, input_size, augment (an image
+        folder read per batch with the ImageNet augmentation), schedule, label_smoothing: None takes the
+        recipe's value with `recipe` (a built-in name or a TOML file), else `DEFAULTS` (widths: the
+        model's; input size: the data's; schedule: cosine; label smoothing: 0).
+    in_channels, num_classes: default to the data's. threads: torch CPU threads of this process.
+    The rest are `train`'s and `RunOptions`' settings under the same names.
+    """
+
+    model: str
+    data: str | Path
+    output: str | Path
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    widths: list[float] | None = None
+    input_size: int | None = None
+    augment: bool | None = None
+    schedule: Schedule | None = None
+    label_smoothing: float | None = None
+    recipe: str | Path | None = None
+    seed: int = 0
+    threads: int = 1
+    per_layer: bool = False
+    granularity: int | None = None
+    save_every: int = 0
+    resume: Path | None = None
+    device: str = "auto"
+    workers: int = 0
+    precision: str = "fp32"
+    accumulate: int = 1
+    in_channels: int | None = None
+    num_classes: int | None = None
+    checkpoint: Path | None = None
+    universal: bool = False
+
+
+@dataclass(frozen=True)
+class TrainStart:
+    """What a run is about to do, told before its first step."""
+
+    options: TrainOptions  # resolved: no recipe setting left None
+    model: SlimmableNetwork
+    dataset: Dataset
+    steps_per_epoch: int
+
+
+@dataclass
+class TrainedCheckpoint:
+    """A finished `train_checkpoint` run. `path` is None and `scores` empty on ranks other than 0."""
+
+    path: Path | None
+    model: SlimmableNetwork
+    dataset: Dataset
+    result: TrainResult
+    scores: list[ConfigAccuracy] = field(default_factory=list)  # the val split, when the data has one
+
+
+def resolve_options(options: TrainOptions) -> TrainOptions:
+    """The recipe's values, then the defaults, in place of the options left None; every setting checked
+    before any data is read (`planner train --nproc` calls it before starting processes)."""
+    values = {}
+    if options.recipe is not None:
+        recipe = load_recipe(options.recipe)
+        if recipe.model != options.model:
+            raise PlannerError(f"recipe {recipe.name} trains {recipe.model}, not {options.model}")
+        values = {name: getattr(recipe, name) for name in (*DEFAULTS, "input_size", "schedule")}
+        values |= {"widths": list(recipe.widths), "label_smoothing": recipe.label_smoothing}
+    values = DEFAULTS | {"schedule": COSINE, "label_smoothing": 0.0} | values
+    left = {name: value for name, value in values.items() if getattr(options, name) is None}
+    resolved = dataclasses.replace(options, output=Path(options.output), **left)
+    check_settings(resolved.epochs, resolved.batch_size, resolved.lr, options.per_layer, options.granularity)
+    if resolved.threads < 1:
+        raise PlannerError(f"threads must be at least 1, got {resolved.threads}")
+    select_precision(resolved.precision, pick_device(resolved.device, None))
+    return resolved
+
+
+def epoch_steps(images: int, batch_size: int, ranks: int) -> int:
+    """Optimizer steps per epoch: each rank takes ceil(images / ranks) images, batch_size / ranks a step."""
+    per_rank = -(-images // ranks)
+    return -(-per_rank // (batch_size // ranks))
+
+
+def train_checkpoint(
+    options: TrainOptions,
+    on_start: Callable[[TrainStart], None] | None = None,
+    on_step: Callable[[TrainStep], None] | None = None,
+    on_resume: Callable[[TrainStep], None] | None = None,
+) -> TrainedCheckpoint:
+    """`planner train`: build the model for the data, train every width (under torchrun: one rank of a
+    data-parallel run), write the checkpoint and score the val split. The callbacks run on rank 0 only
+    (progress display); rank 0 alone writes. A PlannerError under torchrun is raised on rank 0 and
+    leaves the other ranks with SystemExit(2) (`planner.accuracy.distributed.training_session`).
+    """
+    with training_session(options.device) as (world, device):
+        options = resolve_options(options)
+        leader = world is None or world.leader
+        torch.set_num_threads(options.threads)
+        if options.augment:
+            dataset = load_image_folder(options.data, options.input_size, options.workers, options.seed)
+        else:
+            dataset = load_dataset(options.data, image_size=options.input_size)
+        torch.manual_seed(options.seed)
+        model, teacher = _model_for(options, dataset)
+        check_model(model, options.per_layer)
+        if leader and on_start is not None:
+            steps = epoch_steps(dataset.size("train"), options.batch_size, world.size if world else 1)
+            on_start(TrainStart(options, model, dataset, steps))
+        run = RunOptions(
+            checkpoint=resume_path(options.output),
+            save_every=options.save_every,
+            resume=options.resume,
+            on_resume=on_resume if leader else None,
+            world=world,
+            accumulate=options.accumulate,
+            device=device,
+            workers=options.workers,
+            precision=options.precision,
+        )
+        result = train(
+            model,
+            dataset,
+            options.epochs,
+            options.batch_size,
+            options.lr,
+            options.weight_decay,
+            options.seed,
+            on_step=on_step if leader else None,
+            per_layer=options.per_layer,
+            granularity=options.granularity,
+            run=run,
+            schedule=options.schedule,
+            label_smoothing=options.label_smoothing,
+            teacher=teacher,
+        )
+    done = TrainedCheckpoint(None, model, dataset, result)
+    if not leader:
+        return done
+    extra = {
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "pipeline": PIPELINE if options.augment else "tensors",
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "lr": options.lr,
+        "seed": options.seed,
+    }
+    if options.per_layer:
+        extra["per_layer"] = {"granularity": options.granularity or default_granularity(model)}
+    done.path = save_checkpoint(model, options.output, extra=extra)
+    if dataset.size("val"):
+        widths = model.widths if len(model.widths) <= 8 else model.widths[:: len(model.widths) // 4]
+        configs = [model.config(w) for w in sorted({*widths, model.widths[-1]})]
+        done.scores = evaluate(model, configs, dataset.batches("val", 256))
+    return done
+
+
+def _model_for(options: TrainOptions, dataset: Dataset) -> tuple[SlimmableNetwork, torch.nn.Module | None]:
+    """The network to train (a registered model, or a converted one with its teacher) for `dataset`."""
+    from planner.models.sources import is_source
+    from planner.nn.build import build_model
+
+    if is_source(options.model):
+        return start_from_source(
+            options.model, dataset, options.checkpoint, options.widths, options.universal
+        )
+    if options.checkpoint is not None or options.universal:
+        raise PlannerError("--checkpoint and --universal are for torchvision:, timm: and FILE.py: models")
+    shape = {"in_channels": options.in_channels, "num_classes": options.num_classes}
+    model = build_model(
+        options.model, dataset=dataset, widths=options.widths, input_size=options.input_size, **shape
+    )
+    return model, None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,9 +24,6 @@ from planner.cli.options import (
     parse_widths,
 )
 from planner.errors import PlannerError
-
-if TYPE_CHECKING:
-    pass
 
 console = Console(stderr=True)
 accuracy_app = typer.Typer(
@@ -56,14 +53,6 @@ InputSizeOption = Annotated[
 BatchesOption = Annotated[int, typer.Option("--calibration-batches", help="Batches for BN calibration.")]
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-
-    if threads < 1:
-        raise PlannerError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
-
-
 def _accuracy_table(title: str, results, precision: str | None = None) -> Table:
     from planner.stats import wilson_interval
 
@@ -89,15 +78,24 @@ def _accuracy_table(title: str, results, precision: str | None = None) -> Table:
 
 @app.command("train")
 def train_command(
-    ctx: typer.Context,
     model_name: ModelArgument,
     data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (reference layout).")],
-    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 15,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over the training split (default 15, or the recipe's).")
+    ] = None,
     widths: WidthsOption = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov, cosine decay).")] = 0.2,
-    batch_size: Annotated[int, typer.Option(help="Images per optimizer step (over all ranks).")] = 128,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate (SGD, Nesterov, cosine decay; default 0.2, or the recipe's)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Images per optimizer step, over all ranks (default 128, or the recipe's)."),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="L2 weight decay (default 5e-4, or the recipe's).")
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed of the weights, the shuffling and the sandwich widths.")
     ] = 0,
@@ -182,185 +180,82 @@ def train_command(
     """
     import sys
 
-    from planner.accuracy.distributed import (
-        from_environment,
-        launch,
-        pick_device,
-        training_session,
-        without_option,
-    )
-    from planner.accuracy.precision import select_precision
-    from planner.accuracy.train import RunOptions, check_settings
+    from planner.accuracy.distributed import from_environment, launch, without_option
+    from planner.accuracy.train import TrainOptions, resolve_options, train_checkpoint
 
-    schedule, label_smoothing = None, 0.0
-    if recipe is not None:
-        given = _recipe_values(ctx, model_name, recipe)
-        epochs, batch_size, lr = (
-            given.get("epochs", epochs),
-            given.get("batch_size", batch_size),
-            given.get("lr", lr),
-        )
-        weight_decay, widths = given.get("weight_decay", weight_decay), given.get("widths", widths)
-        input_size, augment = given.get("input_size", input_size), given.get("augment", augment)
-        schedule, label_smoothing = given["schedule"], given["label_smoothing"]
-    check_settings(epochs, batch_size, lr, per_layer, granularity)
+    options = TrainOptions(
+        model_name, data, output, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        widths=parse_widths(widths), input_size=input_size, augment=augment or None, recipe=recipe,
+        seed=seed, threads=threads, per_layer=per_layer, granularity=granularity, save_every=save_every,
+        resume=resume, device=device, workers=workers, precision=precision, accumulate=accumulate,
+        in_channels=in_channels, num_classes=num_classes, checkpoint=checkpoint, universal=universal,
+    )  # fmt: skip
     if nproc:
         if from_environment() is not None:
             raise PlannerError("--nproc starts torchrun itself: drop it when running under torchrun")
-        select_precision(precision, pick_device(device, None))  # before any process starts
+        resolve_options(options)  # bad input is one line before any process starts
         raise typer.Exit(launch(nproc, without_option(sys.argv[1:], "--nproc")))
-    with training_session(device) as (world, where):
-        select_precision(precision, where)  # before any data is read
-        if world is not None and not world.leader:
-            console.quiet = True
-        _train(
-            model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
-            per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
-            schedule, label_smoothing, checkpoint, universal, RunOptions(
-                world=world, accumulate=accumulate, device=where, workers=workers, precision=precision
-            ),
-        )  # fmt: skip
-
-
-def _recipe_values(ctx: typer.Context, model_name: str, name: str) -> dict[str, Any]:
-    """The recipe's settings for the options left at their defaults (a given option wins)."""
-    from planner.accuracy.recipes import load_recipe
-
-    loaded = load_recipe(name)
-    if loaded.model != model_name:
-        raise PlannerError(f"recipe {loaded.name} trains {loaded.model}, not {model_name}")
-    values = {
-        "epochs": loaded.epochs,
-        "batch_size": loaded.batch_size,
-        "lr": loaded.lr,
-        "weight_decay": loaded.weight_decay,
-        "widths": [",".join(f"{w:g}" for w in loaded.widths)],
-        "input_size": loaded.input_size,
-        "augment": loaded.augment,
-    }
-    chosen = {
-        k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "DEFAULT"
-    }
-    return {**chosen, "schedule": loaded.schedule, "label_smoothing": loaded.label_smoothing}
-
-
-def _train(
-    model_name, data, output, epochs, widths, lr, batch_size, weight_decay, seed, threads,
-    per_layer, granularity, save_every, resume, in_channels, num_classes, input_size, augment,
-    schedule, label_smoothing, checkpoint, universal, options,
-) -> None:  # fmt: skip
-    import dataclasses
-
-    import torch
-
-    from planner.accuracy.data import load_dataset
-    from planner.accuracy.evaluate import evaluate
-    from planner.accuracy.images import PIPELINE, load_image_folder
-    from planner.accuracy.recipes import COSINE
-    from planner.accuracy.resume import resume_path
-    from planner.accuracy.train import check_model, start_from_source, train
-    from planner.models.sources import is_source
-    from planner.models.space import default_granularity
-    from planner.nn.build import build_model
-    from planner.nn.checkpoint import save_checkpoint
-
-    leader = options.world is None or options.world.leader
-    _set_threads(threads)
-    if augment:
-        dataset = load_image_folder(data, input_size, options.workers, seed)
-    else:
-        dataset = load_dataset(data, image_size=input_size)
-    pipeline = PIPELINE if augment else "tensors"
-    torch.manual_seed(seed)
-    teacher = None
-    if is_source(model_name):
-        model, teacher = start_from_source(model_name, dataset, checkpoint, parse_widths(widths), universal)
-    elif checkpoint is not None or universal:
-        raise PlannerError("--checkpoint and --universal are for torchvision:, timm: and FILE.py: models")
-    else:
-        model = build_model(
-            model_name,
-            dataset=dataset,
-            widths=parse_widths(widths),
-            in_channels=in_channels,
-            num_classes=num_classes,
-            input_size=input_size,
-        )
-    check_model(model, per_layer)
-    shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
-    console.print(
-        f"training {model.name} at widths {shown} on {dataset.name} ({dataset.size('train')} images, "
-        f"{dataset.num_classes} classes, {dataset.in_channels}x{dataset.input_size}x{dataset.input_size})"
-        + (", per-layer random sandwich members" if per_layer else ""),
-        highlight=False,
-    )
-    columns = (
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(
-        *columns, TextColumn("{task.fields[losses]}"), console=console, disable=not leader
-    ) as progress:
-        steps = -(-dataset.size("train") // batch_size)
-        task = progress.add_task("train", total=epochs * steps, epoch=f"1/{epochs}", losses="")
-
-        def show(step) -> None:
-            shown = list(step.losses.items())[:4]
-            losses = "loss " + " ".join(
-                f"{w:g}x:{loss:.3f}" if isinstance(w, float) else f"{w}:{loss:.3f}" for w, loss in shown
-            )
-            losses += f" {step.images_per_s:.0f} img/s"
-            progress.update(task, advance=1, epoch=f"{step.epoch + 1}/{epochs}", losses=losses)
-
-        def resumed(at) -> None:
-            console.print(
-                f"resuming from {resume} at epoch {at.epoch + 1}/{epochs}, "
-                f"step {at.step}/{at.steps_per_epoch}",
-                highlight=False,
-            )
-            progress.update(task, completed=at.epoch * at.steps_per_epoch + at.step)
-
-        run = dataclasses.replace(
-            options, checkpoint=resume_path(output), save_every=save_every, resume=resume, on_resume=resumed
-        )
-        result = train(
-            model,
-            dataset,
-            epochs,
-            batch_size,
-            lr,
-            weight_decay,
-            seed,
-            on_step=show,
-            per_layer=per_layer,
-            granularity=granularity,
-            run=run,
-            schedule=schedule or COSINE,
-            label_smoothing=label_smoothing,
-            teacher=teacher,
-        )
-    if not leader:
+    with _TrainDisplay() as display:
+        done = train_checkpoint(options, display.start, display.step, display.resumed)
+    if done.path is None:  # a rank other than 0
         return
-    extra = {
-        "dataset": dataset.name,
-        "classes": list(dataset.classes),
-        "pipeline": pipeline,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-    }
-    if per_layer:
-        extra["per_layer"] = {"granularity": granularity or default_granularity(model)}
-    path = save_checkpoint(model, output, extra=extra)
-    console.print(f"wrote {path} ({result.steps} steps in {result.wall_s:.1f} s)", highlight=False)
-    if dataset.size("val"):
-        widths_shown = model.widths if len(model.widths) <= 8 else model.widths[:: len(model.widths) // 4]
-        configs = [model.config(w) for w in sorted({*widths_shown, model.widths[-1]})]
-        results = evaluate(model, configs, dataset.batches("val", 256))
-        Console().print(_accuracy_table(f"{model.name} on {dataset.name} (val)", results))
+    result = done.result
+    console.print(f"wrote {done.path} ({result.steps} steps in {result.wall_s:.1f} s)", highlight=False)
+    if done.scores:
+        title = f"{done.model.name} on {done.dataset.name} (val)"
+        Console().print(_accuracy_table(title, done.scores))
+
+
+class _TrainDisplay:
+    """The progress of `planner train`: the run's first line, a bar with the losses per width and the
+    throughput, the resume line. Rank 0 alone is told anything, so the other ranks show nothing."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=console,
+        )
+        self.task, self.epochs, self.resume = None, 0, None
+
+    def __enter__(self) -> _TrainDisplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start(self, start) -> None:
+        model, dataset, options = start.model, start.dataset, start.options
+        shown = ", ".join(f"{w:g}" for w in model.widths[:8]) + (" …" if len(model.widths) > 8 else "")
+        console.print(
+            f"training {model.name} at widths {shown} on {dataset.name} ({dataset.size('train')} images, "
+            f"{dataset.num_classes} classes, {dataset.in_channels}x{dataset.input_size}x{dataset.input_size})"
+            + (", per-layer random sandwich members" if options.per_layer else ""),
+            highlight=False,
+        )
+        self.epochs, self.resume = options.epochs, options.resume
+        total = options.epochs * start.steps_per_epoch
+        self.task = self.progress.add_task("train", total=total, epoch=f"1/{self.epochs}", losses="")
+        self.progress.start()
+
+    def step(self, step) -> None:
+        shown = list(step.losses.items())[:4]
+        losses = "loss " + " ".join(
+            f"{w:g}x:{loss:.3f}" if isinstance(w, float) else f"{w}:{loss:.3f}" for w, loss in shown
+        )
+        losses += f" {step.images_per_s:.0f} img/s"
+        self.progress.update(self.task, advance=1, epoch=f"{step.epoch + 1}/{self.epochs}", losses=losses)
+
+    def resumed(self, at) -> None:
+        console.print(
+            f"resuming from {self.resume} at epoch {at.epoch + 1}/{self.epochs}, "
+            f"step {at.step}/{at.steps_per_epoch}",
+            highlight=False,
+        )
+        self.progress.update(self.task, completed=at.epoch * at.steps_per_epoch + at.step)
 
 
 @app.command("evaluate")
