@@ -14,6 +14,8 @@ from rich.table import Table
 from planner.cli import app
 from planner.cli.options import (
     DEFAULT_RESULTS_DIR,
+    DataOption,
+    InputSizeOption,
     LutOption,
     ModelArgument,
     ResultsOption,
@@ -37,7 +39,6 @@ CheckpointOption = Annotated[
     Path | None,
     typer.Option("--checkpoint", help="Weights; planner checkpoints also give the model's options."),
 ]
-InputSizeOption = Annotated[int | None, typer.Option(help="Input height and width (default: the model's).")]
 MaxSecondsOption = Annotated[
     float | None, typer.Option(help="Time limit per measurement (default: 3 s per layer, 10 s per model).")
 ]
@@ -163,10 +164,7 @@ def legr_learn(
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="Trained weights (their filters are ranked).")
     ],
-    data: Annotated[
-        str,
-        typer.Option("--data", help="Dataset: digits, digits-distorted, an image directory or an .npz file."),
-    ],
+    data: DataOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Coefficients JSON to write.")],
     budget: Annotated[float, typer.Option(help="Learn at this share of the full model's cost.")] = 0.5,
     target_name: Annotated[

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli import app
-from planner.cli.options import parse_widths
+from planner.cli.options import InChannelsOption, InputSizeOption, NumClassesOption, parse_widths
 
 console = Console()
 
@@ -47,8 +47,8 @@ def info_command(
         typer.Option("--widths", "-w", help="Widths to show, e.g. 0.25,0.5 (a converted network's widths)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    num_classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
+    num_classes: NumClassesOption = None,
+    input_size: InputSizeOption = None,
 ) -> None:
     """Channels, MACs and params of each width (the reference's counting convention)."""
     from planner.models.sources import is_source
@@ -101,9 +101,9 @@ def export_command(
     ] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint to load.")] = None,
     fold_bn: Annotated[bool, typer.Option("--fold-bn", help="Fold BatchNorm into the convs.")] = False,
-    num_classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
-    in_channels: Annotated[int | None, typer.Option(help="Input channels.")] = None,
+    num_classes: NumClassesOption = None,
+    input_size: InputSizeOption = None,
+    in_channels: InChannelsOption = None,
 ) -> None:
     """Write one configuration as a single-file, static-shape ONNX holding only its sliced weights."""
     from planner.nn.build import build_model, one_configuration

@@ -27,7 +27,25 @@ WidthsOption = Annotated[
 ConfigFilesOption = Annotated[
     list[Path] | None, typer.Option("--config", help="Per-layer width configuration JSON (repeatable).")
 ]
-ModelArgument = Annotated[str, typer.Argument(help="Model name, or a source such as torchvision:resnet18.")]
+ModelArgument = Annotated[
+    str, typer.Argument(metavar="MODEL", help="Registered model, or torchvision:NAME, timm:NAME, FILE.py:FN.")
+]
+DataOption = Annotated[
+    str,
+    typer.Option(
+        "--data", "-d", help="'digits', 'digits-distorted', an image-folder directory or an .npz file (x, y)."
+    ),
+]
+# a network's shape: what the checkpoint records, else what the data has (train) or the model's default
+InChannelsOption = Annotated[
+    int | None, typer.Option(help="Input channels (default: checkpoint, data, model).")
+]
+NumClassesOption = Annotated[
+    int | None, typer.Option(help="Output classes (default: checkpoint, data, model).")
+]
+InputSizeOption = Annotated[
+    int | None, typer.Option(help="Input height and width (default: checkpoint, data, model).")
+]
 LutOption = Annotated[
     Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
 ]

@@ -17,6 +17,9 @@ from planner.cli import app
 from planner.cli.options import (
     DEFAULT_RESULTS_DIR,
     ConfigFilesOption,
+    InChannelsOption,
+    InputSizeOption,
+    NumClassesOption,
     ResultsOption,
     TargetsDirOption,
     WidthsOption,
@@ -42,9 +45,9 @@ def profile_command(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Weights; planner checkpoints also give the model.")
     ] = None,
-    in_channels: Annotated[int | None, typer.Option(help="Input channels.")] = None,
-    num_classes: Annotated[int | None, typer.Option(help="Output classes.")] = None,
-    input_size: Annotated[int | None, typer.Option(help="Input height and width.")] = None,
+    in_channels: InChannelsOption = None,
+    num_classes: NumClassesOption = None,
+    input_size: InputSizeOption = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Reach the target over SSH at [user@]host[:port].")
     ] = None,

@@ -19,6 +19,11 @@ from planner.cli import app
 from planner.cli.options import (
     DEFAULT_RESULTS_DIR,
     ConfigFilesOption,
+    DataOption,
+    InChannelsOption,
+    InputSizeOption,
+    ModelArgument,
+    NumClassesOption,
     ResultsOption,
     WidthsOption,
     parse_widths,
@@ -31,25 +36,7 @@ accuracy_app = typer.Typer(
 )
 app.add_typer(accuracy_app, name="accuracy")
 
-ModelArgument = Annotated[
-    str, typer.Argument(metavar="MODEL", help="Registered model, or torchvision:NAME, timm:NAME, FILE.py:FN.")
-]
-DataOption = Annotated[
-    str,
-    typer.Option(
-        "--data", "-d", help="'digits', 'digits-distorted', an image-folder directory or an .npz file (x, y)."
-    ),
-]
 CheckpointOption = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint to load.")]
-InChannelsOption = Annotated[
-    int | None, typer.Option(help="Input channels (default: checkpoint, then data).")
-]
-NumClassesOption = Annotated[
-    int | None, typer.Option(help="Output classes (default: checkpoint, then data).")
-]
-InputSizeOption = Annotated[
-    int | None, typer.Option(help="Input height and width (default: checkpoint, then data).")
-]
 BatchesOption = Annotated[int, typer.Option("--calibration-batches", help="Batches for BN calibration.")]
 
 
