@@ -8,10 +8,12 @@ of timm models from different families, each in its own subprocess with a time l
   tp       - Torch-Pruning's DependencyGraph through its MagnitudePruner removing 50% of the channels
              (L2 magnitude, classifier kept), then a forward pass: pruned? MACs after, time.
 Random weights (nothing is downloaded), 1000 classes, the smallest input of 64, 70, 96, 112, 128, 224 at
-which the original runs. Rows are written as they come; a re-run resumes and tries timeouts again (drop a
-CSV row to redo it).
+which the original runs. Rows are written as they come (each update re-reads the CSV under a lock, so a
+second run on the same directory, e.g. a `--redo`, loses nothing); a re-run resumes and tries timeouts
+again; `--redo` runs only the named models, again. The Markdown keeps every run's command and machine state.
 
     python benchmarks/model_coverage.py --out results [--timeout 180] [--tools planner,tp] [--only resnet]
+        [--redo torchvision:convnext_tiny,swin_t]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import copy
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profilers.files import replacing  # noqa: E402
+from profilers.files import locked, replacing  # noqa: E402
 
 SIZES = (64, 70, 96, 112, 128, 224)
 TIMM = (
@@ -71,6 +74,7 @@ PLANNER_COLUMNS = [
     "planner_error",
 ]
 TP_COLUMNS = ["tp_pruned", "tp_macs_before", "tp_macs_after", "tp_s", "tp_error"]
+LOCK = ".model_coverage.lock"  # in OUT: serialises the updates of two runs (e.g. a --redo beside a run)
 
 
 def sources() -> list[str]:
@@ -204,23 +208,31 @@ def _worker(tool: str, source: str) -> None:
 
 
 def _in_subprocess(tool: str, source: str, timeout: float) -> dict:
+    """The worker's row; on a timeout its whole process group is killed (a child holding the output
+    pipes would otherwise keep the runner waiting past the limit)."""
     command = [sys.executable, __file__, "--worker", tool, source]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    flag, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
     start = time.perf_counter()
+    worker = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        stdout, stderr = worker.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        flag = "converted" if tool == "planner" else "tp_pruned"
-        error = "planner_error" if tool == "planner" else "tp_error"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.communicate()
         return {flag: False, error: f"timeout after {timeout:g} s"}
-    for line in done.stdout.splitlines():
+    finally:
+        if worker.poll() is None:  # the runner itself is interrupted: take the worker down with it
+            os.killpg(worker.pid, signal.SIGKILL)
+    for line in stdout.splitlines():
         if line.startswith("ROW "):
             return json.loads(line[4:])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    flag, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
+    tail = (stderr.strip().splitlines() or ["no output"])[-1][:200]
     return {
         flag: False,
-        error: f"worker died (rc {done.returncode}, {time.perf_counter() - start:.0f} s): {tail}",
+        error: f"worker died (rc {worker.returncode}, {time.perf_counter() - start:.0f} s): {tail}",
     }
 
 
@@ -243,33 +255,57 @@ def _done(table: pd.DataFrame, source: str, tool: str) -> bool:
     return not str(rows.iloc[0][error]).startswith("timeout")
 
 
-def _store(table: pd.DataFrame, source: str, row: dict, path: Path) -> pd.DataFrame:
-    if not (table["source"] == source).any():
-        table = pd.concat([table, pd.DataFrame([{"source": source}])], ignore_index=True)
-    index = table.index[table["source"] == source][0]
-    columns = PLANNER_COLUMNS if any(key in PLANNER_COLUMNS for key in row) else TP_COLUMNS
-    for key in columns:  # a retry replaces the tool's whole result
-        if key in table.columns:
+def _store(source: str, row: dict, path: Path) -> None:
+    """Put one tool's result into the CSV as it is on disk now (another run may have written to it)."""
+    with locked(path.parent / LOCK):
+        table = _load(path)
+        if not (table["source"] == source).any():
+            table = pd.concat([table, pd.DataFrame([{"source": source}])], ignore_index=True)
+        index = table.index[table["source"] == source][0]
+        columns = PLANNER_COLUMNS if any(key in PLANNER_COLUMNS for key in row) else TP_COLUMNS
+        for key in columns:  # a retry replaces the tool's whole result
+            if key in table.columns:
+                table[key] = table[key].astype(object)
+                table.at[index, key] = None
+        for key, value in row.items():
+            if key not in table.columns:
+                table[key] = None
             table[key] = table[key].astype(object)
-            table.at[index, key] = None
-    for key, value in row.items():
-        if key not in table.columns:
-            table[key] = None
-        table[key] = table[key].astype(object)
-        table.at[index, key] = value
-    with replacing(path) as tmp:
-        table.to_csv(tmp, index=False)
-    return table
+            table.at[index, key] = value
+        with replacing(path) as tmp:
+            table.to_csv(tmp, index=False)
 
 
 def _machine() -> str:
+    """Load average and the five busiest processes (CPU %, niceness, command line cut short)."""
     load = Path("/proc/loadavg").read_text().split()[:3]
     busy = subprocess.run(
-        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True
+        ["ps", "-eo", "pcpu,ni,args", "--sort=-pcpu"], capture_output=True, text=True
     ).stdout.splitlines()[1:6]
-    return f"load average {' '.join(load)}; busiest processes: " + "; ".join(
-        " ".join(line.split()) for line in busy
+    return f"load average {' '.join(load)}; busiest processes (CPU %, nice, command): " + "; ".join(
+        " ".join(line.split())[:60].replace("|", "/") for line in busy
     )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def _runs(path: Path, tag: str, lines: list[str]) -> list[str]:
+    """The run log of the Markdown at `path` with this run's entry (first line starts with `tag`) put in or
+    replaced: every run that wrote to the table keeps its command and machine state."""
+    old = path.read_text().splitlines() if path.is_file() else []
+    start = next((i + 1 for i, line in enumerate(old) if line.startswith(("Machine", "Runs"))), len(old))
+    entries: list[list[str]] = []
+    for line in old[start:]:
+        if not line.startswith(("- ", "  - ")):
+            break
+        if line.startswith("- "):
+            entries.append([line])
+        elif entries:
+            entries[-1].append(line)
+    entries = [e for e in entries if not e[0].startswith(f"- {tag}")]
+    return [line for entry in entries for line in entry] + lines
 
 
 def _yes(value) -> bool:
@@ -277,7 +313,7 @@ def _yes(value) -> bool:
 
 
 def write_markdown(
-    table: pd.DataFrame, path: Path, command: str, machine: list[str], timeout: float, listed: list[str]
+    table: pd.DataFrame, path: Path, runs: list[str], timeout: float, listed: list[str]
 ) -> None:
     def count(prefix: str, column: str) -> str:
         rows = table[table["source"].str.startswith(prefix)]
@@ -288,13 +324,12 @@ def write_markdown(
     lines = [
         "# Model coverage: planner's conversion beside Torch-Pruning",
         "",
-        f"Command: `{command}`",
-        "",
         f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s each, "
         "torch on one thread. Input: the smallest of 64, 70, 96, 112, 128, 224 at which the original runs.",
         "",
-        "Machine (2 shared cores, other sessions running; times are not quiet-machine figures):",
-        *[f"- {m}" for m in machine],
+        "Runs, each resuming the table the one before left (the command, its niceness, the machine: 2 cores "
+        "shared with other sessions' jobs, so times are not quiet-machine figures):",
+        *runs,
         "",
         "| | planner converted | Torch-Pruning 50% pruned |",
         "|---|---|---|",
@@ -348,6 +383,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--tools", default="planner,tp")
     parser.add_argument("--only", default="", help="Run only sources containing this text.")
+    parser.add_argument(
+        "--redo", default="", help="Run only these models, again (e.g. convnext_tiny,swin_t)."
+    )
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -357,21 +395,33 @@ def main() -> None:
     csv, md = args.out / "model_coverage.csv", args.out / "model_coverage.md"
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/model_coverage.py " + shlex.join(sys.argv[1:])
-    machine = [f"start: {_machine()}"]
-    table = _load(csv)
+    tag = _now()
+    head = f"- {tag}: `{command}` at niceness {os.nice(0)}; start: {_machine()}"
+    redo = {name for name in args.redo.split(",") if name}
     listed = sources()
+    unknown = sorted(redo - set(listed) - {s.partition(":")[2] for s in listed})
+    if unknown:
+        parser.error(f"--redo: not listed: {', '.join(unknown)}")
+
+    def publish(last: str) -> None:
+        with locked(args.out / LOCK):
+            runs = _runs(md, tag, [head, f"  - {last}"])
+            write_markdown(_load(csv), md, runs, args.timeout, listed)
+
     for source in listed:
         if args.only and args.only not in source:
             continue
+        again = source in redo or source.partition(":")[2] in redo
+        if redo and not again:
+            continue
         for tool in tools:
-            if _done(table, source, tool):
+            if not again and _done(_load(csv), source, tool):
                 continue
             row = _in_subprocess(tool, source, args.timeout)
-            table = _store(table, source, row, csv)
+            _store(source, row, csv)
             print(source, tool, json.dumps(row), flush=True)
-        write_markdown(table, md, command, machine, args.timeout, listed)
-    machine.append(f"end: {_machine()}")
-    write_markdown(table, md, command, machine, args.timeout, listed)
+            publish(f"running at {_now()} ({source} {tool} just done): {_machine()}")
+    publish(f"end {_now()}: {_machine()}")
 
 
 if __name__ == "__main__":
