@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -74,6 +75,7 @@ PLANNER_COLUMNS = [
     "planner_error",
 ]
 TP_COLUMNS = ["tp_pruned", "tp_macs_before", "tp_macs_after", "tp_s", "tp_error"]
+MEMORY_VARIABLE, DEFAULT_MEMORY_GIB = "MODEL_COVERAGE_MEMORY_GIB", 8.0  # a worker's address-space cap
 LOCK = ".model_coverage.lock"  # in OUT: serialises the updates of two runs (e.g. a --redo beside a run)
 
 
@@ -196,6 +198,10 @@ def run_tp(source: str) -> dict:
 
 
 def _worker(tool: str, source: str) -> None:
+    """One tool on one model, under a memory cap: on a shared machine a model that needs more (Torch-
+    Pruning took 19 GB on swin_v2_t) fails here with its reason instead of pushing other jobs out."""
+    gib = float(os.environ.get(MEMORY_VARIABLE, DEFAULT_MEMORY_GIB))
+    resource.setrlimit(resource.RLIMIT_AS, (int(gib * 2**30), int(gib * 2**30)))
     import torch
 
     torch.set_num_threads(1)
@@ -204,14 +210,17 @@ def _worker(tool: str, source: str) -> None:
     except Exception as error:
         column = "planner_error" if tool == "planner" else "tp_error"
         row = {column: _reason(error), ("converted" if tool == "planner" else "tp_pruned"): False}
+    for key in ("planner_error", "tp_error"):
+        if isinstance(error := row.get(key), str) and ("MemoryError" in error or "allocate memory" in error):
+            row[key] = f"over the {gib:g} GiB memory cap: {error}"[:240]
     print("ROW " + json.dumps(row))
 
 
-def _in_subprocess(tool: str, source: str, timeout: float) -> dict:
+def _in_subprocess(tool: str, source: str, timeout: float, memory_gib: float = DEFAULT_MEMORY_GIB) -> dict:
     """The worker's row; on a timeout its whole process group is killed (a child holding the output
     pipes would otherwise keep the runner waiting past the limit)."""
     command = [sys.executable, __file__, "--worker", tool, source]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", MEMORY_VARIABLE: f"{memory_gib:g}"}
     flag, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
     start = time.perf_counter()
     worker = subprocess.Popen(
@@ -313,7 +322,12 @@ def _yes(value) -> bool:
 
 
 def write_markdown(
-    table: pd.DataFrame, path: Path, runs: list[str], timeout: float, listed: list[str]
+    table: pd.DataFrame,
+    path: Path,
+    runs: list[str],
+    timeout: float,
+    listed: list[str],
+    memory_gib: float = DEFAULT_MEMORY_GIB,
 ) -> None:
     def count(prefix: str, column: str) -> str:
         rows = table[table["source"].str.startswith(prefix)]
@@ -324,8 +338,8 @@ def write_markdown(
     lines = [
         "# Model coverage: planner's conversion beside Torch-Pruning",
         "",
-        f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s each, "
-        "torch on one thread. Input: the smallest of 64, 70, 96, 112, 128, 224 at which the original runs.",
+        f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s and "
+        f"{memory_gib:g} GiB of address space each, torch on one thread. Input: the smallest of 64, 70, 96, 112, 128, 224 at which the original runs.",
         "",
         "Runs, each resuming the table the one before left (the command, its niceness, the machine: 2 cores "
         "shared with other sessions' jobs, so times are not quiet-machine figures):",
@@ -339,9 +353,12 @@ def write_markdown(
         "full = max abs difference of the converted network at full width from the original (eval mode), "
         "max out = the original's largest output (random weights make some huge: compare full to it); "
         "onnx 0.5 = max abs difference of the 0.5 width's ONNX in onnxruntime from the slimmable network "
-        "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs) "
-        "beside torch's FlopCounterMode on the original (TP MMACs before); where they differ, planner's "
-        "count misses layers (e.g. a Linear applied per pixel, as in ConvNeXt's blocks, counted once).",
+        "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs: "
+        "convs, linear layers at every position they apply to, average pooling, found by hooking modules) "
+        "beside torch's FlopCounterMode on the original (TP MMACs before; it also counts matrix products). "
+        "Where they differ, planner's count leaves out work that is no module call: attention's matrix "
+        "products (MaxViT, Swin, ViT) and projections that call F.linear with a module's weights (the qkv "
+        "and output projections of torchvision's Swin, nn.MultiheadAttention's).",
         "",
         "| model | input | converted | full | max out | onnx 0.5 | MMACs 1.0 | MMACs 0.5 | convert s "
         "| planner failure "
@@ -381,6 +398,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--memory-gib", type=float, default=DEFAULT_MEMORY_GIB, help="Each worker's memory cap."
+    )
     parser.add_argument("--tools", default="planner,tp")
     parser.add_argument("--only", default="", help="Run only sources containing this text.")
     parser.add_argument(
@@ -406,7 +426,7 @@ def main() -> None:
     def publish(last: str) -> None:
         with locked(args.out / LOCK):
             runs = _runs(md, tag, [head, f"  - {last}"])
-            write_markdown(_load(csv), md, runs, args.timeout, listed)
+            write_markdown(_load(csv), md, runs, args.timeout, listed, args.memory_gib)
 
     for source in listed:
         if args.only and args.only not in source:
@@ -417,7 +437,7 @@ def main() -> None:
         for tool in tools:
             if not again and _done(_load(csv), source, tool):
                 continue
-            row = _in_subprocess(tool, source, args.timeout)
+            row = _in_subprocess(tool, source, args.timeout, args.memory_gib)
             _store(source, row, csv)
             print(source, tool, json.dumps(row), flush=True)
             publish(f"running at {_now()} ({source} {tool} just done): {_machine()}")
