@@ -339,7 +339,8 @@ def write_markdown(
         "# Model coverage: planner's conversion beside Torch-Pruning",
         "",
         f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s and "
-        f"{memory_gib:g} GiB of address space each, torch on one thread. Input: the smallest of 64, 70, 96, 112, 128, 224 at which the original runs.",
+        f"{memory_gib:g} GiB of address space each, torch on one thread. Input: the smallest of 64, 70, 96, "
+        "112, 128, 224 at which the original runs.",
         "",
         "Runs, each resuming the table the one before left (the command, its niceness, the machine: 2 cores "
         "shared with other sessions' jobs, so times are not quiet-machine figures):",
