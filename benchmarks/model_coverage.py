@@ -7,10 +7,12 @@ of timm models from different families, each in its own subprocess with a time l
              MACs at 0.5 and 1.0, time to convert, the reason for a failure;
   tp       - Torch-Pruning's DependencyGraph through its MagnitudePruner removing 50% of the channels
              (L2 magnitude, classifier kept), then a forward pass: pruned? MACs after, time.
-Random weights (nothing is downloaded), 1000 classes, the smallest input of 64, 70, 96, 112, 128, 224 at
-which the original runs. Rows are written as they come (each update re-reads the CSV under a lock, so a
-second run on the same directory, e.g. a `--redo`, loses nothing); a re-run resumes and tries timeouts
-again; `--redo` runs only the named models, again. The Markdown keeps every run's command and machine state.
+Random weights (nothing is downloaded; a weight the library initialises to zeros, as torchvision's ViT head,
+is drawn from N(0, 0.02^2) so that outputs can be compared), 1000 classes, the smallest input of 64, 70,
+96, 112, 128, 224 at which the original runs. Rows are written as they come (each update re-reads the CSV
+under a lock, so a second run on the same directory, e.g. a `--redo`, loses nothing); a re-run resumes and
+tries timeouts again; `--redo` runs only the named models, again. The Markdown keeps every run's command
+and machine state.
 
     python benchmarks/model_coverage.py --out results [--timeout 180] [--tools planner,tp] [--only resnet]
         [--redo torchvision:convnext_tiny,swin_t]
@@ -103,6 +105,10 @@ def _smallest(source: str):
         try:
             torch.manual_seed(0)
             model = load_source(source, input_size=size)
+            with torch.no_grad():  # a zero-initialised weight (torchvision ViT's head) would zero the output
+                for weight in model.parameters():
+                    if weight.dim() >= 2 and not weight.any():
+                        weight.normal_(std=0.02)
             x = torch.randn(1, 3, size, size)
             with torch.no_grad():
                 model(x)
@@ -338,7 +344,8 @@ def write_markdown(
     lines = [
         "# Model coverage: planner's conversion beside Torch-Pruning",
         "",
-        f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s and "
+        "Random weights (a weight initialised to zeros, as torchvision ViT's head, drawn from N(0, 0.02^2)), "
+        f"1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s and "
         f"{memory_gib:g} GiB of address space each, torch on one thread. Input: the smallest of 64, 70, 96, "
         "112, 128, 224 at which the original runs.",
         "",
