@@ -319,7 +319,7 @@ def _runs(path: Path, tag: str, lines: list[str]) -> list[str]:
             entries.append([line])
         elif entries:
             entries[-1].append(line)
-    entries = [e for e in entries if not e[0].startswith(f"- {tag}")] + [lines]
+    entries = [e for e in entries if not e[0].startswith(f"- {tag}")] + ([lines] if lines else [])
     entries.sort(key=lambda entry: (entry[0][2:3].isdigit(), entry[0]))  # undated first, then by start
     return [line for entry in entries for line in entry]
 
