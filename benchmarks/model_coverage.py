@@ -303,7 +303,8 @@ def _machine() -> str:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    """To the second: a run's log entry is found by its start time (two runs may start in one minute)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
 def _runs(path: Path, tag: str, lines: list[str]) -> list[str]:
