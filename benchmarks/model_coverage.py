@@ -7,11 +7,15 @@ of timm models from different families, each in its own subprocess with a time l
              MACs at 0.5 and 1.0, time to convert, the reason for a failure;
   tp       - Torch-Pruning's DependencyGraph through its MagnitudePruner removing 50% of the channels
              (L2 magnitude, classifier kept), then a forward pass: pruned? MACs after, time.
-Random weights (nothing is downloaded), 1000 classes, the smallest input of 64, 70, 96, 112, 128, 224 at
-which the original runs. Rows are written as they come; a re-run resumes and tries timeouts again (drop a
-CSV row to redo it).
+Random weights (nothing is downloaded; a weight the library initialises to zeros, as torchvision's ViT head,
+is drawn from N(0, 0.02^2) so that outputs can be compared), 1000 classes, the smallest input of 64, 70,
+96, 112, 128, 224 at which the original runs. Rows are written as they come (each update re-reads the CSV
+under a lock, so a second run on the same directory, e.g. a `--redo`, loses nothing); a re-run resumes and
+tries timeouts again; `--redo` runs only the named models, again. The Markdown keeps every run's command
+and machine state.
 
     python benchmarks/model_coverage.py --out results [--timeout 180] [--tools planner,tp] [--only resnet]
+        [--redo torchvision:convnext_tiny,swin_t]
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import argparse
 import copy
 import json
 import os
+import resource
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +38,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from profilers.files import replacing  # noqa: E402
+from profilers.files import locked, replacing  # noqa: E402
 
 SIZES = (64, 70, 96, 112, 128, 224)
 TIMM = (
@@ -71,6 +77,8 @@ PLANNER_COLUMNS = [
     "planner_error",
 ]
 TP_COLUMNS = ["tp_pruned", "tp_macs_before", "tp_macs_after", "tp_s", "tp_error"]
+MEMORY_VARIABLE, DEFAULT_MEMORY_GIB = "MODEL_COVERAGE_MEMORY_GIB", 8.0  # a worker's address-space cap
+LOCK = ".model_coverage.lock"  # in OUT: serialises the updates of two runs (e.g. a --redo beside a run)
 
 
 def sources() -> list[str]:
@@ -97,6 +105,10 @@ def _smallest(source: str):
         try:
             torch.manual_seed(0)
             model = load_source(source, input_size=size)
+            with torch.no_grad():  # a zero-initialised weight (torchvision ViT's head) would zero the output
+                for weight in model.parameters():
+                    if weight.dim() >= 2 and not weight.any():
+                        weight.normal_(std=0.02)
             x = torch.randn(1, 3, size, size)
             with torch.no_grad():
                 model(x)
@@ -192,6 +204,10 @@ def run_tp(source: str) -> dict:
 
 
 def _worker(tool: str, source: str) -> None:
+    """One tool on one model, under a memory cap: on a shared machine a model that needs more (Torch-
+    Pruning took 19 GB on swin_v2_t) fails here with its reason instead of pushing other jobs out."""
+    gib = float(os.environ.get(MEMORY_VARIABLE, DEFAULT_MEMORY_GIB))
+    resource.setrlimit(resource.RLIMIT_AS, (int(gib * 2**30), int(gib * 2**30)))
     import torch
 
     torch.set_num_threads(1)
@@ -200,27 +216,38 @@ def _worker(tool: str, source: str) -> None:
     except Exception as error:
         column = "planner_error" if tool == "planner" else "tp_error"
         row = {column: _reason(error), ("converted" if tool == "planner" else "tp_pruned"): False}
+    for key in ("planner_error", "tp_error"):
+        if isinstance(error := row.get(key), str) and ("MemoryError" in error or "allocate memory" in error):
+            row[key] = f"over the {gib:g} GiB memory cap: {error}"[:240]
     print("ROW " + json.dumps(row))
 
 
-def _in_subprocess(tool: str, source: str, timeout: float) -> dict:
+def _in_subprocess(tool: str, source: str, timeout: float, memory_gib: float = DEFAULT_MEMORY_GIB) -> dict:
+    """The worker's row; on a timeout its whole process group is killed (a child holding the output
+    pipes would otherwise keep the runner waiting past the limit)."""
     command = [sys.executable, __file__, "--worker", tool, source]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", MEMORY_VARIABLE: f"{memory_gib:g}"}
+    flag, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
     start = time.perf_counter()
+    worker = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        stdout, stderr = worker.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        flag = "converted" if tool == "planner" else "tp_pruned"
-        error = "planner_error" if tool == "planner" else "tp_error"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.communicate()
         return {flag: False, error: f"timeout after {timeout:g} s"}
-    for line in done.stdout.splitlines():
+    finally:
+        if worker.poll() is None:  # the runner itself is interrupted: take the worker down with it
+            os.killpg(worker.pid, signal.SIGKILL)
+    for line in stdout.splitlines():
         if line.startswith("ROW "):
             return json.loads(line[4:])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    flag, error = ("converted", "planner_error") if tool == "planner" else ("tp_pruned", "tp_error")
+    tail = (stderr.strip().splitlines() or ["no output"])[-1][:200]
     return {
         flag: False,
-        error: f"worker died (rc {done.returncode}, {time.perf_counter() - start:.0f} s): {tail}",
+        error: f"worker died (rc {worker.returncode}, {time.perf_counter() - start:.0f} s): {tail}",
     }
 
 
@@ -243,33 +270,59 @@ def _done(table: pd.DataFrame, source: str, tool: str) -> bool:
     return not str(rows.iloc[0][error]).startswith("timeout")
 
 
-def _store(table: pd.DataFrame, source: str, row: dict, path: Path) -> pd.DataFrame:
-    if not (table["source"] == source).any():
-        table = pd.concat([table, pd.DataFrame([{"source": source}])], ignore_index=True)
-    index = table.index[table["source"] == source][0]
-    columns = PLANNER_COLUMNS if any(key in PLANNER_COLUMNS for key in row) else TP_COLUMNS
-    for key in columns:  # a retry replaces the tool's whole result
-        if key in table.columns:
+def _store(source: str, row: dict, path: Path) -> None:
+    """Put one tool's result into the CSV as it is on disk now (another run may have written to it)."""
+    with locked(path.parent / LOCK):
+        table = _load(path)
+        if not (table["source"] == source).any():
+            table = pd.concat([table, pd.DataFrame([{"source": source}])], ignore_index=True)
+        index = table.index[table["source"] == source][0]
+        columns = PLANNER_COLUMNS if any(key in PLANNER_COLUMNS for key in row) else TP_COLUMNS
+        for key in columns:  # a retry replaces the tool's whole result
+            if key in table.columns:
+                table[key] = table[key].astype(object)
+                table.at[index, key] = None
+        for key, value in row.items():
+            if key not in table.columns:
+                table[key] = None
             table[key] = table[key].astype(object)
-            table.at[index, key] = None
-    for key, value in row.items():
-        if key not in table.columns:
-            table[key] = None
-        table[key] = table[key].astype(object)
-        table.at[index, key] = value
-    with replacing(path) as tmp:
-        table.to_csv(tmp, index=False)
-    return table
+            table.at[index, key] = value
+        with replacing(path) as tmp:
+            table.to_csv(tmp, index=False)
 
 
 def _machine() -> str:
+    """Load average and the five busiest processes (CPU %, niceness, command line cut short)."""
     load = Path("/proc/loadavg").read_text().split()[:3]
     busy = subprocess.run(
-        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True
+        ["ps", "-eo", "pcpu,ni,args", "--sort=-pcpu"], capture_output=True, text=True
     ).stdout.splitlines()[1:6]
-    return f"load average {' '.join(load)}; busiest processes: " + "; ".join(
-        " ".join(line.split()) for line in busy
+    return f"load average {' '.join(load)}; busiest processes (CPU %, nice, command): " + "; ".join(
+        " ".join(line.split())[:60].replace("|", "/") for line in busy
     )
+
+
+def _now() -> str:
+    """To the second: a run's log entry is found by its start time (two runs may start in one minute)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def _runs(path: Path, tag: str, lines: list[str]) -> list[str]:
+    """The run log of the Markdown at `path` with this run's entry (first line starts with `tag`) put in or
+    replaced: every run that wrote to the table keeps its command and machine state."""
+    old = path.read_text().splitlines() if path.is_file() else []
+    start = next((i + 1 for i, line in enumerate(old) if line.startswith(("Machine", "Runs"))), len(old))
+    entries: list[list[str]] = []
+    for line in old[start:]:
+        if not line.startswith(("- ", "  - ")):
+            break
+        if line.startswith("- "):
+            entries.append([line])
+        elif entries:
+            entries[-1].append(line)
+    entries = [e for e in entries if not e[0].startswith(f"- {tag}")] + ([lines] if lines else [])
+    entries.sort(key=lambda entry: (entry[0][2:3].isdigit(), entry[0]))  # undated first, then by start
+    return [line for entry in entries for line in entry]
 
 
 def _yes(value) -> bool:
@@ -277,7 +330,12 @@ def _yes(value) -> bool:
 
 
 def write_markdown(
-    table: pd.DataFrame, path: Path, command: str, machine: list[str], timeout: float, listed: list[str]
+    table: pd.DataFrame,
+    path: Path,
+    runs: list[str],
+    timeout: float,
+    listed: list[str],
+    memory_gib: float = DEFAULT_MEMORY_GIB,
 ) -> None:
     def count(prefix: str, column: str) -> str:
         rows = table[table["source"].str.startswith(prefix)]
@@ -288,13 +346,14 @@ def write_markdown(
     lines = [
         "# Model coverage: planner's conversion beside Torch-Pruning",
         "",
-        f"Command: `{command}`",
+        "Random weights (a weight initialised to zeros, as torchvision ViT's head, drawn from N(0, 0.02^2)), "
+        f"1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s and "
+        f"{memory_gib:g} GiB of address space each, torch on one thread. Input: the smallest of 64, 70, 96, "
+        "112, 128, 224 at which the original runs.",
         "",
-        f"Random weights, 1000 classes, batch 1, one subprocess per model and tool, {timeout:g} s each, "
-        "torch on one thread. Input: the smallest of 64, 70, 96, 112, 128, 224 at which the original runs.",
-        "",
-        "Machine (2 shared cores, other sessions running; times are not quiet-machine figures):",
-        *[f"- {m}" for m in machine],
+        "Runs, each resuming the table the one before left (the command, its niceness, the machine: 2 cores "
+        "shared with other sessions' jobs, so times are not quiet-machine figures):",
+        *runs,
         "",
         "| | planner converted | Torch-Pruning 50% pruned |",
         "|---|---|---|",
@@ -304,9 +363,12 @@ def write_markdown(
         "full = max abs difference of the converted network at full width from the original (eval mode), "
         "max out = the original's largest output (random weights make some huge: compare full to it); "
         "onnx 0.5 = max abs difference of the 0.5 width's ONNX in onnxruntime from the slimmable network "
-        "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs) "
-        "beside torch's FlopCounterMode on the original (TP MMACs before); where they differ, planner's "
-        "count misses layers (e.g. a Linear applied per pixel, as in ConvNeXt's blocks, counted once).",
+        "at 0.5; MACs in millions at the input size: planner's count of the converted network (MMACs: "
+        "convs, linear layers at every position they apply to, average pooling, found by hooking modules) "
+        "beside torch's FlopCounterMode on the original (TP MMACs before; it also counts matrix products). "
+        "Where they differ, planner's count leaves out work that is no module call: attention's matrix "
+        "products (MaxViT, Swin, ViT) and projections that call F.linear with a module's weights (the qkv "
+        "and output projections of torchvision's Swin, nn.MultiheadAttention's).",
         "",
         "| model | input | converted | full | max out | onnx 0.5 | MMACs 1.0 | MMACs 0.5 | convert s "
         "| planner failure "
@@ -346,8 +408,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--memory-gib", type=float, default=DEFAULT_MEMORY_GIB, help="Each worker's memory cap."
+    )
     parser.add_argument("--tools", default="planner,tp")
     parser.add_argument("--only", default="", help="Run only sources containing this text.")
+    parser.add_argument(
+        "--redo", default="", help="Run only these models, again (e.g. convnext_tiny,swin_t)."
+    )
     parser.add_argument("--worker", nargs=2, metavar=("TOOL", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -357,21 +425,33 @@ def main() -> None:
     csv, md = args.out / "model_coverage.csv", args.out / "model_coverage.md"
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/model_coverage.py " + shlex.join(sys.argv[1:])
-    machine = [f"start: {_machine()}"]
-    table = _load(csv)
+    tag = _now()
+    head = f"- {tag}: `{command}` at niceness {os.nice(0)}; start: {_machine()}"
+    redo = {name for name in args.redo.split(",") if name}
     listed = sources()
+    unknown = sorted(redo - set(listed) - {s.partition(":")[2] for s in listed})
+    if unknown:
+        parser.error(f"--redo: not listed: {', '.join(unknown)}")
+
+    def publish(last: str) -> None:
+        with locked(args.out / LOCK):
+            runs = _runs(md, tag, [head, f"  - {last}"])
+            write_markdown(_load(csv), md, runs, args.timeout, listed, args.memory_gib)
+
     for source in listed:
         if args.only and args.only not in source:
             continue
+        again = source in redo or source.partition(":")[2] in redo
+        if redo and not again:
+            continue
         for tool in tools:
-            if _done(table, source, tool):
+            if not again and _done(_load(csv), source, tool):
                 continue
-            row = _in_subprocess(tool, source, args.timeout)
-            table = _store(table, source, row, csv)
+            row = _in_subprocess(tool, source, args.timeout, args.memory_gib)
+            _store(source, row, csv)
             print(source, tool, json.dumps(row), flush=True)
-        write_markdown(table, md, command, machine, args.timeout, listed)
-    machine.append(f"end: {_machine()}")
-    write_markdown(table, md, command, machine, args.timeout, listed)
+            publish(f"running at {_now()} ({source} {tool} just done): {_machine()}")
+    publish(f"end {_now()}: {_machine()}")
 
 
 if __name__ == "__main__":

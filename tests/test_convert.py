@@ -455,3 +455,36 @@ def test_the_original_model_keeps_its_modes_and_weights():
     assert model.training and not model.stem[1].training and model.a1.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert net.training
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: a BatchNorm2d subclass whose own forward normalises with
+    `F.batch_norm` on its weights, then runs `drop` and `act`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.drop, self.act = nn.Identity(), nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training)
+        return self.act(self.drop(x))
+
+
+def test_a_batch_norm_with_an_activation_tail_slims_like_a_batch_norm():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        BatchNormAct(16),
+        nn.Conv2d(16, 8, 1),
+        nn.AdaptiveAvgPool2d(1),
+    )
+    model = _randomize(model)
+    x = torch.randn(2, 3, 8, 8)
+    net = slimmable(model, x, widths=[0.5, 1.0]).eval()
+    assert "0" in net.groups and not net.conversion_report.fixed.get("0")
+    with torch.no_grad():
+        assert _max_diff(model(x), net(x)) <= 1e-5
+        net.set_width(0.5)
+        dense = materialize(net, net.config(0.5))
+        assert _max_diff(dense(x), net(x)) <= 1e-5
+    assert any(isinstance(m, nn.SiLU) for m in dense.modules())  # the tail survives densification
+    assert next(m for m in dense.modules() if isinstance(m, nn.Conv2d)).out_channels == 8

@@ -263,3 +263,60 @@ def test_fine_tuning_with_the_original_as_teacher(tmp_path: Path) -> None:
             model(x).log_softmax(1), teacher(x).softmax(1), reduction="batchmean"
         )
     assert gap < 0.05
+
+
+FLAT_NET = """
+from torch import nn
+
+def build(num_classes=10, input_size=8):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * input_size * input_size, num_classes))
+"""
+
+
+@needs_converter
+def test_a_target_input_size_rebuilds_a_converted_network(tmp_path: Path, capsys) -> None:
+    """A target's input_shape resizes a converted network as it does a zoo one: same weights, same groups."""
+    import torch
+    from cli_helpers import run
+
+    from planner.measure.artifacts import model_for_target
+    from planner.measure.targets import Target
+    from planner.models.convert import slimmable
+    from planner.nn.build import build_model
+    from profilers.results import load_latency
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    source = f"{tmp_path}/mynet.py:build"
+    net = build_model(source, num_classes=4, input_size=8, widths=[0.5, 1.0])
+    net.calibrations = {"marker": {}}
+    resized = model_for_target(net, Target("cpu16", "onnxruntime", input_shape=(1, 3, 16, 16)))
+    assert resized.input_shape == (1, 3, 16, 16) and resized.source["input_size"] == 16
+    assert resized.calibrations is net.calibrations and resized.permutation == net.permutation
+    x = torch.randn(2, 3, 16, 16)
+    for width in (0.5, 1.0):
+        net.set_width(width)
+        resized.set_width(width)
+        with torch.no_grad():
+            assert torch.equal(net(x), resized(x))  # conv + global pooling: any size, the same function
+
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "cpu16.toml").write_text(
+        'backend = "onnxruntime"\nthreads = 1\ninput_shape = [1, 3, 16, 16]\n'
+    )
+    out = tmp_path / "out"
+    code, _, err = run(
+        capsys, "profile", "-t", "cpu16", "--targets-dir", targets, "-m", source, "--num-classes", 4,
+        "--input-size", 8, "--widths", "0.5", "--out", out, "--max-seconds", 0.2, "--min-queries", 8,
+    )  # fmt: skip
+    assert code == 0, err
+    assert list(load_latency(out)["input_shape"]) == ["1x3x16x16"]
+
+    (tmp_path / "flatnet.py").write_text(FLAT_NET)
+    flat = build_model(f"{tmp_path}/flatnet.py:build", num_classes=4, input_size=8, widths=[0.5, 1.0])
+    with pytest.raises(PlannerError, match=r"target cpu16 \(16x16\): .* cannot be resized from 8 to 16: "):
+        model_for_target(flat, Target("cpu16", "onnxruntime", input_shape=(1, 3, 16, 16)))
+    python_only = slimmable(load_source(source, num_classes=4), torch.randn(2, 3, 8, 8), widths=[0.5, 1.0])
+    with pytest.raises(PlannerError, match="converted in Python .* records no source to rebuild it at 16x16"):
+        model_for_target(python_only, Target("cpu16", "onnxruntime", input_shape=(1, 3, 16, 16)))

@@ -48,7 +48,12 @@ def weights_key(checkpoint: Path | str | None) -> str:
 
 
 def model_for_target(model: SlimmableNetwork, target: Target) -> SlimmableNetwork:
-    """`model` itself, or a copy built at the target's input shape when the target overrides it."""
+    """`model` itself, or a copy built at the target's input shape when the target overrides it.
+
+    A converted network is rebuilt from its source (`torchvision:`, `timm:`, a user's file) at the new
+    size and takes the same (already reordered) weights; one whose weights or channel groups depend on
+    the input size (a linear layer over a flattened map, a ViT's position embedding) cannot be resized.
+    """
     if target.input_shape is None:
         return model
     _, channels, height, width = target.input_shape
@@ -60,17 +65,61 @@ def model_for_target(model: SlimmableNetwork, target: Target) -> SlimmableNetwor
         raise PlannerError(
             f"target {target.name} feeds {channels} input channels but {model.name} takes {model.in_channels}"
         )
-    from planner.models import create_model
-
-    resized = create_model(
-        model.name,
-        widths=list(model.widths),
-        num_classes=model.num_classes,
-        input_size=height,
-        in_channels=channels,
-    )
+    resized = _rebuilt(model, height, f"target {target.name} ({height}x{width})")
     resized.load_state_dict(model.state_dict(), strict=True)
+    resized.calibrations = model.calibrations
+    if hasattr(model, "permutation"):
+        resized.permutation = model.permutation
     return resized.eval()
+
+
+def _rebuilt(model: SlimmableNetwork, size: int, why: str) -> SlimmableNetwork:
+    """The same network built at input size `size`, with fresh weights of the same shapes."""
+    source = getattr(model, "source", None)
+    if source is None and getattr(model, "conversion_report", None) is not None:
+        raise PlannerError(
+            f"{why}: {model.name} was converted in Python (planner.slimmable) and records no source to "
+            f"rebuild it at {size}x{size}; convert it with an example input of that size"
+        )
+    if source is None:
+        from planner.models import create_model
+
+        return create_model(
+            model.name,
+            widths=list(model.widths),
+            num_classes=model.num_classes,
+            input_size=size,
+            in_channels=model.in_channels,
+        )
+    from planner.models.sources import build_source
+
+    try:
+        resized = build_source(
+            source["source"],
+            widths=list(model.widths),
+            num_classes=source.get("num_classes"),
+            input_size=size,
+            in_channels=model.in_channels,
+            universal=model.universal,
+            reorder=False,  # the weights it takes are reordered already
+        )
+    except PlannerError as error:
+        raise PlannerError(f"{why}: cannot rebuild {model.name} at {size}x{size}: {error}") from None
+    if set(resized.groups) != set(model.groups):
+        changed = sorted(set(resized.groups) ^ set(model.groups))[0]
+        raise PlannerError(
+            f"{why}: {model.name} cannot be resized from {model.input_size} to {size}: its channel group "
+            f"{changed!r} is slimmable at one size only"
+        )
+    theirs = resized.state_dict()
+    for key, value in model.state_dict().items():
+        if key not in theirs or theirs[key].shape != value.shape:
+            shape = list(theirs[key].shape) if key in theirs else "absent"
+            raise PlannerError(
+                f"{why}: {model.name} cannot be resized from {model.input_size} to {size}: {key} is "
+                f"{list(value.shape)} at {model.input_size}, {shape} at {size}"
+            )
+    return resized
 
 
 def export_artifacts(

@@ -1081,7 +1081,19 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         if any(qualified_name == k or qualified_name.startswith(k + ".") for k in self.keep):
             return True
-        return super().is_leaf_module(module, qualified_name)
+        return _norm_with_tail(module) or super().is_leaf_module(module, qualified_name)
+
+
+def _norm_with_tail(module: nn.Module) -> bool:
+    """A BatchNorm subclass that runs channel-wise modules `drop` then `act` after normalising (timm's
+    BatchNormAct2d): one leaf of the trace, converted as a switchable BN followed by those modules. Traced
+    through instead, its `F.batch_norm` on its own weights would fix its channels."""
+    children = dict(module.named_children())
+    return (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and list(children) == ["drop", "act"]
+        and all(isinstance(child, _PASS_MODULES) for child in children.values())
+    )
 
 
 def _trace(
@@ -1340,6 +1352,8 @@ def slimmable(
             )
         elif use.kind == "batchnorm":
             new = ConvertedBatchNorm(module, side(use.inputs, module.num_features), values, universal)
+            if _norm_with_tail(module):
+                new = nn.Sequential(new, module.drop, module.act)
         elif use.inputs is not None:
             new = ConvertedNorm(module, side(use.inputs, module.weight.shape[0]))
         else:
