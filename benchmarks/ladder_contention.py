@@ -210,12 +210,7 @@ def main() -> None:
         "",
         "## Machine state (before, after)",
         "",
-        "```",
-        before,
-        "",
-        after,
-        "```",
-        "",
+        f"```\n{before}\n\n{after}\n```\n",
     ]
     (arguments.out / f"{arguments.name}.md").write_text("\n".join(lines))
 
