@@ -868,7 +868,28 @@ class ConvertedLinear(SlimmableLinear):
             self.weight.copy_(self.weight[:, into])
 
 
-class ConvertedBatchNorm(_CalibratedBatchNorm):
+class _OneSideNorm:
+    """A norm on one channel side: every per-channel tensor (last dimension: channels) follows its order."""
+
+    side: Side
+
+    def channel_tensors(self) -> tuple[torch.Tensor | None, ...]:
+        raise NotImplementedError
+
+    def sides(self) -> list[Side]:
+        return [self.side]
+
+    @torch.no_grad()
+    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
+        perm = _full_permutation(self.side, orders)
+        if perm is None:
+            return
+        for tensor in self.channel_tensors():
+            if tensor is not None:
+                tensor.copy_(tensor[..., perm])
+
+
+class ConvertedBatchNorm(_OneSideNorm, _CalibratedBatchNorm):
     """Switchable BN of a converted network: affine parameters and running statistics per width (shared
     affine parameters when universal), all stored at full size and started from the original BN's."""
 
@@ -972,20 +993,11 @@ class ConvertedBatchNorm(_CalibratedBatchNorm):
         mean, var, weight, bias = self.active_statistics()
         return dense_batch_norm(self.kind, mean, var, weight, bias, self.eps)
 
-    def sides(self) -> list[Side]:
-        return [self.side]
-
-    @torch.no_grad()
-    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
-        perm = _full_permutation(self.side, orders)
-        if perm is None:
-            return
-        for tensor in (self.weight, self.bias, self.running_mean, self.running_var):
-            if tensor is not None:
-                tensor.copy_(tensor[..., perm])
+    def channel_tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.weight, self.bias, self.running_mean, self.running_var)
 
 
-class ConvertedNorm(nn.Module):
+class ConvertedNorm(_OneSideNorm, nn.Module):
     """LayerNorm over the channels or GroupNorm, sliced (no running statistics to switch)."""
 
     def __init__(self, norm: nn.LayerNorm | nn.GroupNorm, side: Side) -> None:
@@ -1024,17 +1036,8 @@ class ConvertedNorm(nn.Module):
             dense.bias.copy_(bias)
         return dense
 
-    def sides(self) -> list[Side]:
-        return [self.side]
-
-    @torch.no_grad()
-    def permute(self, orders: Mapping[ChannelGroup, torch.Tensor]) -> None:
-        perm = _full_permutation(self.side, orders)
-        if perm is None:
-            return
-        for tensor in (self.weight, self.bias):
-            if tensor is not None:
-                tensor.copy_(tensor[perm])
+    def channel_tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.weight, self.bias)
 
 
 # ---------------------------------------------------------------------------------------------------
