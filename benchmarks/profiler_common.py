@@ -79,6 +79,10 @@ def command_line() -> str:
 def benchmark_app(onnx: Path, seconds: float) -> tuple[float, str, int | None]:
     """OpenVINO's own benchmark_app on the same file: its median latency (ms), command and thread count.
 
+    Both tools infer in f32: `-ip f32` is only the input's precision, and on a CPU with bf16 support
+    benchmark_app otherwise runs the network in bf16 (1.8x faster than the profiler's f32 at 1x on this
+    machine, results/profiler_fidelity_bf16.md).
+
     benchmark_app rejects -nthreads together with -hint latency, so the hint picks the threads; the
     chosen INFERENCE_NUM_THREADS is read from its output to show it matches the profiler's.
     """
@@ -92,6 +96,8 @@ def benchmark_app(onnx: Path, seconds: float) -> tuple[float, str, int | None]:
         "-hint",
         "latency",
         "-ip",
+        "f32",
+        "-infer_precision",  # else a CPU with bf16 (AVX512_BF16, AMX) infers in bf16; the profiler runs f32
         "f32",
         "-t",
         f"{seconds:g}",
