@@ -48,7 +48,7 @@ def test_schedules():
     ],
 )
 def test_bad_schedules_are_one_line_exit_2(capsys, deployed, tmp_path, schedule, message):
-    code, _, err = run(capsys, "loadtest", "-m", deployed, "--interference", schedule, "--out", tmp_path)
+    code, _, err = run(capsys, "loadtest", "-m", deployed, "--interference", schedule, "-o", tmp_path)
     assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
@@ -75,7 +75,7 @@ def test_the_interference_is_ended_even_when_the_test_is_interrupted():
 
 def test_a_short_load_test_against_the_fixed_rungs(capsys, deployed, tmp_path):
     code, out, err = run(capsys, "loadtest", "-m", deployed, "--interference", "quiet:1s,spin1:1s",
-                         "--duration=2s", "--budget=50ms", "--no-memory", "--out", tmp_path)  # fmt: skip
+                         "--duration=2s", "--budget=50ms", "--no-memory", "-o", tmp_path)  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "loadtest.json").read_text())
     assert [run["run"] for run in report["runs"]] == ["adaptive", "fixed 0.25x", "fixed 0.5x", "fixed 0.75x"]
@@ -95,7 +95,7 @@ def test_a_short_load_test_against_the_fixed_rungs(capsys, deployed, tmp_path):
 
 def test_an_open_loop_run_and_a_budget_no_rung_meets(capsys, deployed, tmp_path):
     code, out, err = run(capsys, "loadtest", "-m", deployed, "--interference", "quiet:1s", "--rate", "200",
-                         "--budget", "100ns", "--no-fixed", "--no-memory", "--out", tmp_path)  # fmt: skip
+                         "--budget", "100ns", "--no-fixed", "--no-memory", "-o", tmp_path)  # fmt: skip
     assert code == 0, err
     report = json.loads((tmp_path / "loadtest.json").read_text())
     (adaptive,) = report["runs"]

@@ -44,7 +44,7 @@ def loadtest_command(
         bool, typer.Option("--memory/--no-memory", help="Measure the ladder's resident memory.")
     ] = True,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Results directory: loadtest.json, .csv, .png.")
+        Path, typer.Option("--output", "-o", help="Directory to write loadtest.json, .csv and .png to.")
     ] = Path("loadtest"),
 ) -> None:
     """Serve the manifest's ladder under an interference schedule; per 1-s window p50/p90 vs the budget."""
@@ -55,7 +55,7 @@ def loadtest_command(
     if threads is not None and threads < 0:
         raise PlannerError(f"--threads must be 0 (every core) or more, got {threads}")
     if out_dir.exists() and not out_dir.is_dir():
-        raise PlannerError(f"--out {out_dir} is a file; give a directory")
+        raise PlannerError(f"--output {out_dir} is a file; give a directory")
     console = Console()
     result = run_loadtest(
         manifest,
