@@ -495,8 +495,17 @@ def _plot(
         if phase.spinners:
             for axis in (top, bottom):
                 axis.axvspan(start, start + phase.seconds, color="0.9", zorder=0)
-            top.text(start + phase.seconds / 2, 0.97, f"{phase.spinners} spinner(s)", ha="center", va="top",
-                     transform=top.get_xaxis_transform(), fontsize=8, color="0.4")  # fmt: skip
+            # above the plot, where no curve or budget line runs under it
+            top.text(
+                start + phase.seconds / 2,
+                1.01,
+                f"{phase.spinners} spinner(s)",
+                ha="center",
+                va="bottom",
+                transform=top.get_xaxis_transform(),
+                fontsize=8,
+                color="0.4",
+            )
         start += phase.seconds
     names = list(dict.fromkeys(windows["run"]))
     colours = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(1, len(names) - 1)))
@@ -520,7 +529,9 @@ def _plot(
         top.set_yscale("log")
     top.legend(fontsize=7, ncol=2, loc="upper left")
     top.set_title(
-        f"{report['model']} on {report['target']}: ladder under interference (shaded: spinners)", fontsize=10
+        f"{report['model']} on {report['target']}: ladder under interference (shaded: spinners)",
+        fontsize=10,
+        pad=16,
     )
     labels = [f"{rung['label']} ({rung['accuracy']:.1f}%)" for rung in report["rungs"]]
     bottom.set_yticks(range(len(labels)), labels, fontsize=8)
