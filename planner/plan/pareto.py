@@ -129,9 +129,7 @@ def candidates(
             f"run `planner profile --target {target} --model MODEL --out {results_dir}` first"
         )
     rows = rows[rows["status"] == "ok"]
-    precision = (
-        rows["precision"] if "precision" in rows else pd.Series("fp32", index=rows.index, dtype=object)
-    )
+    precision = column_of(rows, "precision", "fp32")
     rows = rows.assign(precision=precision.astype(object).fillna("fp32").astype(str))
     estimated = rows["estimated"].fillna(False).astype(bool)
     if not allow_estimates:
@@ -221,8 +219,8 @@ def _top1(
             f"no accuracy results for {model} in {results_dir}; run `planner evaluate {model} "
             f"--checkpoint CKPT --data DATA --out {results_dir}` (or `planner accuracy import FILE.csv`)"
         )
-    target_column = rows["target"] if "target" in rows else pd.Series("", index=rows.index)
-    precision = rows["precision"] if "precision" in rows else pd.Series("fp32", index=rows.index)
+    target_column = column_of(rows, "target")
+    precision = column_of(rows, "precision", "fp32")
     rows = rows.assign(precision=precision.astype(object).replace("", "fp32").fillna("fp32").astype(str))
     precision = rows["precision"]
     on_target = target_column == target
@@ -245,14 +243,11 @@ def _top1(
     rows = rows.sort_values(["_rank", "timestamp"], ascending=[True, False], kind="stable")
     rows = rows.drop_duplicates(["model", "config_id", "precision", "batch"])
 
-    def column(name: str, default: object = "") -> pd.Series:
-        return column_of(rows, name, default)
-
     return pd.DataFrame(
         {
             "model": rows["model"],
             "config_id": rows["config_id"],
-            "precision": column("precision", "fp32"),
+            "precision": column_of(rows, "precision", "fp32"),
             "batch": rows["batch"].astype(int),
             "accuracy_batch": rows["_scored_batch"].astype("Int64"),
             "accuracy": pd.to_numeric(rows["value"], errors="coerce"),
@@ -260,11 +255,11 @@ def _top1(
             "accuracy_split": rows["split"],
             "accuracy_checkpoint": rows["checkpoint"],
             "accuracy_source": rows["source"],
-            "accuracy_runtime": column("runtime"),
-            "accuracy_n": pd.to_numeric(column("n", np.nan), errors="coerce"),
-            "accuracy_ci_low": pd.to_numeric(column("ci_low", np.nan), errors="coerce"),
-            "accuracy_ci_high": pd.to_numeric(column("ci_high", np.nan), errors="coerce"),
-            "accuracy_hits": column("hits"),
+            "accuracy_runtime": column_of(rows, "runtime"),
+            "accuracy_n": pd.to_numeric(column_of(rows, "n", np.nan), errors="coerce"),
+            "accuracy_ci_low": pd.to_numeric(column_of(rows, "ci_low", np.nan), errors="coerce"),
+            "accuracy_ci_high": pd.to_numeric(column_of(rows, "ci_high", np.nan), errors="coerce"),
+            "accuracy_hits": column_of(rows, "hits"),
         }
     )
 
