@@ -228,8 +228,7 @@ def config_for_budget(
     (rows land in RESULTS like any profile) and the measured p90 decides.
     """
 
-    if (max_latency_ms is None) == (max_macs is None):
-        raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
+    _check_budget(max_latency_ms, max_macs, has_target=target is not None and table is not None)
     if max_macs is not None:
         if not max_macs > 0:
             raise PlannerError(f"--max-macs must be positive, got {max_macs:g}")
@@ -238,8 +237,6 @@ def config_for_budget(
         return fit_to_budget(
             plan_for, max_macs, uniform=lambda: widths.uniform_for(max_macs), fitness=fitness
         )
-    if target is None or table is None:
-        raise PlannerError("--max-latency needs --target: latency is a property of a device")
     widths = ranking.planner_for(model, table.predict_ms)
     plan_for = partial(widths.config_for, ranking.coefficients)
     if not verify:
@@ -272,6 +269,14 @@ def config_for_budget(
             "raise the budget"
         )
     return dataclasses.replace(fit, measured=measured)
+
+
+def _check_budget(max_latency_ms: float | None, max_macs: float | None, has_target: bool) -> None:
+    """Exactly one budget, and a latency budget only with a device to measure it on."""
+    if (max_latency_ms is None) == (max_macs is None):
+        raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
+    if max_latency_ms is not None and not has_target:
+        raise PlannerError("--max-latency needs --target: latency is a property of a device")
 
 
 def _latency_ms(
@@ -319,10 +324,7 @@ def config_from_coefficients(
     from planner.measure.artifacts import model_for_target
     from planner.nn.build import build_model
 
-    if (max_latency_ms is None) == (max_macs is None):
-        raise PlannerError("give exactly one budget: --max-latency (with --target) or --max-macs")
-    if max_latency_ms is not None and target is None:
-        raise PlannerError("--max-latency needs --target: latency is a property of a device")
+    _check_budget(max_latency_ms, max_macs, has_target=target is not None)
     ranking = LearnedRanking.load(coefficients)
     checkpoint = checkpoint or recorded_checkpoint(ranking, coefficients)
     if checkpoint is not None and not checkpoint.is_file():
