@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -34,9 +35,9 @@ from profilers.stats import median_ci
 CONFIDENCE = 0.95
 COLUMNS = [
     "state", "run", "run_s", "machine", "backend", "width", "p50_ms", "p90_ms", "min_ms", "ci_low_ms",
-    "ci_high_ms", "n", "rounds", "converged", "ratio_to_ref", "ratio_ci_low", "ratio_ci_high", "contended",
-    "contention", "other_cores", "load_avg", "steal_pct", "cpu_mhz", "speed_before_ms", "speed_after_ms",
-    "round_ms", "status",
+    "ci_high_ms", "run_spread", "spread_runs", "n", "rounds", "converged", "ratio_to_ref", "ratio_ci_low",
+    "ratio_ci_high", "contended", "contention", "other_cores", "load_avg", "steal_pct", "cpu_mhz",
+    "speed_before_ms", "speed_after_ms", "round_ms", "status",
 ]  # fmt: skip
 
 
@@ -63,6 +64,7 @@ def measure(arguments: argparse.Namespace) -> pd.DataFrame:
     jobs = export_widths(arguments.work / "exports")
     all_jobs = [dataclasses.replace(j, threads=arguments.threads) for j in jobs.values()]
     settings = Settings(cache_dir=arguments.work / "cache", max_seconds=arguments.max_seconds)
+    shutil.rmtree(settings.cache_dir / "history", ignore_errors=True)  # the first run knows no other
     tables = []
     for state, spinners in (("quiet", 0), ("busy", 1)):
         with busy_processes(spinners):
@@ -135,8 +137,13 @@ def candidate_intervals(row: pd.Series, rng: np.random.Generator) -> dict[str, t
     def widened(low: float, high: float) -> tuple[float, float]:
         return center - math.sqrt(2) * (center - low), center + math.sqrt(2) * (high - center)
 
+    with_history = row.get("spread_runs", 0) >= 2
     return {
         "reported (ci_low_ms, ci_high_ms)": (row["ci_low_ms"], row["ci_high_ms"]),
+        f"reported, rows {'with' if with_history else 'without'} a run history": (
+            row["ci_low_ms"],
+            row["ci_high_ms"],
+        ),
         "round medians (order statistics)": (rounds_low, rounds_high),
         "round medians, block bootstrap": (boot_low, boot_high),
         "round medians x sqrt2 (prediction)": widened(rounds_low, rounds_high),
@@ -240,7 +247,10 @@ def report(raw: pd.DataFrame, command: str, conditions_text: str) -> str:
         "## Interval coverage: does run k's 95% interval contain run k+1's p50?",
         "",
         "`reported` is what the profiler that ran wrote into the rows: before issue 14's interval commit the"
-        " order-statistic interval of all samples, since then the round medians' interval x sqrt2.",
+        " order-statistic interval of all samples, then the round medians' interval x sqrt2, and since the"
+        " run history (profilers/history.py) the union of that with the host's run-to-run interval where"
+        " the history holds two runs or more of the same state (the history starts empty, so each state's"
+        " first run has none). The rows after it split `reported` by that.",
         "",
         "| interval | quiet coverage | busy coverage | median half-width |",
         "|---|---|---|---|",

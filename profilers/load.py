@@ -215,8 +215,12 @@ class LoadMeter:
 _SPEED_DATA = np.random.default_rng(0).standard_normal(20_000)
 
 
-def speed_index_ms(repeats: int = 5) -> float:
-    """Best time of a fixed single-threaded workload (sorting 20k floats): the machine's speed right now."""
+def speed_index_ms(repeats: int = 50) -> float:
+    """Best time of a fixed single-threaded workload (sorting 20k floats): the machine's speed right now.
+
+    Best of 50 (about 3 ms), not of 5: a parent that has waited idle for its workers sorted up to 1.6x
+    slower in its first few tries on a quiet machine, which flagged quiet rows
+    (results/interval_shift_best_of_5.md)."""
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter_ns()

@@ -46,6 +46,8 @@ SCHEMA: dict[str, str] = {
     "n": "Int64",
     "ci_low_ms": "float64",
     "ci_high_ms": "float64",
+    "run_spread": "float64",
+    "spread_runs": "Int64",
     "ref_config_id": "string",
     "ratio_to_ref": "float64",
     "ratio_ci_low": "float64",

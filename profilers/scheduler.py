@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 
 from profilers.backends import get_backend
+from profilers.cache import onnx_digest
 from profilers.environment import environment
 from profilers.errors import ProfilerError
+from profilers.history import RunHistory
 from profilers.jobs import KEY_COLUMNS, Job, Settings
 from profilers.load import LoadMeter, Snapshot, speed_index_ms, wait_until_quiet
 from profilers.modelfile import ModelFile
@@ -265,6 +267,8 @@ def run_jobs(
     if not jobs:
         raise ProfilerError("no jobs to run")
     models = validate(jobs)
+    history = RunHistory(settings.resolved_cache_dir)
+    history.read()  # a corrupt history stops the run before anything is measured, naming the file
     store = LatencyStore(out_dir)
     done = set() if force else store.measured_keys()
     report = progress or (lambda event: None)
@@ -282,7 +286,14 @@ def run_jobs(
     rng = np.random.default_rng(settings.seed)
     for start in range(0, len(pending), settings.max_workers):
         _measure_group(
-            pending[start : start + settings.max_workers], len(jobs), store, settings, run_id, rng, report
+            pending[start : start + settings.max_workers],
+            len(jobs),
+            store,
+            history,
+            settings,
+            run_id,
+            rng,
+            report,
         )
     wanted = {row_key(job.identity()) for job in jobs}
     table = load_latency(out_dir)
@@ -293,6 +304,7 @@ def _measure_group(
     group: list[_Measurement],
     total: int,
     store: LatencyStore,
+    history: RunHistory,
     settings: Settings,
     run_id: str,
     rng: np.random.Generator,
@@ -362,7 +374,7 @@ def _measure_group(
                     finish(measurement, _failed_row(measurement, failure, run_id))
                     measurement.worker = None
                     continue
-                row = _ok_row(measurement, closing, verdicts[id(measurement)], run_id, settings)
+                row = _ok_row(measurement, closing, verdicts[id(measurement)], run_id, settings, history)
                 finish(measurement, row)
                 if measurement.worker.log_path.stat().st_size == 0:
                     measurement.worker.log_path.unlink()  # nothing to read: keep logs/ for what went wrong
@@ -413,11 +425,33 @@ def _base_row(measurement: _Measurement, run_id: str) -> dict[str, Any]:
 
 
 def _ok_row(
-    measurement: _Measurement, closing: dict[str, Any], is_converged: bool, run_id: str, settings: Settings
+    measurement: _Measurement,
+    closing: dict[str, Any],
+    is_converged: bool,
+    run_id: str,
+    settings: Settings,
+    history: RunHistory,
 ) -> dict[str, Any]:
     ready = measurement.ready
+    job = measurement.job
+    samples = measurement.samples_ms()
+    load = measurement.load.columns(measurement.speed_before_ms, speed_index_ms(), settings.contention_cores)
+    run_spread = history.record(
+        {
+            "run_id": run_id,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "onnx": onnx_digest(job.onnx),
+            "backend": job.backend,
+            "device": job.device,
+            "precision": job.precision,
+            "batch": job.batch,
+            "threads": job.resolved_threads,
+            "contended": load["contended"],
+            "p50_ms": float(np.median(samples)),
+        }
+    )
     rounds = np.array(list(measurement.round_medians_ms.values()))
-    summary = Summary.of(measurement.samples_ms(), rounds, measurement.job.batch, settings.confidence)
+    summary = Summary.of(samples, rounds, job.batch, settings.confidence, run_spread)
     ratio = measurement.ratio(settings.confidence)
     return {
         **_base_row(measurement, run_id),
@@ -425,7 +459,7 @@ def _ok_row(
         "error": "",
         "converged": is_converged,
         **vars(summary),
-        **measurement.load.columns(measurement.speed_before_ms, speed_index_ms(), settings.contention_cores),
+        **load,
         "ref_config_id": measurement.reference.job.identity()["config_id"],
         "ratio_to_ref": ratio.value if ratio else math.nan,
         "ratio_ci_low": ratio.low if ratio else math.nan,

@@ -10,6 +10,8 @@ samples: samples inside a burst share the machine's state of that moment, so an 
 too narrow (results/busy_repeatability.md: it held the next run's median in 56-69% of cases). Round
 medians are closer to independent draws; their order-statistic interval is widened by sqrt(2) about the
 median, because it must hold the next run's median, which carries its own error as large as this run's.
+That is the within-run part only: whole runs move together by more (profilers.history), so a row's
+interval is the union of this one and the host's run-to-run interval where its history has one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binom
+
+from profilers.history import NO_SPREAD, RunSpread
 
 
 def median_ci_indices(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
@@ -127,17 +131,28 @@ class Summary:
     n: int
     ci_low_ms: float
     ci_high_ms: float
+    run_spread: float
+    spread_runs: int
     throughput_ips: float
 
     @classmethod
     def of(
-        cls, samples_ms: np.ndarray, round_medians_ms: np.ndarray, batch: int = 1, confidence: float = 0.95
+        cls,
+        samples_ms: np.ndarray,
+        round_medians_ms: np.ndarray,
+        batch: int = 1,
+        confidence: float = 0.95,
+        run_spread: RunSpread = NO_SPREAD,
     ) -> Summary:
+        """The columns of one run's samples; the interval also holds the host's run-to-run spread."""
         samples = np.asarray(samples_ms, dtype=np.float64)
         if samples.size == 0:
             raise ValueError("no samples")
         p50, p90, p99 = np.percentile(samples, [50, 90, 99])
         low, high = rerun_interval(samples, round_medians_ms, confidence)
+        between = run_spread.interval(float(p50), confidence)
+        if between is not None:
+            low, high = min(low, between[0]), max(high, between[1])
         return cls(
             p50_ms=float(p50),
             p90_ms=float(p90),
@@ -148,6 +163,8 @@ class Summary:
             n=int(samples.size),
             ci_low_ms=low,
             ci_high_ms=high,
+            run_spread=run_spread.sigma,
+            spread_runs=run_spread.runs,
             # Single-stream throughput: inputs per second at the median latency.
             throughput_ips=float(batch * 1000.0 / p50) if p50 > 0 else math.nan,
         )

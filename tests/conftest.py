@@ -35,6 +35,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.own_process)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_profiler_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Artifacts and run history of this test session only (child processes inherit it): a developer's
+    own profiling runs must not widen the tests' intervals, nor the tests' runs theirs."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PROFILERS_CACHE_DIR", str(tmp_path_factory.mktemp("profilers-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="module")
 def single_thread():
     """One torch thread: tiny convs run as fast on one, and far faster when other jobs load the machine."""

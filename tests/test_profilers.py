@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from spinners import spinning
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
+from profilers.history import RunHistory, RunSpread, spread
 from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +196,83 @@ def test_the_ranking_ratio_pairs_burst_minima_so_a_burst_slowed_by_contention_do
     assert reference.ratio(0.95).value == 1.0
 
 
+def history_records(shifts: list[float], jobs: dict[str, float], contended: bool = False) -> pd.DataFrame:
+    """One record per job and run: the job's latency times the run's common shift (the machine's state)."""
+    rows = []
+    for run, shift in enumerate(shifts):
+        for onnx_id, ms in jobs.items():
+            rows.append(
+                {
+                    "run_id": f"run{run}", "timestamp": f"2026-11-30T10:{run:02d}:00+00:00", "onnx": onnx_id,
+                    "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "batch": 1, "threads": 1,
+                    "contended": contended, "p50_ms": ms * shift,
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_run_spread_is_the_pooled_spread_of_each_jobs_median_between_runs():
+    shifts = [1.0, 1.04, 0.97, 1.02]  # every job of a run moves together, as on this host
+    result = spread(history_records(shifts, {"a": 1.0, "b": 4.0}))
+    logs = np.log(shifts)
+    assert result.runs == 4
+    assert result.sigma == pytest.approx(np.std(logs, ddof=1))
+    assert spread(history_records([1.0], {"a": 1.0, "b": 4.0})).runs == 0  # one run: nothing to compare
+
+
+def test_the_run_to_run_interval_uses_students_t_over_runs_and_needs_two():
+    assert RunSpread(0.03, 0).interval(2.0) is None and RunSpread(0.03, 1).interval(2.0) is None
+    low, high = RunSpread(0.02, 5).interval(2.0)
+    half = 2.776 * math.sqrt(2) * 0.02  # t(4) at 97.5%
+    assert low == pytest.approx(2.0 * math.exp(-half), rel=1e-3)
+    assert high == pytest.approx(2.0 * math.exp(half), rel=1e-3)
+    assert RunSpread(0.02, 20).interval(2.0)[1] < high  # more runs, a surer spread
+
+
+def test_history_keeps_busy_runs_apart_from_quiet_ones(tmp_path):
+    history = RunHistory(tmp_path, host="box")
+    for _, record in history_records([1.0, 1.5, 0.6], {"a": 1.0}, contended=True).iterrows():
+        history.record(record.to_dict())
+    for _, record in history_records([1.0, 1.01], {"a": 1.0}).iterrows():
+        quiet = history.record(record.to_dict())
+    assert quiet.runs == 2 and quiet.sigma < 0.01  # the busy runs' 50% swings do not widen quiet rows
+    assert len(history.read()) == 5 and history.path == tmp_path / "history" / "box.csv"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("run_id,timestamp\n1,2", "not a run history of this version (no column onnx"),
+        ("\x00\x01garbage", "not a r"),
+    ],
+)
+def test_a_corrupt_history_stops_the_run_before_anything_is_measured(
+    models, fast, tmp_path, content, message
+):
+    cache = tmp_path / "cache"
+    path = RunHistory(cache).path
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(ProfilerError, match=re.escape(f"{path}: {message}")):
+        run_jobs([job(models["narrow"])], tmp_path / "out", dataclasses.replace(fast, cache_dir=cache))
+    assert not (tmp_path / "out" / "latency.parquet").exists()
+
+
+def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
+    settings = dataclasses.replace(fast, cache_dir=tmp_path / "cache", max_seconds=0.5)
+    jobs = [job(models["narrow"]), job(models["mid"])]
+    first = run_jobs(jobs, tmp_path / "out", settings)
+    assert (first["spread_runs"] == 0).all() and first["run_spread"].isna().all()
+    second = run_jobs(jobs, tmp_path / "out", settings, force=True)
+    assert (second["spread_runs"] == 2).all()
+    previous = first.set_index("config_id")["p50_ms"]
+    for _, row in second.iterrows():
+        low, high = RunSpread(row["run_spread"], 2).interval(row["p50_ms"])
+        assert row["run_spread"] > 0 and row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
+        assert row["ci_low_ms"] <= previous[row["config_id"]] <= row["ci_high_ms"]  # t(1) is wide
+    assert len(RunHistory(settings.cache_dir).read()) == 4
+
+
 # --- measuring ----------------------------------------------------------------------------------------
 
 
@@ -203,7 +282,8 @@ def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp
         for backend in ("onnxruntime", "openvino")
         for name, width, macs in (("narrow", 0.125, 1000), ("wide", 1.0, 64000))
     ]
-    table = run_jobs(jobs, tmp_path, fast)
+    no_history = dataclasses.replace(fast, cache_dir=tmp_path / "cache")  # within-run intervals only
+    table = run_jobs(jobs, tmp_path, no_history)
 
     assert len(table) == 4
     assert list(table.columns[: len(SCHEMA)]) == list(SCHEMA)

@@ -1,0 +1,121 @@
+"""This machine's run-to-run spread of a median latency, learned from its own earlier runs (issue 14).
+
+Nothing inside one run sees how far its medians sit from the next run's: on this shared 2-core host every
+width of a run moves together by 2-5% between runs, while its rounds agree to about 1%. Two sets of
+workers of the same jobs, interleaved in one run, agreed within 1% while consecutive runs differed by 3-8%
+(results/interval_shift.md), so the shift is the machine's state over time, not the worker process, and
+more rounds or more processes inside a run cannot measure it. pyperf faces the same and spreads its
+processes over time; here the time axis is the user's own runs: every measured median goes into a history
+per host under the cache directory, and the spread of the same job's median between runs there,
+pooled over jobs, widens the interval of every later row (`RunSpread.interval`).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import t as student_t
+
+from profilers.errors import ProfilerError
+from profilers.files import locked, replacing
+
+# The most recent runs of one host, backend, device and machine state that a spread is estimated from:
+# a machine's noise changes over weeks, and old runs should not speak for it.
+RECENT_RUNS = 20
+# Records kept per host file (oldest dropped first), so the file stays small.
+KEPT_RECORDS = 5000
+# A job: the same file (by content) run the same way.
+JOB_COLUMNS = ["onnx", "backend", "device", "precision", "batch", "threads"]
+COLUMNS = ["run_id", "timestamp", *JOB_COLUMNS, "contended", "p50_ms"]
+
+
+@dataclass(frozen=True)
+class RunSpread:
+    """How far one run's median of a job moves between runs: the relative standard deviation of its log
+    about the job's mean over runs, pooled over jobs, and how many runs that rests on (0: none)."""
+
+    sigma: float
+    runs: int
+
+    def interval(self, center: float, confidence: float = 0.95) -> tuple[float, float] | None:
+        """Where the next run's median should fall, from this run's: both carry the spread, so their ratio
+        has sqrt(2) times it; Student's t with runs - 1 degrees of freedom, as the runs (not the jobs,
+        which move together) are the independent draws. None with fewer than 2 runs."""
+        if self.runs < 2 or not math.isfinite(self.sigma):
+            return None
+        half = float(student_t.ppf((1 + confidence) / 2, self.runs - 1)) * math.sqrt(2) * self.sigma
+        return center * math.exp(-half), center * math.exp(half)
+
+
+NO_SPREAD = RunSpread(math.nan, 0)
+
+
+def spread(records: pd.DataFrame) -> RunSpread:
+    """The pooled run-to-run spread of the jobs in `records` (one host, backend, device and state) over
+    their RECENT_RUNS latest runs; only jobs measured in at least two runs count."""
+    if records.empty:
+        return NO_SPREAD
+    latest = records.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
+    recent = records[records["run_id"].isin(latest)]
+    per_run = recent.assign(log_ms=np.log(recent["p50_ms"].astype(float)))
+    per_run = per_run.groupby([*JOB_COLUMNS, "run_id"], dropna=False)["log_ms"].mean().reset_index()
+    squares, freedom, runs = 0.0, 0, set()
+    for _, job in per_run.groupby(JOB_COLUMNS, dropna=False):
+        if len(job) < 2:
+            continue
+        squares += float(((job["log_ms"] - job["log_ms"].mean()) ** 2).sum())
+        freedom += len(job) - 1
+        runs.update(job["run_id"])
+    if not freedom:
+        return NO_SPREAD
+    return RunSpread(math.sqrt(squares / freedom), len(runs))
+
+
+class RunHistory:
+    """The medians measured on this host: `cache_dir/history/<host>.csv`, rewritten whole under a lock."""
+
+    def __init__(self, cache_dir: Path, host: str | None = None) -> None:
+        self.path = Path(cache_dir) / "history" / f"{host or socket.gethostname()}.csv"
+
+    def read(self) -> pd.DataFrame:
+        """The records so far (none when the file is missing); a file that is not a history is an error
+        that names it, raised before anything is measured."""
+        if not self.path.exists():
+            return pd.DataFrame(columns=COLUMNS)
+        try:
+            records = pd.read_csv(self.path, dtype={"run_id": str, "onnx": str, "precision": str})
+        except (OSError, ValueError, pd.errors.ParserError) as error:
+            raise ProfilerError(
+                f"{self.path}: not a readable run history ({error}); delete it to start anew"
+            ) from None
+        missing = [column for column in COLUMNS if column not in records]
+        if missing:
+            raise ProfilerError(
+                f"{self.path}: not a run history of this version (no column {', '.join(missing)}); "
+                "delete it to start anew"
+            )
+        if not pd.to_numeric(records["p50_ms"], errors="coerce").gt(0).all():
+            raise ProfilerError(f"{self.path}: p50_ms holds values that are not positive numbers")
+        return records[COLUMNS]
+
+    def record(self, entry: dict[str, Any]) -> RunSpread:
+        """Add one row's median and return the spread of its host, backend, device and state, this row
+        included."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with locked(self.path.with_name(f".{self.path.name}.lock")):
+            records = pd.concat([self.read(), pd.DataFrame([entry])[COLUMNS]], ignore_index=True)
+            records = records.iloc[-KEPT_RECORDS:]
+            with replacing(self.path) as tmp:
+                records.to_csv(tmp, index=False)
+        same = (
+            (records["backend"] == entry["backend"])
+            & (records["device"] == entry["device"])
+            & (records["contended"].astype(bool) == bool(entry["contended"]))
+        )
+        return spread(records[same])
