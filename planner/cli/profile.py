@@ -155,8 +155,26 @@ def profile_command(
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
+    _note_within_run(rows)
     if not _warn_contended(rows, wait_quiet) and require_quiet:
         raise typer.Exit(1)
+
+
+def _note_within_run(rows: pd.DataFrame) -> None:
+    """One line when some intervals could not include this machine's run-to-run spread yet."""
+    measured = rows[rows["status"] == "ok"] if len(rows) else rows
+    if "spread_runs" not in measured or not len(measured):
+        return
+    alone = measured[measured["spread_runs"].fillna(0) < 2]
+    if len(alone):
+        console.print(
+            f"note: {len(alone)} of {len(measured)} intervals hold within-run noise only: this machine has "
+            "no earlier run of the same jobs, and whole runs move together by a few percent; a re-run "
+            "(--force) measures that spread and widens them",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
 
 
 def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
