@@ -1,8 +1,9 @@
 """Issue 16 benchmark: does the ladder runtime hold a latency budget while the CPU gets busy?
 
-S-MobileNetV2 (224x224, 1000 classes, seed-0 random weights: latency does not depend on the weights) on the
-cpu target (ONNX Runtime). Accuracy per width is the slimmable-networks paper's ImageNet top-1
-(results/reference_imagenet_accuracy.csv, imported): what each width would serve with trained weights.
+S-MobileNetV2 (224x224 unless --input-size, 1000 classes, seed-0 random weights: latency does not depend
+on the weights) on the cpu target (ONNX Runtime). Accuracy per width is the slimmable-networks paper's
+ImageNet top-1 (results/reference_imagenet_accuracy.csv, imported): what each width would serve with
+trained weights.
 
 1. profile the four widths and write a manifest whose ladder holds all four;
 2. calibrate: each rung pinned for a few quiet seconds; the budget is halfway between the narrowest and
@@ -48,17 +49,18 @@ def machine_state() -> str:
     return "\n".join([uptime, *ps])
 
 
-def prepare(work: Path) -> Path:
+def prepare(work: Path, input_size: int) -> Path:
     """Checkpoint, imported accuracy, profile, manifest (each step skipped when already done)."""
     import torch
 
     import planner
 
+    work = work / f"{input_size}px"
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = work / f"{MODEL}-seed0.pt"
     if not checkpoint.is_file():
         torch.manual_seed(0)
-        planner.save_checkpoint(planner.create_model(MODEL), checkpoint)
+        planner.save_checkpoint(planner.create_model(MODEL, input_size=input_size), checkpoint)
     results = work / "out"
     if not (results / "accuracy.parquet").is_file():
         reference = pd.read_csv(Path(__file__).parent.parent / "results" / "reference_imagenet_accuracy.csv")
@@ -86,10 +88,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the target's)")
     parser.add_argument("--name", default="runtime_ladder", help="stem of the result files")
     parser.add_argument(
+        "--input-size",
+        type=int,
+        default=224,
+        help="input height and width: the compute per inference, against the scheduler's 4-ms tick",
+    )
+    parser.add_argument(
         "--rate", type=float, default=None, help="open loop: requests/s (default: closed loop)"
     )
     arguments = parser.parse_args()
-    manifest = prepare(arguments.work)
+    manifest = prepare(arguments.work, arguments.input_size)
     before = machine_state()
 
     budget = arguments.budget_ms
@@ -119,11 +127,20 @@ def main() -> None:
     (out / f"{name}.json").write_text(json.dumps(result.report, indent=2) + "\n")
     shutil.copyfile(arguments.work / "loadtest" / "loadtest.png", out / f"{name}.png")
     command = shlex.join(["python", "benchmarks/runtime_ladder.py", *sys.argv[1:]])
-    write_markdown(out / f"{name}.md", name, command, result.report, calibration, budget, before, after)
+    size = arguments.input_size
+    write_markdown(out / f"{name}.md", name, command, result.report, calibration, budget, before, after, size)
 
 
 def write_markdown(
-    path: Path, name: str, command: str, report: dict, calibration, budget: float, before: str, after: str
+    path: Path,
+    name: str,
+    command: str,
+    report: dict,
+    calibration,
+    budget: float,
+    before: str,
+    after: str,
+    input_size: int,
 ) -> None:
     runs = pd.DataFrame(report["runs"])
     table = runs[["run", "requests", "p50_ms", "p90_ms", "windows_within_pct", "quiet_within_pct",
@@ -137,7 +154,8 @@ def write_markdown(
         "",
         f"    {command}",
         "",
-        f"{MODEL} (224x224, random seed-0 weights; accuracy = the paper's ImageNet top-1, imported), target "
+        f"{MODEL} ({input_size}x{input_size}, random seed-0 weights; accuracy = the paper's ImageNet top-1, "
+        "imported), target "
         f"cpu (ONNX Runtime, {report['threads']} intra-op threads: 0 = every core), {_load(report['load'])}, "
         f"schedule {SCHEDULE}, p90 budget {budget:.2f} ms (halfway between the narrowest and the "
         "widest rung's p90 in a 4-s pinned calibration run just before).",

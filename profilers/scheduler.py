@@ -435,7 +435,8 @@ def _ok_row(
     ready = measurement.ready
     job = measurement.job
     samples = measurement.samples_ms()
-    load = measurement.load.columns(measurement.speed_before_ms, speed_index_ms(), settings.contention_cores)
+    speed_after = speed_index_ms(reference_ms=measurement.speed_before_ms)
+    load = measurement.load.columns(measurement.speed_before_ms, speed_after, settings.contention_cores)
     run_spread = history.record(
         {
             "run_id": run_id,

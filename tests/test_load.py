@@ -15,6 +15,7 @@ from profilers.load import (
     Snapshot,
     parse_proc_stat,
     parse_process_ticks,
+    speed_index_ms,
     thermal,
     wait_until_quiet,
 )
@@ -93,6 +94,32 @@ def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     meter = LoadMeter()
     assert meter.columns(1.0, 1.6, limit_cores=0.25, root=tmp_path)["contention"] == "speed index moved x1.60"
     assert meter.columns(1.0, 1.1, limit_cores=0.25, root=tmp_path)["contended"] is False
+
+
+def test_a_speed_probe_slowed_for_a_moment_is_taken_again_and_a_lasting_slowdown_is_not(monkeypatch):
+    import profilers.load as load
+
+    reference = speed_index_ms()
+    sort = load.np.sort
+    calls = {"n": 0}
+
+    def hiccup(values, kind):  # the first 50 sorts are 20 ms slow, as when another tenant bursts
+        calls["n"] += 1
+        if calls["n"] <= 50:
+            load.time.sleep(0.02)
+        return sort(values, kind=kind)
+
+    monkeypatch.setattr(load.np, "sort", hiccup)
+    assert speed_index_ms(reference_ms=reference) < reference * 1.3
+    calls["n"] = 0
+    assert speed_index_ms() > 10 * reference  # without the reference, nothing is taken again
+
+    def lasting(values, kind):
+        load.time.sleep(0.001)
+        return sort(values, kind=kind)
+
+    monkeypatch.setattr(load.np, "sort", lasting)
+    assert speed_index_ms(reference_ms=reference) > 1.3 * reference
 
 
 def test_unreadable_proc_is_nan_not_a_flag(tmp_path):
