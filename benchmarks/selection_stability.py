@@ -13,6 +13,7 @@ Also reported: how often run k's interval held run k+1's p50 (the reported, re-r
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 
 import pandas as pd
@@ -64,6 +65,7 @@ def main() -> None:
     accuracy = accuracy_table(jobs)
     all_jobs = [dataclasses.replace(j, threads=arguments.threads) for j in jobs.values()]
     settings = Settings(cache_dir=arguments.work / "cache", max_seconds=arguments.max_seconds)
+    shutil.rmtree(settings.cache_dir / "history", ignore_errors=True)  # the calibration run is the first
 
     def profile(run: int) -> tuple[pd.DataFrame, float, str]:
         state = machine_state()
