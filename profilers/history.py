@@ -43,14 +43,25 @@ class RunSpread:
     sigma: float
     runs: int
 
+    def _log_half_width(self, confidence: float) -> float | None:
+        if self.runs < 2 or not math.isfinite(self.sigma):
+            return None
+        return float(student_t.ppf((1 + confidence) / 2, self.runs - 1)) * math.sqrt(2) * self.sigma
+
     def interval(self, center: float, confidence: float = 0.95) -> tuple[float, float] | None:
         """Where the next run's median should fall, from this run's: both carry the spread, so their ratio
         has sqrt(2) times it; Student's t with runs - 1 degrees of freedom, as the runs (not the jobs,
         which move together) are the independent draws. None with fewer than 2 runs."""
-        if self.runs < 2 or not math.isfinite(self.sigma):
+        half = self._log_half_width(confidence)
+        if half is None:
             return None
-        half = float(student_t.ppf((1 + confidence) / 2, self.runs - 1)) * math.sqrt(2) * self.sigma
         return center * math.exp(-half), center * math.exp(half)
+
+    def relative_half_width(self, confidence: float = 0.95) -> float:
+        """The interval's smaller half over its center (0 without one): a within-run interval inside it
+        leaves the reported interval as it is, however long the run goes on measuring."""
+        half = self._log_half_width(confidence)
+        return 0.0 if half is None else 1 - math.exp(-half)
 
 
 NO_SPREAD = RunSpread(math.nan, 0)
@@ -113,9 +124,14 @@ class RunHistory:
             records = records.iloc[-KEPT_RECORDS:]
             with replacing(self.path) as tmp:
                 records.to_csv(tmp, index=False)
-        same = (
-            (records["backend"] == entry["backend"])
-            & (records["device"] == entry["device"])
-            & (records["contended"].astype(bool) == bool(entry["contended"]))
-        )
-        return spread(records[same])
+        return state_spread(records, entry["backend"], entry["device"], bool(entry["contended"]))
+
+
+def state_spread(records: pd.DataFrame, backend: str, device: str, contended: bool) -> RunSpread:
+    """The spread of one backend and device in one machine state (busy rows apart from quiet ones)."""
+    same = (
+        (records["backend"] == backend)
+        & (records["device"] == device)
+        & (records["contended"].astype(bool) == contended)
+    )
+    return spread(records[same])

@@ -36,7 +36,7 @@ from profilers.backends import get_backend
 from profilers.cache import onnx_digest
 from profilers.environment import environment
 from profilers.errors import ProfilerError
-from profilers.history import RunHistory
+from profilers.history import RunHistory, state_spread
 from profilers.jobs import KEY_COLUMNS, Job, Settings
 from profilers.load import LoadMeter, Snapshot, speed_index_ms, wait_until_quiet
 from profilers.modelfile import ModelFile
@@ -180,6 +180,9 @@ class _Measurement:
     load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its bursts
     speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
+    # The host's run-to-run interval half-width (relative) for this job, quiet and busy: measuring on
+    # cannot narrow the reported interval below it (profilers.history).
+    between_runs: dict[bool, float] = field(default_factory=dict)
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -201,11 +204,13 @@ class _Measurement:
         return Ratio.paired(self.round_minima_ms, self.reference.round_minima_ms, confidence)
 
     def converged(self, settings: Settings) -> bool:
-        """Its median's interval is tight, and so is its ratio's, unless it has no live reference."""
+        """Its median's interval is tight (within ci_rel, or within the host's run-to-run spread in the
+        machine's present state, whichever is wider), and so is its ratio's, unless it has no live
+        reference."""
         rounds = np.array(list(self.round_medians_ms.values()))
-        if not converged(
-            self.samples_ms(), rounds, settings.ci_rel, settings.confidence, settings.min_queries
-        ):
+        busy = self.load.other_cores() > settings.contention_cores
+        tolerance = max(settings.ci_rel, self.between_runs.get(busy, 0.0))
+        if not converged(self.samples_ms(), rounds, tolerance, settings.confidence, settings.min_queries):
             return False
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
@@ -335,6 +340,15 @@ def _measure_group(
             )
             active.append(measurement)
         _assign_references(active)
+        records = history.read()
+        for measurement in active:
+            job = measurement.job
+            measurement.between_runs = {
+                busy: state_spread(records, job.backend, job.device, busy).relative_half_width(
+                    settings.confidence
+                )
+                for busy in (False, True)
+            }
         speed_before = speed_index_ms()
         for measurement in active:
             measurement.speed_before_ms = speed_before

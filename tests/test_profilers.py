@@ -258,6 +258,23 @@ def test_a_corrupt_history_stops_the_run_before_anything_is_measured(
     assert not (tmp_path / "out" / "latency.parquet").exists()
 
 
+def test_a_job_stops_once_more_rounds_could_not_narrow_the_reported_interval():
+    from profilers.scheduler import _Measurement
+
+    rng = np.random.default_rng(5)
+    measurement = _Measurement(job=None, index=0, model=None)
+    for r in range(12):  # rounds 4% apart, as on a busy machine: a 2% within-run interval is far off
+        level = 10 * rng.normal(1, 0.04)
+        measurement.round_medians_ms[r] = level
+        measurement.samples_ns.extend(int(level * 1e6 * rng.normal(1, 0.002)) for _ in range(8))
+    settings = Settings(ci_rel=0.02, min_queries=64)
+    assert not measurement.converged(settings)
+    measurement.between_runs = {False: 0.15, True: 0.4}  # the host's runs differ by more than that anyway
+    assert measurement.converged(settings)
+    measurement.between_runs = {False: 0.01, True: 0.4}  # a steady host: keep measuring
+    assert not measurement.converged(settings)
+
+
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
     settings = dataclasses.replace(fast, cache_dir=tmp_path / "cache", max_seconds=0.5)
     jobs = [job(models["narrow"]), job(models["mid"])]
