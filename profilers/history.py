@@ -7,7 +7,9 @@ workers of the same jobs, interleaved in one run, agreed within 1% while consecu
 more rounds or more processes inside a run cannot measure it. pyperf faces the same and spreads its
 processes over time; here the time axis is the user's own runs: every measured median goes into a history
 per host under the cache directory, and the spread of the same job's median between runs there,
-pooled over jobs, widens the interval of every later row (`RunSpread.interval`).
+pooled over jobs, widens the interval of every later row (`RunSpread.interval`). The ranking ratio to the
+series' reference is recorded beside it: drift cancels in it within a run, yet it too moves a little
+between runs, and its spread widens the ratio's interval the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ RECENT_RUNS = 20
 KEPT_RECORDS = 5000
 # A job: the same file (by content) run the same way.
 JOB_COLUMNS = ["onnx", "backend", "device", "precision", "batch", "threads"]
-COLUMNS = ["run_id", "timestamp", *JOB_COLUMNS, "contended", "p50_ms"]
+# p50_ms: the run's median; ratio: its ranking ratio to its series' reference (empty for the reference).
+COLUMNS = ["run_id", "timestamp", *JOB_COLUMNS, "contended", "p50_ms", "ratio"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,16 @@ class RunSpread:
 NO_SPREAD = RunSpread(math.nan, 0)
 
 
-def spread(records: pd.DataFrame) -> RunSpread:
-    """The pooled run-to-run spread of the jobs in `records` (one host, backend, device and state) over
-    their RECENT_RUNS latest runs; only jobs measured in at least two runs count."""
+def spread(records: pd.DataFrame, column: str = "p50_ms") -> RunSpread:
+    """The pooled run-to-run spread of `column` (p50_ms or ratio) of the jobs in `records` (one host,
+    backend, device and state) over their RECENT_RUNS latest runs; only jobs measured in at least two
+    runs count."""
+    records = records[pd.to_numeric(records[column], errors="coerce") > 0]
     if records.empty:
         return NO_SPREAD
     latest = records.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
     recent = records[records["run_id"].isin(latest)]
-    per_run = recent.assign(log_ms=np.log(recent["p50_ms"].astype(float)))
+    per_run = recent.assign(log_ms=np.log(recent[column].astype(float)))
     per_run = per_run.groupby([*JOB_COLUMNS, "run_id"], dropna=False)["log_ms"].mean().reset_index()
     squares, freedom, runs = 0.0, 0, set()
     for _, job in per_run.groupby(JOB_COLUMNS, dropna=False):
@@ -101,6 +106,8 @@ class RunHistory:
             return pd.DataFrame(columns=COLUMNS)
         try:
             records = pd.read_csv(self.path, dtype={"run_id": str, "onnx": str, "precision": str})
+            if "ratio" not in records:  # recorded before ratios were
+                records["ratio"] = np.nan
         except (OSError, ValueError, pd.errors.ParserError) as error:
             raise ProfilerError(
                 f"{self.path}: not a readable run history ({error}); delete it to start anew"
@@ -115,23 +122,24 @@ class RunHistory:
             raise ProfilerError(f"{self.path}: p50_ms holds values that are not positive numbers")
         return records[COLUMNS]
 
-    def record(self, entry: dict[str, Any]) -> RunSpread:
-        """Add one row's median and return the spread of its host, backend, device and state, this row
-        included."""
+    def record(self, entry: dict[str, Any]) -> pd.DataFrame:
+        """Add one row's median and ratio; return every record, this one included."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with locked(self.path.with_name(f".{self.path.name}.lock")):
             records = pd.concat([self.read(), pd.DataFrame([entry])[COLUMNS]], ignore_index=True)
             records = records.iloc[-KEPT_RECORDS:]
             with replacing(self.path) as tmp:
                 records.to_csv(tmp, index=False)
-        return state_spread(records, entry["backend"], entry["device"], bool(entry["contended"]))
+        return records
 
 
-def state_spread(records: pd.DataFrame, backend: str, device: str, contended: bool) -> RunSpread:
+def state_spread(
+    records: pd.DataFrame, backend: str, device: str, contended: bool, column: str = "p50_ms"
+) -> RunSpread:
     """The spread of one backend and device in one machine state (busy rows apart from quiet ones)."""
     same = (
         (records["backend"] == backend)
         & (records["device"] == device)
         & (records["contended"].astype(bool) == contended)
     )
-    return spread(records[same])
+    return spread(records[same], column)

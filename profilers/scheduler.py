@@ -180,9 +180,10 @@ class _Measurement:
     load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its bursts
     speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
-    # The host's run-to-run interval half-width (relative) for this job, quiet and busy: measuring on
-    # cannot narrow the reported interval below it (profilers.history).
-    between_runs: dict[bool, float] = field(default_factory=dict)
+    # The host's run-to-run interval half-widths (relative) of a median and of a ratio, quiet and busy:
+    # measuring on cannot narrow the reported intervals below them (profilers.history).
+    median_between_runs: dict[bool, float] = field(default_factory=dict)
+    ratio_between_runs: dict[bool, float] = field(default_factory=dict)
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -204,18 +205,19 @@ class _Measurement:
         return Ratio.paired(self.round_minima_ms, self.reference.round_minima_ms, confidence)
 
     def converged(self, settings: Settings) -> bool:
-        """Its median's interval is tight (within ci_rel, or within the host's run-to-run spread in the
-        machine's present state, whichever is wider), and so is its ratio's, unless it has no live
-        reference."""
+        """Its median's interval is tight, and so is its ratio's, unless it has no live reference: each
+        within ci_rel, or within the host's run-to-run interval for the machine's present state where
+        that is wider."""
         rounds = np.array(list(self.round_medians_ms.values()))
         busy = self.load.other_cores() > settings.contention_cores
-        tolerance = max(settings.ci_rel, self.between_runs.get(busy, 0.0))
+        tolerance = max(settings.ci_rel, self.median_between_runs.get(busy, 0.0))
         if not converged(self.samples_ms(), rounds, tolerance, settings.confidence, settings.min_queries):
             return False
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
         ratio = self.ratio(settings.confidence)
-        return ratio is not None and ratio.within(settings.ci_rel, MIN_RATIO_ROUNDS)
+        tolerance = max(settings.ci_rel, self.ratio_between_runs.get(busy, 0.0))
+        return ratio is not None and ratio.within(tolerance, MIN_RATIO_ROUNDS)
 
 
 def _assign_references(group: list[_Measurement]) -> None:
@@ -343,12 +345,13 @@ def _measure_group(
         records = history.read()
         for measurement in active:
             job = measurement.job
-            measurement.between_runs = {
-                busy: state_spread(records, job.backend, job.device, busy).relative_half_width(
-                    settings.confidence
-                )
-                for busy in (False, True)
-            }
+            for column, tolerances in (
+                ("p50_ms", measurement.median_between_runs),
+                ("ratio", measurement.ratio_between_runs),
+            ):
+                for busy in (False, True):
+                    spread = state_spread(records, job.backend, job.device, busy, column)
+                    tolerances[busy] = spread.relative_half_width(settings.confidence)
         speed_before = speed_index_ms()
         for measurement in active:
             measurement.speed_before_ms = speed_before
@@ -451,7 +454,9 @@ def _ok_row(
     samples = measurement.samples_ms()
     speed_after = speed_index_ms(reference_ms=measurement.speed_before_ms)
     load = measurement.load.columns(measurement.speed_before_ms, speed_after, settings.contention_cores)
-    run_spread = history.record(
+    ratio = measurement.ratio(settings.confidence)
+    ranked = ratio is not None and measurement.reference is not measurement
+    records = history.record(
         {
             "run_id": run_id,
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -463,11 +468,14 @@ def _ok_row(
             "threads": job.resolved_threads,
             "contended": load["contended"],
             "p50_ms": float(np.median(samples)),
+            "ratio": ratio.value if ranked else math.nan,
         }
     )
+    same_state = (records, job.backend, job.device, load["contended"])
     rounds = np.array(list(measurement.round_medians_ms.values()))
-    summary = Summary.of(samples, rounds, job.batch, settings.confidence, run_spread)
-    ratio = measurement.ratio(settings.confidence)
+    summary = Summary.of(samples, rounds, job.batch, settings.confidence, state_spread(*same_state))
+    if ranked:
+        ratio = ratio.widened(state_spread(*same_state, "ratio"), settings.confidence)
     return {
         **_base_row(measurement, run_id),
         "status": "ok",

@@ -108,6 +108,15 @@ class Ratio:
         low, high = median_ci(ratios, confidence)
         return cls(float(np.median(ratios)), low, high, len(shared))
 
+    def widened(self, run_spread: RunSpread, confidence: float = 0.95) -> Ratio:
+        """The same ratio, its interval also holding the host's run-to-run spread of ratios."""
+        between = run_spread.interval(self.value, confidence)
+        if between is None:
+            return self
+        if math.isnan(self.low):  # too few rounds for an interval of their own
+            return Ratio(self.value, between[0], between[1], self.rounds)
+        return Ratio(self.value, min(self.low, between[0]), max(self.high, between[1]), self.rounds)
+
     def within(self, ci_rel: float, min_rounds: int) -> bool:
         """At least min_rounds, and the interval lies within value * (1 +- ci_rel)."""
         return (

@@ -7,18 +7,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def _spin(stop) -> None:
+def _spin(started, stop) -> None:
+    started.wait()
     while not stop.is_set():
         pass
 
 
 @contextmanager
 def spinning(count: int) -> Iterator[list[int]]:
-    """`count` processes busy-looping until the block ends; yields their pids."""
+    """`count` processes busy-looping until the block ends, all spinning when the block starts (a
+    measurement shorter than their start-up would otherwise see a quiet machine); yields their pids."""
     stop = multiprocessing.Event()
-    processes = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(count)]
+    started = multiprocessing.Barrier(count + 1)
+    processes = [
+        multiprocessing.Process(target=_spin, args=(started, stop), daemon=True) for _ in range(count)
+    ]
     for process in processes:
         process.start()
+    started.wait(timeout=30)
     try:
         yield [process.pid for process in processes]
     finally:

@@ -24,7 +24,7 @@ from spinners import spinning
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
-from profilers.history import RunHistory, RunSpread, spread
+from profilers.history import RunHistory, RunSpread, spread, state_spread
 from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def history_records(shifts: list[float], jobs: dict[str, float], contended: bool
                 {
                     "run_id": f"run{run}", "timestamp": f"2026-11-30T10:{run:02d}:00+00:00", "onnx": onnx_id,
                     "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "batch": 1, "threads": 1,
-                    "contended": contended, "p50_ms": ms * shift,
+                    "contended": contended, "p50_ms": ms * shift, "ratio": ms * shift / 4.0,
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)
@@ -234,7 +234,8 @@ def test_history_keeps_busy_runs_apart_from_quiet_ones(tmp_path):
     for _, record in history_records([1.0, 1.5, 0.6], {"a": 1.0}, contended=True).iterrows():
         history.record(record.to_dict())
     for _, record in history_records([1.0, 1.01], {"a": 1.0}).iterrows():
-        quiet = history.record(record.to_dict())
+        records = history.record(record.to_dict())
+    quiet = state_spread(records, "onnxruntime", "cpu", contended=False)
     assert quiet.runs == 2 and quiet.sigma < 0.01  # the busy runs' 50% swings do not widen quiet rows
     assert len(history.read()) == 5 and history.path == tmp_path / "history" / "box.csv"
 
@@ -269,25 +270,53 @@ def test_a_job_stops_once_more_rounds_could_not_narrow_the_reported_interval():
         measurement.samples_ns.extend(int(level * 1e6 * rng.normal(1, 0.002)) for _ in range(8))
     settings = Settings(ci_rel=0.02, min_queries=64)
     assert not measurement.converged(settings)
-    measurement.between_runs = {False: 0.15, True: 0.4}  # the host's runs differ by more than that anyway
+    measurement.median_between_runs = {False: 0.15, True: 0.4}  # the host's runs differ more anyway
     assert measurement.converged(settings)
-    measurement.between_runs = {False: 0.01, True: 0.4}  # a steady host: keep measuring
+    measurement.median_between_runs = {False: 0.01, True: 0.4}  # a steady host: keep measuring
     assert not measurement.converged(settings)
+
+
+def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
+    from profilers.scheduler import _Measurement
+
+    # ratios cancel the run's common shift: the p50s move 4%, the ratio of a to b not at all
+    records = history_records([1.0, 1.04, 0.97, 1.02], {"a": 1.0, "b": 4.0})
+    assert spread(records, "ratio").sigma == pytest.approx(spread(records).sigma)  # same shifts here
+    records.loc[records["onnx"] == "b", "ratio"] = math.nan  # b is the reference: no ratio recorded
+    assert spread(records, "ratio").runs == 4
+    ratio = Ratio(0.25, 0.249, 0.251, 20).widened(RunSpread(0.02, 5))
+    assert ratio.low < 0.25 * 0.93 and ratio.high > 0.25 * 1.07 and ratio.value == 0.25
+    assert Ratio(0.25, math.nan, math.nan, 3).widened(RunSpread(0.02, 5)).low < 0.25
+
+    rng = np.random.default_rng(6)
+    reference = _Measurement(job=None, index=0, model=None, worker=object())
+    reference.reference = reference
+    narrow = _Measurement(job=None, index=1, model=None, reference=reference)
+    for r in range(12):  # a tight median, but a ratio that wanders 4% from round to round
+        narrow.round_medians_ms[r] = 1.0 * rng.normal(1, 0.001)
+        narrow.round_minima_ms[r] = 1.0 * rng.normal(1, 0.04)
+        reference.round_minima_ms[r] = 4.0
+        narrow.samples_ns.extend([int(1e6)] * 8)
+    settings = Settings(ci_rel=0.02, min_queries=64)
+    assert not narrow.converged(settings)
+    narrow.ratio_between_runs = {False: 0.1, True: 0.1}
+    assert narrow.converged(settings)
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
     settings = dataclasses.replace(fast, cache_dir=tmp_path / "cache", max_seconds=0.5)
     jobs = [job(models["narrow"]), job(models["mid"])]
-    first = run_jobs(jobs, tmp_path / "out", settings)
+    first = run_jobs(jobs, tmp_path / "out", settings).set_index("config_id")
     assert (first["spread_runs"] == 0).all() and first["run_spread"].isna().all()
     second = run_jobs(jobs, tmp_path / "out", settings, force=True)
-    assert (second["spread_runs"] == 2).all()
-    previous = first.set_index("config_id")["p50_ms"]
-    for _, row in second.iterrows():
-        low, high = RunSpread(row["run_spread"], 2).interval(row["p50_ms"])
-        assert row["run_spread"] > 0 and row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
-        assert row["ci_low_ms"] <= previous[row["config_id"]] <= row["ci_high_ms"]  # t(1) is wide
     assert len(RunHistory(settings.cache_dir).read()) == 4
+    for _, row in second.iterrows():
+        before = first.loc[row["config_id"]]
+        if before["contended"] != row["contended"]:  # a busy row is compared with busy runs only
+            continue
+        low, high = RunSpread(row["run_spread"], 2).interval(row["p50_ms"])
+        assert row["spread_runs"] == 2 and row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
+        assert row["ci_low_ms"] <= before["p50_ms"] <= row["ci_high_ms"]  # t(1) is wide
 
 
 # --- measuring ----------------------------------------------------------------------------------------
@@ -389,8 +418,10 @@ def test_killing_the_parent_keeps_finished_rows_and_a_rerun_resumes(models, fast
         {"onnx": str(models[n]), "threads": 1, "metadata": {"model": "conv", "config_id": n}}
         for n in ("narrow", "mid", "wide")
     ]
-    # Jobs finish one by one: a long time limit for the last two, so the run is killed mid-way.
-    jobs_file.write_text(json.dumps({"jobs": items, "settings": {**fast.to_dict(), "ci_rel": 0.0001}}))
+    # Jobs finish one by one: a long time limit for the last two, so the run is killed mid-way. No run
+    # history (its own cache): with one, a job may stop as soon as the host's run-to-run spread is reached.
+    settings = {**fast.to_dict(), "ci_rel": 0.0001, "cache_dir": str(tmp_path / "cache")}
+    jobs_file.write_text(json.dumps({"jobs": items, "settings": settings}))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "profilers", "run", "--jobs", str(jobs_file), "--out", str(out)]
     command += ["--max-seconds", "20", "--quiet"]
