@@ -60,6 +60,16 @@ class RunSpread:
             return None
         return center * math.exp(-half), center * math.exp(half)
 
+    def joined(self, low: float, high: float, center: float, confidence: float = 0.95) -> tuple[float, float]:
+        """A within-run interval (low, high) about `center`, widened to hold this spread's interval too;
+        as it is without a spread, the spread's alone when the run had too few rounds for one."""
+        between = self.interval(center, confidence)
+        if between is None:
+            return low, high
+        if math.isnan(low):
+            return between
+        return min(low, between[0]), max(high, between[1])
+
     def relative_half_width(self, confidence: float = 0.95) -> float:
         """The interval's smaller half over its center (0 without one): a within-run interval inside it
         leaves the reported interval as it is, however long the run goes on measuring."""

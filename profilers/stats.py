@@ -110,12 +110,8 @@ class Ratio:
 
     def widened(self, run_spread: RunSpread, confidence: float = 0.95) -> Ratio:
         """The same ratio, its interval also holding the host's run-to-run spread of ratios."""
-        between = run_spread.interval(self.value, confidence)
-        if between is None:
-            return self
-        if math.isnan(self.low):  # too few rounds for an interval of their own
-            return Ratio(self.value, between[0], between[1], self.rounds)
-        return Ratio(self.value, min(self.low, between[0]), max(self.high, between[1]), self.rounds)
+        low, high = run_spread.joined(self.low, self.high, self.value, confidence)
+        return Ratio(self.value, low, high, self.rounds)
 
     def within(self, ci_rel: float, min_rounds: int) -> bool:
         """At least min_rounds, and the interval lies within value * (1 +- ci_rel)."""
@@ -158,10 +154,9 @@ class Summary:
         if samples.size == 0:
             raise ValueError("no samples")
         p50, p90, p99 = np.percentile(samples, [50, 90, 99])
-        low, high = rerun_interval(samples, round_medians_ms, confidence)
-        between = run_spread.interval(float(p50), confidence)
-        if between is not None:
-            low, high = min(low, between[0]), max(high, between[1])
+        low, high = run_spread.joined(
+            *rerun_interval(samples, round_medians_ms, confidence), float(p50), confidence
+        )
         return cls(
             p50_ms=float(p50),
             p90_ms=float(p90),
