@@ -10,6 +10,11 @@ per host under the cache directory, and the spread of the same job's median betw
 pooled over jobs, widens the interval of every later row (`RunSpread.interval`). The ranking ratio to the
 series' reference is recorded beside it: drift cancels in it within a run, yet it too moves a little
 between runs, and its spread widens the ratio's interval the same way.
+
+A host's first run has no runs to learn from, and an interval of within-run noise alone would promise what
+the next run breaks. So the spread starts from an assumed one (PRIOR_SIGMA, worth PRIOR_FREEDOM degrees of
+freedom) that the host's own runs are pooled with, the conjugate prior of a normal variance: the first run
+reports the assumed interval, and each later run moves it towards the host's own spread.
 """
 
 from __future__ import annotations
@@ -36,25 +41,47 @@ KEPT_RECORDS = 5000
 JOB_COLUMNS = ["onnx", "backend", "device", "precision", "batch", "threads"]
 # p50_ms: the run's median; ratio: its ranking ratio to its series' reference (empty for the reference).
 COLUMNS = ["run_id", "timestamp", *JOB_COLUMNS, "contended", "p50_ms", "ratio"]
+# The spread assumed before a host's own runs, by column and machine state (contended or not): what this
+# project's 2-core shared x86 host showed (the standard deviation of log p50 between runs; results/
+# busy_repeatability_history.md, busy_repeatability_quiet.md, busy_repeatability_history_loaded.md).
+# Quiet medians moved by 0.020-0.025; busy ones by 0.033-0.042 beside one spinner and by 0.25 under a load
+# nobody controlled, so a busy first run assumes 0.10, between the two; ratios moved by 0.009-0.015 in
+# either state.
+PRIOR_SIGMA = {
+    ("p50_ms", False): 0.025,
+    ("p50_ms", True): 0.10,
+    ("ratio", False): 0.015,
+    ("ratio", True): 0.015,
+}
+# As much weight as five runs of the host's own: t(4) makes a first quiet median's interval +-10%.
+PRIOR_FREEDOM = 4
 
 
 @dataclass(frozen=True)
 class RunSpread:
     """How far one run's median of a job moves between runs: the relative standard deviation of its log
-    about the job's mean over runs, pooled over jobs, and how many runs that rests on (0: none)."""
+    about the job's mean over runs, pooled over jobs; how many of the host's runs that rests on (0: none),
+    and the degrees of freedom an assumed spread it was pooled with adds (0: none)."""
 
     sigma: float
     runs: int
+    prior_freedom: int = 0
+
+    @property
+    def freedom(self) -> int:
+        """Degrees of freedom of sigma: the runs (not the jobs, which move together) are the independent
+        draws, and the prior counts as PRIOR_FREEDOM more."""
+        return self.prior_freedom + max(self.runs - 1, 0)
 
     def _log_half_width(self, confidence: float) -> float | None:
-        if self.runs < 2 or not math.isfinite(self.sigma):
+        if self.freedom < 1 or not math.isfinite(self.sigma):
             return None
-        return float(student_t.ppf((1 + confidence) / 2, self.runs - 1)) * math.sqrt(2) * self.sigma
+        return float(student_t.ppf((1 + confidence) / 2, self.freedom)) * math.sqrt(2) * self.sigma
 
     def interval(self, center: float, confidence: float = 0.95) -> tuple[float, float] | None:
         """Where the next run's median should fall, from this run's: both carry the spread, so their ratio
-        has sqrt(2) times it; Student's t with runs - 1 degrees of freedom, as the runs (not the jobs,
-        which move together) are the independent draws. None with fewer than 2 runs."""
+        has sqrt(2) times it; Student's t with `freedom` degrees of freedom. None without any (fewer than
+        2 runs and no prior)."""
         half = self._log_half_width(confidence)
         if half is None:
             return None
@@ -143,13 +170,22 @@ class RunHistory:
         return records
 
 
+def with_prior(observed: RunSpread, prior_sigma: float) -> RunSpread:
+    """The host's own spread pooled with an assumed one: sums of squares add, weighted by their degrees of
+    freedom (the assumed spread alone before the host's second run)."""
+    own = max(observed.runs - 1, 0)
+    squares = PRIOR_FREEDOM * prior_sigma**2 + (own * observed.sigma**2 if own else 0.0)
+    return RunSpread(math.sqrt(squares / (PRIOR_FREEDOM + own)), observed.runs, PRIOR_FREEDOM)
+
+
 def state_spread(
     records: pd.DataFrame, backend: str, device: str, contended: bool, column: str = "p50_ms"
 ) -> RunSpread:
-    """The spread of one backend and device in one machine state (busy rows apart from quiet ones)."""
+    """The spread of one backend and device in one machine state (busy rows apart from quiet ones),
+    pooled with the spread assumed for that state."""
     same = (
         (records["backend"] == backend)
         & (records["device"] == device)
         & (records["contended"].astype(bool) == contended)
     )
-    return spread(records[same], column)
+    return with_prior(spread(records[same], column), PRIOR_SIGMA[column, contended])

@@ -181,7 +181,8 @@ class _Measurement:
     speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
     # The host's run-to-run interval half-widths (relative) of a median and of a ratio, quiet and busy:
-    # measuring on cannot narrow the reported intervals below them (profilers.history).
+    # measuring on cannot narrow the reported intervals below them (profilers.history); 0 for a quiet
+    # state the host has no runs of yet.
     median_between_runs: dict[bool, float] = field(default_factory=dict)
     ratio_between_runs: dict[bool, float] = field(default_factory=dict)
 
@@ -351,7 +352,10 @@ def _measure_group(
             ):
                 for busy in (False, True):
                     spread = state_spread(records, job.backend, job.device, busy, column)
-                    tolerances[busy] = spread.relative_half_width(settings.confidence)
+                    # A quiet first run measures on to ci_rel, so the ratios compared inside it stay sharp;
+                    # a busy one stops at the assumed spread, which no longer run on a busy machine narrows.
+                    own = spread.runs >= 2
+                    tolerances[busy] = spread.relative_half_width(settings.confidence) if own or busy else 0.0
         speed_before = speed_index_ms()
         for measurement in active:
             measurement.speed_before_ms = speed_before

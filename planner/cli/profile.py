@@ -155,22 +155,25 @@ def profile_command(
             log=lambda line: bar.console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
     _summary(rows, out, estimated=False)
-    _note_within_run(rows)
+    _note_assumed_spread(rows)
     if not _warn_contended(rows, wait_quiet) and require_quiet:
         raise typer.Exit(1)
 
 
-def _note_within_run(rows: pd.DataFrame) -> None:
-    """One line when some intervals could not include this machine's run-to-run spread yet."""
+def _note_assumed_spread(rows: pd.DataFrame) -> None:
+    """One line when some intervals rest on an assumed run-to-run spread, not yet on this machine's own."""
+    from profilers.history import PRIOR_SIGMA
+
     measured = rows[rows["status"] == "ok"] if len(rows) else rows
     if "spread_runs" not in measured or not len(measured):
         return
-    alone = measured[measured["spread_runs"].fillna(0) < 2]
-    if len(alone):
+    assumed = measured[measured["spread_runs"].fillna(0) < 2]
+    if len(assumed):
+        quiet, busy = (PRIOR_SIGMA["p50_ms", state] for state in (False, True))
         console.print(
-            f"note: {len(alone)} of {len(measured)} intervals hold within-run noise only: this machine has "
-            "no earlier run of the same jobs, and whole runs move together by a few percent; a re-run "
-            "(--force) measures that spread and widens them",
+            f"note: {len(assumed)} of {len(measured)} intervals assume how far whole runs move apart "
+            f"({quiet:.1%} quiet, {busy:.0%} busy): this machine has no earlier runs of these jobs; "
+            "re-runs (--force) measure its own spread",
             soft_wrap=True,
             markup=False,
             highlight=False,
