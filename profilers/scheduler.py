@@ -180,11 +180,10 @@ class _Measurement:
     load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its bursts
     speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
-    # The host's run-to-run interval half-widths (relative) of a median and of a ratio, quiet and busy:
-    # measuring on cannot narrow the reported intervals below them (profilers.history); 0 for a quiet
-    # state the host has no runs of yet.
+    # The host's run-to-run interval half-widths (relative) of a median, quiet and busy, and of a ratio on
+    # a busy machine: measuring on cannot narrow the reported intervals below them (profilers.history).
     median_between_runs: dict[bool, float] = field(default_factory=dict)
-    ratio_between_runs: dict[bool, float] = field(default_factory=dict)
+    ratio_between_busy_runs: float = 0.0
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -208,7 +207,10 @@ class _Measurement:
     def converged(self, settings: Settings) -> bool:
         """Its median's interval is tight, and so is its ratio's, unless it has no live reference: each
         within ci_rel, or within the host's run-to-run interval for the machine's present state where
-        that is wider."""
+        that is wider. A quiet ratio always measures to ci_rel: ratios rank configurations against each
+        other inside a run, and one stopped at the run-to-run spread put its own imprecision into the
+        history that spread is learned from, so the spread could only widen (every job down to the minimum
+        8 rounds by the 7th of 10 quiet runs, results/busy_repeatability_prior.md)."""
         rounds = np.array(list(self.round_medians_ms.values()))
         busy = self.load.other_cores() > settings.contention_cores
         tolerance = max(settings.ci_rel, self.median_between_runs.get(busy, 0.0))
@@ -217,7 +219,7 @@ class _Measurement:
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
         ratio = self.ratio(settings.confidence)
-        tolerance = max(settings.ci_rel, self.ratio_between_runs.get(busy, 0.0))
+        tolerance = max(settings.ci_rel, self.ratio_between_busy_runs if busy else 0.0)
         return ratio is not None and ratio.within(tolerance, MIN_RATIO_ROUNDS)
 
 
@@ -346,16 +348,16 @@ def _measure_group(
         records = history.read()
         for measurement in active:
             job = measurement.job
-            for column, tolerances in (
-                ("p50_ms", measurement.median_between_runs),
-                ("ratio", measurement.ratio_between_runs),
-            ):
-                for busy in (False, True):
-                    spread = state_spread(records, job.backend, job.device, busy, column)
-                    # A quiet first run measures on to ci_rel, so the ratios compared inside it stay sharp;
-                    # a busy one stops at the assumed spread, which no longer run on a busy machine narrows.
-                    own = spread.runs >= 2
-                    tolerances[busy] = spread.relative_half_width(settings.confidence) if own or busy else 0.0
+            for busy in (False, True):
+                spread = state_spread(records, job.backend, job.device, busy)
+                # A quiet first run measures on to ci_rel, so the medians inside it stay as sharp as
+                # before; a busy one stops at the assumed spread, which no longer run on a busy machine
+                # narrows.
+                own = spread.runs >= 2
+                half = spread.relative_half_width(settings.confidence) if own or busy else 0.0
+                measurement.median_between_runs[busy] = half
+            ratios = state_spread(records, job.backend, job.device, True, "ratio")
+            measurement.ratio_between_busy_runs = ratios.relative_half_width(settings.confidence)
         speed_before = speed_index_ms()
         for measurement in active:
             measurement.speed_before_ms = speed_before

@@ -133,6 +133,7 @@ def test_anchored_measurement_puts_every_group_beside_the_full_width(tmp_path):
     frame = measure_anchored(model, configs, load_target("cpu"), tmp_path, settings)
     assert list(frame["config_id"]) == [model.config(1.0).id, *(c.id for c in configs)]  # the anchor first
     assert (frame["anchored_ms"] > 0).all() and (frame["p50_ms"] > 0).all()
+    assert frame["contended"].dtype == bool  # says which measurements a busy machine may have moved
     # one configuration per group (max_workers 2): each group ran its own copy of the full width
     assert len(list((tmp_path / "lut" / "cpu-s_cnn_small" / "anchored").iterdir())) == 2
 

@@ -25,6 +25,7 @@ from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jo
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
 from profilers.history import PRIOR_SIGMA, RunHistory, RunSpread, spread, state_spread
+from profilers.load import LoadMeter
 from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,8 +318,10 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
         narrow.samples_ns.extend([int(1e6)] * 8)
     settings = Settings(ci_rel=0.02, min_queries=64)
     assert not narrow.converged(settings)
-    narrow.ratio_between_runs = {False: 0.1, True: 0.1}
-    assert narrow.converged(settings)
+    narrow.ratio_between_busy_runs = 0.1
+    assert not narrow.converged(settings)  # quiet: a ratio ranks inside the run, so it measures on
+    narrow.load = LoadMeter(total=100, other=100, cores=2)  # another process on both cores all along
+    assert narrow.converged(settings)  # busy: more rounds could not narrow the reported interval
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
