@@ -12,7 +12,8 @@ constant one, both least-squares fitted on these same measurements (in-sample: g
 Reports the share within +-10% (goal >= 95%, and better than MACs-linear).
 
     python benchmarks/legr_lut_error.py --samples 48 --work /tmp/legr_lut --out results
-    (writes results/legr_lut_error_spanning.{md,csv}; issue 7's run: --draw uniform --name legr_lut_error)
+    (writes results/legr_lut_error_spanning.{md,csv}; issue 7's run: --draw uniform --name legr_lut_error;
+    --busy N builds and checks beside N CPU-spinning processes of its own)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from profiler_common import busy_processes
 
 import planner
 from planner.measure.targets import load_target
@@ -90,6 +92,7 @@ def check_configs(table: LatencyTable, model, target, work: Path, drawn: list[tu
                 "built_predicted_ms": table.predict_ms(config),
                 "measured_ms": row["anchored_ms"],
                 "p50_ms": row["p50_ms"],
+                "contended": bool(row["contended"]),
             }
         )
     frame = pd.DataFrame(rows)
@@ -116,30 +119,31 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/legr_lut"), help="exports and raw rows")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--name", default="legr_lut_error_spanning", help="stem of the .md and .csv written")
+    parser.add_argument("--busy", type=int, default=0, help="CPU-spinning processes beside build and check")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
     model = planner.create_model(args.model)
     target = load_target(args.target)
     path = table_path(args.work, target.name, model.name)
-    started = time.perf_counter()
-    if path.is_file():
-        table = LatencyTable.load(path).check(model, target)
-        build_s = float("nan")
-    else:
-        table = build_table(model, target, args.work, points=args.points, log=print)
-        table.save(path)
-        build_s = time.perf_counter() - started
-    print(f"table: scale {table.calibration.scale:.3f}, offset {table.calibration.offset_ms:.3f} ms")
-    started = time.perf_counter()
     if args.draw == "uniform":  # what lut.check_table draws
-        drawn = [
-            ("uniform per group", c) for c in random_configs(model, args.samples, np.random.default_rng(1))
-        ]
+        configs = random_configs(model, args.samples, np.random.default_rng(1))
+        drawn = [("uniform per group", c) for c in configs]
     else:
         drawn = spanning_configs(model, args.samples, np.random.default_rng(1))
-    frame = check_configs(table, model, target, args.work, drawn)
-    check_s = time.perf_counter() - started
+    with busy_processes(args.busy):
+        started = time.perf_counter()
+        if path.is_file():
+            table = LatencyTable.load(path).check(model, target)
+            build_s = float("nan")
+        else:
+            table = build_table(model, target, args.work, points=args.points, log=print)
+            table.save(path)
+            build_s = time.perf_counter() - started
+        print(f"table: scale {table.calibration.scale:.3f}, offset {table.calibration.offset_ms:.3f} ms")
+        started = time.perf_counter()
+        frame = check_configs(table, model, target, args.work, drawn)
+        check_s = time.perf_counter() - started
     macs_errors = (
         linear_fit(frame["macs"].to_numpy(float), frame["measured_ms"].to_numpy()) / frame["measured_ms"] - 1
     )
@@ -234,6 +238,8 @@ def main() -> None:
         + " ms",
         f"- measured range {frame['measured_ms'].min():.2f} to {frame['measured_ms'].max():.2f} ms",
         f"- wall time: table build {build_s:.0f} s (nan: reused), check {check_s:.0f} s",
+        f"- CPU-spinning processes of this benchmark beside build and check: {args.busy}; checked "
+        f"configurations flagged contended: {int(frame['contended'].sum())} of {len(frame)}",
         f"- machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "at the end",
         "",

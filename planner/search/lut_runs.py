@@ -126,8 +126,9 @@ def measure_anchored(
     and a slow minute moves one group's medians alike (measured here: one group of 8 ran 40% slow in a
     50-configuration check). So every group is measured beside the widest uniform width (the anchor), and
     a configuration's latency is its paired per-round ratio to the anchor times the anchor's median p50 over
-    all groups. Columns: config_id, p50_ms (as measured), anchored_ms; the first row is the anchor's (its
-    median p50 over the groups). Rows land in the table's work dir.
+    all groups. Columns: config_id, p50_ms (as measured), anchored_ms, contended; the first row is the
+    anchor's (its median p50 over the groups; contended if it was in any group). Rows land in the table's
+    work dir.
     """
     from planner.measure.artifacts import export_artifacts, make_jobs
     from profilers.scheduler import run_jobs
@@ -154,6 +155,7 @@ def measure_anchored(
             "config_id": [anchor.id, *paired["config_id"]],
             "p50_ms": [level, *paired["p50_ms"].astype(float)],
             "anchored_ms": [level, *(paired["ratio_to_ref"].astype(float) * level)],
+            "contended": [bool(anchor_rows["contended"].any()), *paired["contended"].astype(bool)],
         }
     )
     return frame
