@@ -124,7 +124,7 @@ class Settings:
         seed: seeds the per-round shuffle of the job order (and the input tensor).
         cache_dir: where built artifacts are kept; default $PROFILERS_CACHE_DIR or ~/.cache/planner/profilers.
         contention_cores: a row is flagged `contended` when other processes kept more than this many cores
-            busy on average during its bursts (profilers.load).
+            busy on average during its rounds (profilers.load).
         wait_quiet_s: before measuring, wait up to this long for the machine to be quiet (0: do not wait).
     """
 

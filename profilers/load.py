@@ -1,16 +1,17 @@
 """What else the machine did while a job was measured: other processes' CPU time, steal, clocks, heat.
 
 A latency measured while another process competes for the cores is too high, and by how much depends on
-the minute it ran; nothing in the samples themselves says so. So around every burst the parent reads the
+the minute it ran; nothing in the samples themselves says so. So around every round the parent reads the
 kernel's CPU accounting (/proc/stat) and the ticks of its own process tree (itself and its workers,
 /proc/PID/stat): busy ticks that are not its own are other processes' (`other_cores`: how many cores
 they kept busy on average), `steal` ticks are a hypervisor's other guests. Clock frequency, thermal zones
 and throttle counters come from the documented sysfs files (cpufreq, thermal, devfreq on a Jetson's GPU)
 where readable. A speed index (a fixed numpy sort, best of a few) is timed before and after the job.
 
-A row is `contended` when, during its own bursts, other processes used more than `contention_cores`
-cores (Settings, default 0.25), steal exceeded STEAL_LIMIT of the CPU time, a throttle counter moved, or
-the speed index moved by more than SPEED_LIMIT; `contention` says which, with the figures. Every file is
+A row is `contended` when, during the rounds it took part in, other processes used more than
+`contention_cores` cores (Settings, default 0.25), steal exceeded STEAL_LIMIT of the CPU time, a throttle
+counter moved, or the speed index moved by more than SPEED_LIMIT; `contention` says which, with the
+figures. Every file is
 read under a root directory (default `/`) so tests can use fixture trees; an unreadable one is NaN.
 """
 

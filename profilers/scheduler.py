@@ -177,7 +177,7 @@ class _Measurement:
     reference: _Measurement | None = None  # the largest model of this job's series in the group
     setup_s: float = 0.0  # worker start to ready: build (if not cached), load, first inference, warm-up
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
-    load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its bursts
+    load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its rounds
     speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
     # The host's run-to-run interval half-widths (relative) of a median, quiet and busy, and of a ratio on
@@ -363,6 +363,12 @@ def _measure_group(
             measurement.speed_before_ms = speed_before
         round_index = 0
         while active:
+            # What else the machine did is read around the whole round, not around each burst: every
+            # process of the round is ours, and a microsecond model's 5-ms bursts span too few of
+            # /proc's 10-ms ticks to tell (one tick of anything else read as 0.3-0.9 cores).
+            own = [os.getpid()] + [m.worker.process.pid for m in active if m.worker is not None]
+            round_start = Snapshot.read(own)
+            took_part = []
             for position in rng.permutation(len(active)):
                 measurement = active[position]
                 request = {
@@ -371,8 +377,6 @@ def _measure_group(
                     "seconds": settings.burst_seconds,
                     "warmup": settings.burst_warmup,
                 }
-                own = [os.getpid()] + [m.worker.process.pid for m in active if m.worker is not None]
-                before = Snapshot.read(own)
                 began = time.perf_counter()
                 try:
                     reply = measurement.worker.request(request, settings.timeout_s)
@@ -381,11 +385,14 @@ def _measure_group(
                     measurement.worker = None
                     continue
                 measurement.measure_s += time.perf_counter() - began
-                measurement.load.add(before, Snapshot.read(own))
+                took_part.append(measurement)
                 measurement.samples_ns.extend(reply["times_ns"])
                 if reply["times_ns"]:
                     measurement.round_medians_ms[round_index] = float(np.median(reply["times_ns"])) / 1e6
                     measurement.round_minima_ms[round_index] = min(reply["times_ns"]) / 1e6
+            round_end = Snapshot.read(own)
+            for measurement in took_part:
+                measurement.load.add(round_start, round_end)
             round_index += 1
             active = [measurement for measurement in active if measurement.worker is not None]
             verdicts = {id(m): m.converged(settings) for m in active}
