@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from spinners import spinning
 
 import planner
 from planner.cli import main
@@ -136,6 +137,20 @@ def test_anchored_measurement_puts_every_group_beside_the_full_width(tmp_path):
     assert frame["contended"].dtype == bool  # says which measurements a busy machine may have moved
     # one configuration per group (max_workers 2): each group ran its own copy of the full width
     assert len(list((tmp_path / "lut" / "cpu-s_cnn_small" / "anchored").iterdir())) == 2
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_a_table_built_on_a_busy_machine_says_so(tmp_path, capsys):
+    model = planner.create_model("s_cnn_small", widths=[0.5, 1.0], input_size=SIZE)
+    checkpoint = save_checkpoint(model, tmp_path / "model.pt")
+    argv = ["lut", "build", "--target", "cpu", "--model", "s_cnn_small", "--checkpoint", str(checkpoint)]
+    argv += ["--points", "2", "--calibration-samples", "0", "--out", str(tmp_path), *QUICK]
+    with spinning(2):  # both cores: every measurement sees another process
+        assert run(argv) in (0, None)
+    printed = capsys.readouterr()
+    said = " ".join((printed.out + printed.err).split())  # the console wraps long lines
+    assert "were taken on a busy machine" in said and "build it again on a quiet machine" in said
+    assert table_path(tmp_path, "cpu", "s_cnn_small").is_file()  # warned, not refused
 
 
 def test_layer_onnx_runs_with_the_grid_shapes(tmp_path):

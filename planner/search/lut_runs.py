@@ -228,6 +228,7 @@ def build_table(
     used = [c for c in calibration_configs if c.id in measured]
     if not used:
         raise PlannerError(f"no end-to-end measurement of {model.name} succeeded on {target.name}")
+    _warn_busy(say, ok, anchored)
     sums = [table.layer_sum_ms(c.channels) for c in used]
     scale, offset = fit_calibration(sums, [measured[c.id] for c in used])
     points_used = tuple(
@@ -235,6 +236,21 @@ def build_table(
         for c, s in zip(used, sums, strict=True)
     )
     return replace(table, calibration=Calibration(scale, offset, points_used, anchor_ms))
+
+
+def _warn_busy(say: Log, layer_rows: pd.DataFrame, anchored: pd.DataFrame) -> None:
+    """One line when the table rests on measurements a busy machine took: a layer alone and the same layer
+    inside a network slow down by different factors beside another process, so such a table mispredicts
+    (built beside one spinner: 67% within +-10% against 96% on a quiet machine,
+    results/legr_lut_error_spanning_busy1.md)."""
+    busy_layers = int(layer_rows["contended"].fillna(False).astype(bool).sum()) if len(layer_rows) else 0
+    busy_whole = int(anchored["contended"].sum())
+    if busy_layers or busy_whole:
+        say(
+            f"warning: {busy_layers} of {len(layer_rows)} layer measurements and {busy_whole} of "
+            f"{len(anchored)} whole-network runs were taken on a busy machine; a table built so mispredicts "
+            "(67% within 10% beside one spinner, 96% quiet): build it again on a quiet machine"
+        )
 
 
 def check_table(
