@@ -165,7 +165,9 @@ class LoadMeter:
         own = sum(after.own_ticks[p] - before.own_ticks[p] for p in before.own_ticks if p in after.own_ticks)
         busy = after.cpu.busy - before.cpu.busy
         self.total += total
-        self.other += max(0, busy - own)
+        # Signed: /proc's ticks make one interval's own time exceed its busy time as often as fall short,
+        # and clamping each interval at 0 summed that noise into a phantom 0.15-0.25 cores of others.
+        self.other += busy - own
         self.steal += max(0, after.cpu.steal - before.cpu.steal)
         self.intervals += 1
         self.cores = after.cpu.cores
@@ -178,7 +180,7 @@ class LoadMeter:
 
     def other_cores(self) -> float:
         """Cores other processes kept busy on average (NaN before any interval)."""
-        return self.other / self.total * self.cores if self.total else math.nan
+        return max(0, self.other) / self.total * self.cores if self.total else math.nan
 
     def steal_share(self) -> float:
         return self.steal / self.total if self.total else math.nan

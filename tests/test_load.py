@@ -84,6 +84,20 @@ def test_another_busy_process_flags_the_row_with_the_figure(tmp_path):
     assert "other processes used 0.92 cores" in columns["contention"]
 
 
+def test_the_tick_noise_of_short_rounds_does_not_add_up_to_other_processes(tmp_path):
+    # Rounds of 10 ticks in which our own ticks come out one above or below the busy ones, as /proc's
+    # 10-ms ticks make them: the others used nothing, and must not add up to a fifth of a core.
+    meter = LoadMeter()
+    for round_index, own in enumerate([6, 4, 6, 4, 5, 5]):
+        before = {"user": 1000 + 5 * round_index, "idle": 5000 + 5 * round_index, "own": {10: 100}}
+        after = {"user": before["user"] + 5, "idle": before["idle"] + 5, "own": {10: 100 + own}}
+        meter.add(
+            Snapshot.read([10], proc_tree(tmp_path / f"a{round_index}", **before)),
+            Snapshot.read([10], proc_tree(tmp_path / f"b{round_index}", **after)),
+        )
+    assert meter.other_cores() == 0.0
+
+
 def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     columns = measured(
         tmp_path,
