@@ -21,12 +21,12 @@ import dataclasses
 import json
 import math
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import machine_state
 from profiler_common import RESULTS, busy_processes, command_line, conditions, export_widths, runs_parser
 
 from profilers import Settings, run_jobs
@@ -39,25 +39,6 @@ COLUMNS = [
     "ratio_ci_high", "contended", "contention", "other_cores", "load_avg", "steal_pct", "cpu_mhz",
     "speed_before_ms", "speed_after_ms", "round_ms", "status",
 ]  # fmt: skip
-
-
-def machine_state() -> str:
-    """Load average and the five busiest processes over half a second (top's second frame)."""
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    try:
-        text = subprocess.run(
-            ["top", "-b", "-n", "2", "-d", "0.5", "-w", "200"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return f"load {'/'.join(load)}"
-    frame = text.split("top - ")[-1].splitlines()
-    header = next(i for i, line in enumerate(frame) if line.lstrip().startswith("PID"))
-    busiest = []
-    for line in frame[header + 1 : header + 6]:
-        fields = line.split()
-        if len(fields) >= 12 and float(fields[8]) >= 5:
-            busiest.append(f"{fields[11]} {float(fields[8]):.0f}%")
-    return f"load {'/'.join(load)}; busiest: {', '.join(busiest) or 'none over 5%'}"
 
 
 def measure(arguments: argparse.Namespace) -> pd.DataFrame:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_state  # noqa: E402
+
 from planner.accuracy.data import load_dataset  # noqa: E402
 from planner.accuracy.train import TrainOptions, train_checkpoint  # noqa: E402
 from planner.models.sources import load_source  # noqa: E402
@@ -115,11 +117,6 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def machine() -> str:
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    return f"load average {' '.join(load)} on 2 shared cores (other sessions running)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -131,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     command = "python benchmarks/finetune_pretrained.py " + shlex.join(sys.argv[1:])
     widths = [float(w) for w in args.widths.split(",")]
-    before = machine()
+    before = machine_state()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data, original, slim = work / "digits3.npz", work / "resnet18.pth", work / "slim.pt"
@@ -181,7 +178,7 @@ def main() -> None:
         "BN statistics re-estimated on the calibration split (all of its batches). One seed; one val image "
         "is 0.28 points.",
         "",
-        f"Machine: {before} at the start, {machine()} at the end; times are not quiet-machine figures.",
+        f"Machine: {before} at the start, {machine_state()} at the end; times are not quiet-machine figures.",
         "",
         "| width | original top-1 % | prefix-pruned top-1 % | prefix-pruned, recalibrated % "
         "| fine-tuned top-1 % |",

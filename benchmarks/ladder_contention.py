@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import machine_state
 
 from profilers.backends.onnxruntime import SPIN_US
 
@@ -145,14 +146,6 @@ def summarise(label: str, result: dict, budget: float) -> list[dict]:
             }
         )
     return out
-
-
-def machine_state() -> str:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    ps = subprocess.run(
-        ["ps", "-eo", "pcpu,ni,etime,args", "--sort=-pcpu"], capture_output=True, text=True
-    ).stdout.splitlines()[:10]
-    return "\n".join([uptime, *(line[:140] for line in ps)])
 
 
 def main() -> None:

@@ -38,6 +38,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_state  # noqa: E402
+
 from profilers.files import locked, replacing  # noqa: E402
 
 SIZES = (64, 70, 96, 112, 128, 224)
@@ -291,17 +293,6 @@ def _store(source: str, row: dict, path: Path) -> None:
             table.to_csv(tmp, index=False)
 
 
-def _machine() -> str:
-    """Load average and the five busiest processes (CPU %, niceness, command line cut short)."""
-    load = Path("/proc/loadavg").read_text().split()[:3]
-    busy = subprocess.run(
-        ["ps", "-eo", "pcpu,ni,args", "--sort=-pcpu"], capture_output=True, text=True
-    ).stdout.splitlines()[1:6]
-    return f"load average {' '.join(load)}; busiest processes (CPU %, nice, command): " + "; ".join(
-        " ".join(line.split())[:60].replace("|", "/") for line in busy
-    )
-
-
 def _now() -> str:
     """To the second: a run's log entry is found by its start time (two runs may start in one minute)."""
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -426,7 +417,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/model_coverage.py " + shlex.join(sys.argv[1:])
     tag = _now()
-    head = f"- {tag}: `{command}` at niceness {os.nice(0)}; start: {_machine()}"
+    head = f"- {tag}: `{command}` at niceness {os.nice(0)}; start: {machine_state()}"
     redo = {name for name in args.redo.split(",") if name}
     listed = sources()
     unknown = sorted(redo - set(listed) - {s.partition(":")[2] for s in listed})
@@ -450,8 +441,8 @@ def main() -> None:
             row = _in_subprocess(tool, source, args.timeout, args.memory_gib)
             _store(source, row, csv)
             print(source, tool, json.dumps(row), flush=True)
-            publish(f"running at {_now()} ({source} {tool} just done): {_machine()}")
-    publish(f"end {_now()}: {_machine()}")
+            publish(f"running at {_now()} ({source} {tool} just done): {machine_state()}")
+    publish(f"end {_now()}: {machine_state()}")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import machine_state
 
 from planner.accuracy.data import load_dataset
 from planner.measure.artifacts import export_artifacts, make_jobs, quantize_artifacts
@@ -30,16 +30,6 @@ from planner.measure.quantize import Calibration
 from planner.measure.targets import load_target
 from planner.nn.build import build_model, configurations
 from profilers import Settings, run_jobs
-
-
-def machine_state() -> str:
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    busy = subprocess.run(
-        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True
-    ).stdout.splitlines()[:8]
-    return (
-        f"`{load}`\n\nbusiest processes at the end (ps -eo pcpu,comm):\n\n```\n" + "\n".join(busy) + "\n```"
-    )
 
 
 def main() -> None:

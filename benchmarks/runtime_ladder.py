@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from machine import machine_state
 
 from planner.deploy.loadtest import run_loadtest
 
@@ -38,15 +39,6 @@ def planner_command(*args: str) -> None:
     command = [sys.executable, "-m", "planner", *args]
     print("$", shlex.join(command[1:]), flush=True)
     subprocess.run(command, check=True)
-
-
-def machine_state() -> str:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    ps = subprocess.run(
-        ["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True
-    ).stdout.splitlines()[:10]
-    ps = [line[:140] for line in ps]
-    return "\n".join([uptime, *ps])
 
 
 def prepare(work: Path, input_size: int) -> Path:

@@ -17,7 +17,7 @@ import shutil
 import time
 
 import pandas as pd
-from busy_repeatability import machine_state
+from machine import machine_state
 from profiler_common import RESULTS, command_line, conditions, export_widths, runs_parser
 
 from planner.plan.pareto import candidates

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
+from machine import machine_state
 
 import planner
 from planner.accuracy.data import load_dataset
@@ -64,10 +64,6 @@ def candidates_for_seed(scored: dict, latency: pd.DataFrame, half: int) -> tuple
     table["bound_ms"] = latency_bound(table, "p90")
     table["memory_bytes"] = memory_bytes(table)
     return table, held_out
-
-
-def machine_state() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:

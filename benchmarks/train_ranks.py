@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from train_throughput import machine
+from machine import machine_state
 
 from planner.accuracy.data import load_dataset
 from profilers.files import replacing
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
-    before = machine()
+    before = machine_state()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model, size, epochs in CASES:
@@ -67,7 +67,7 @@ def main() -> None:
                              "one_s": seconds[1], "two_s": seconds[2],
                              "speedup": seconds[1] / seconds[2]})  # fmt: skip
                 print(rows[-1], flush=True)
-    after = machine()
+    after = machine_state()
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     with replacing(args.out / "train_ranks.csv") as path:

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from functools import partial
@@ -34,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from machine import machine_state
 
 from planner.accuracy.data import Dataset, load_dataset
 from planner.accuracy.train import train
@@ -104,19 +104,6 @@ def summary(measured: list[float], reference: list[float]) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    load = os.getloadavg()
-    busy = subprocess.run(
-        ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True, check=False
-    ).stdout.splitlines()[1:6]
-    top = "; ".join(" ".join(line.split()) for line in busy)
-    return (
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, torch {torch.__version__}; load average {load[0]:.2f}/{load[1]:.2f}/"
-        f"{load[2]:.2f}; busiest processes (%CPU command): {top}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -125,7 +112,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    before = machine()
+    before = machine_state()
     rows = []
     for name, size, batch in CASES:
         data = subset(load_dataset("digits", image_size=size), args.steps * batch)
@@ -154,7 +141,7 @@ def main() -> None:
             rows.append({"model": name, "input": size, "batch": batch, "width": width,
                          "measure": "slimmable ops vs plain layers", **summary(ops, dense),
                          "mac_factor": 1.0})  # fmt: skip
-    after = machine()
+    after = machine_state()
     args.out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "train_throughput.csv", index=False)
@@ -180,6 +167,9 @@ def report(table: pd.DataFrame, before: str, after: str) -> str:
         "# Training throughput: slimmable vs plain (issue 18)",
         "",
         f"Command: `{command}` (PYTHONPATH at the repository root).",
+        "",
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}.",
         "",
         f"Machine before: {before}",
         "",
