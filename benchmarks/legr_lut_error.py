@@ -93,6 +93,7 @@ def check_configs(table: LatencyTable, model, target, work: Path, drawn: list[tu
                 "measured_ms": row["anchored_ms"],
                 "p50_ms": row["p50_ms"],
                 "contended": bool(row["contended"]),
+                "tries": int(row["tries"]),
             }
         )
     frame = pd.DataFrame(rows)
@@ -239,7 +240,9 @@ def main() -> None:
         f"- measured range {frame['measured_ms'].min():.2f} to {frame['measured_ms'].max():.2f} ms",
         f"- wall time: table build {build_s:.0f} s (nan: reused), check {check_s:.0f} s",
         f"- CPU-spinning processes of this benchmark beside build and check: {args.busy}; checked "
-        f"configurations flagged contended: {int(frame['contended'].sum())} of {len(frame)}",
+        f"configurations flagged contended: {int(frame['contended'].sum())} of {len(frame)}; measured in a "
+        f"group that ran again because its full width had drifted (`steady_groups`): "
+        f"{int((frame['tries'] > 1).sum())}",
         f"- machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "at the end",
         "",

@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from spinners import spinning
 
@@ -17,7 +18,7 @@ from planner.nn.checkpoint import save_checkpoint
 from planner.search.layers import layer_ops, write_layer_onnx
 from planner.search.legr import Coefficients, LearnedRanking, WidthPlanner
 from planner.search.lut import Calibration, Entry, LatencyTable, fit_calibration, table_path
-from planner.search.lut_runs import END_TO_END_SETTINGS, measure_anchored
+from planner.search.lut_runs import END_TO_END_SETTINGS, measure_anchored, steady_groups
 from planner.widths import WidthConfig
 
 SIZE = 16
@@ -137,6 +138,32 @@ def test_anchored_measurement_puts_every_group_beside_the_full_width(tmp_path):
     assert frame["contended"].dtype == bool  # says which measurements a busy machine may have moved
     # one configuration per group (max_workers 2): each group ran its own copy of the full width
     assert len(list((tmp_path / "lut" / "cpu-s_cnn_small" / "anchored").iterdir())) == 2
+
+
+def group(anchor_ms: float, small_ms: float) -> pd.DataFrame:
+    """One measured group: the full width (the anchor) and one small configuration beside it."""
+    return pd.DataFrame({"config_id": ["full", "small"], "p50_ms": [anchor_ms, small_ms]})
+
+
+def test_a_group_measured_while_the_host_ran_slow_is_measured_again():
+    # the first group's full width ran 1.6x slower than the others'
+    measured = [group(2.9, 1.3), group(1.8, 0.6), group(1.75, 0.7), group(1.87, 0.5)]
+    tries = []
+
+    def measure(index: int, attempt: int) -> pd.DataFrame:
+        tries.append((index, attempt))
+        return group(1.82, 0.62)
+
+    steady = steady_groups(measured, "full", measure)
+    assert tries == [(0, 1)]  # only the odd group, once: its second try agreed with the others
+    assert steady[0]["p50_ms"].tolist() == [1.82, 0.62]
+    assert all(kept is before for kept, before in zip(steady[1:], measured[1:], strict=True))
+
+    tries.clear()
+    slower = steady_groups(measured, "full", lambda index, attempt: tries.append(attempt) or group(3.5, 1.0))
+    assert tries == [1, 2] and slower[0] is measured[0]  # never steadier: the nearest try is kept
+    two = steady_groups(measured[:2], "full", measure)  # two groups: no majority to tell the odd one
+    assert all(kept is before for kept, before in zip(two, measured[:2], strict=True))
 
 
 @pytest.mark.slow  # measures layers and whole models with the profilers
