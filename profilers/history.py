@@ -31,6 +31,7 @@ from scipy.stats import t as student_t
 
 from profilers.errors import ProfilerError
 from profilers.files import locked, replacing
+from profilers.load import CROWDED_WAIT
 
 # The most recent runs of one host, backend, device and machine state that a spread is estimated from:
 # a machine's noise changes over weeks, and old runs should not speak for it.
@@ -40,18 +41,20 @@ KEPT_RECORDS = 5000
 # A job: the same file (by content) run the same way.
 JOB_COLUMNS = ["onnx", "backend", "device", "precision", "batch", "threads"]
 # p50_ms: the run's median; ratio: its ranking ratio to its series' reference (empty for the reference).
-COLUMNS = ["run_id", "timestamp", *JOB_COLUMNS, "contended", "p50_ms", "ratio"]
-# The spread assumed before a host's own runs, by column and machine state (contended or not): what this
-# project's 2-core shared x86 host showed (the standard deviation of log p50 between runs; results/
+COLUMNS = ["run_id", "timestamp", *JOB_COLUMNS, "contended", "crowded", "p50_ms", "ratio"]
+# The machine states a spread is learned in apart (`machine_state`).
+QUIET, BUSY, CROWDED = "quiet", "busy", "crowded"
+# The spread assumed before a host's own runs, by column and machine state: what this project's 2-core
+# shared x86 host showed (the standard deviation of log p50 between runs; results/
 # busy_repeatability_history.md, busy_repeatability_quiet.md, busy_repeatability_history_loaded.md).
-# Quiet medians moved by 0.020-0.025; busy ones by 0.033-0.042 beside one spinner and by 0.25 under a load
-# nobody controlled, so a busy first run assumes 0.10, between the two; ratios moved by 0.009-0.015 in
-# either state.
+# Quiet medians moved by 0.020-0.025; busy ones by 0.033-0.042 beside one spinner that left the job its
+# cores, so a busy first run assumes 0.10, well above; crowded ones by 0.25 under a load nobody controlled;
+# ratios by 0.009-0.015 in any state.
 PRIOR_SIGMA = {
-    ("p50_ms", False): 0.025,
-    ("p50_ms", True): 0.10,
-    ("ratio", False): 0.015,
-    ("ratio", True): 0.015,
+    ("p50_ms", QUIET): 0.025,
+    ("p50_ms", BUSY): 0.10,
+    ("p50_ms", CROWDED): 0.25,
+    **{("ratio", state): 0.015 for state in (QUIET, BUSY, CROWDED)},
 }
 # As much weight as five runs of the host's own: t(4) makes a first quiet median's interval +-10%.
 PRIOR_FREEDOM = 4
@@ -145,6 +148,8 @@ class RunHistory:
             records = pd.read_csv(self.path, dtype={"run_id": str, "onnx": str, "precision": str})
             if "ratio" not in records:  # recorded before ratios were
                 records["ratio"] = np.nan
+            if "crowded" not in records:  # recorded before the crowded state was told apart
+                records["crowded"] = False
         except (OSError, ValueError, pd.errors.ParserError) as error:
             raise ProfilerError(
                 f"{self.path}: not a readable run history ({error}); delete it to start anew"
@@ -178,14 +183,25 @@ def with_prior(observed: RunSpread, prior_sigma: float) -> RunSpread:
     return RunSpread(math.sqrt(squares / (PRIOR_FREEDOM + own)), observed.runs, PRIOR_FREEDOM)
 
 
+def machine_state(contended: bool, wait_share: float) -> str:
+    """quiet; busy: the row was contended, but the job's threads got the CPUs they needed; crowded: they
+    waited for one more than CROWDED_WAIT of the time, so others time-sliced them. A crowded job's runs land
+    at one of several speeds (up to 2.1x apart beside one spinner and a test suite,
+    results/busy_repeatability_prior2_loaded.md), far more than a busy one's move, so each state learns its
+    spread apart: pooled, the busy runs' small spread hid the crowded runs' jumps. Where the scheduler's
+    account is unreadable (NaN), a contended row counts as busy."""
+    if not contended:
+        return QUIET
+    return CROWDED if wait_share > CROWDED_WAIT else BUSY
+
+
 def state_spread(
-    records: pd.DataFrame, backend: str, device: str, contended: bool, column: str = "p50_ms"
+    records: pd.DataFrame, backend: str, device: str, state: str, column: str = "p50_ms"
 ) -> RunSpread:
-    """The spread of one backend and device in one machine state (busy rows apart from quiet ones),
-    pooled with the spread assumed for that state."""
-    same = (
-        (records["backend"] == backend)
-        & (records["device"] == device)
-        & (records["contended"].astype(bool) == contended)
-    )
-    return with_prior(spread(records[same], column), PRIOR_SIGMA[column, contended])
+    """The spread of one backend and device in one machine state (`machine_state`; each compared with its
+    own state's runs only), pooled with the spread assumed for that state."""
+    contended = records["contended"].astype(bool)
+    crowded = records["crowded"].fillna(False).astype(bool)
+    in_state = {QUIET: ~contended, BUSY: contended & ~crowded, CROWDED: contended & crowded}[state]
+    same = (records["backend"] == backend) & (records["device"] == device) & in_state
+    return with_prior(spread(records[same], column), PRIOR_SIGMA[column, state])

@@ -4,7 +4,11 @@ A latency measured while another process competes for the cores is too high, and
 the minute it ran; nothing in the samples themselves says so. So around every round the parent reads the
 kernel's CPU accounting (/proc/stat) and the ticks of its own process tree (itself and its workers,
 /proc/PID/stat): busy ticks that are not its own are other processes' (`other_cores`: how many cores
-they kept busy on average), `steal` ticks are a hypervisor's other guests. Clock frequency, thermal zones
+they kept busy on average), `steal` ticks are a hypervisor's other guests. The scheduler's own account of
+its threads (/proc/PID/task/TID/schedstat: time on a CPU, time runnable but waiting for one) says whether
+the others also took the cores the job's threads needed (`wait_pct`): beside a spinner on a spare core
+its threads never wait, with two spinners on two cores they do, though `other_cores` reads about 1.2 in
+both cases because our own threads displace the spinners. Clock frequency, thermal zones
 and throttle counters come from the documented sysfs files (cpufreq, thermal, devfreq on a Jetson's GPU)
 where readable. A speed index (a fixed numpy sort, best of a few) is timed before and after the job.
 
@@ -29,6 +33,10 @@ import numpy as np
 
 # Steal above this share of the CPU time flags a row (another guest of the hypervisor took the cores).
 STEAL_LIMIT = 0.05
+# A contended row whose threads waited for a CPU more than this share of their runnable time was crowded:
+# others took the cores its threads needed. Measured on this 2-core host (S-MobileNetV2, onnxruntime):
+# 1.5-6% quiet, 10% beside a spinner on the spare core, 39-53% with more spinners than spare cores.
+CROWDED_WAIT = 0.20
 # The speed index after / before beyond this factor (either way) flags a row.
 SPEED_LIMIT = 1.3
 # Devfreq nodes of Jetson GPUs (Nano/TX1, TX2, Xavier, Orin) and any node whose name says gpu.
@@ -67,6 +75,12 @@ def parse_process_ticks(text: str) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of the full line
 
 
+def parse_schedstat(text: str) -> tuple[int, int]:
+    """Nanoseconds on a CPU and waiting on a run queue, from /proc/PID/task/TID/schedstat."""
+    fields = text.split()
+    return int(fields[0]), int(fields[1])
+
+
 def parse_loadavg(text: str) -> float:
     return float(text.split()[0])
 
@@ -94,6 +108,8 @@ class Snapshot:
     own_ticks: dict[int, int]
     cpu_khz: float
     throttles: float
+    # per own process: nanoseconds its threads ran and waited for a CPU (absent where unreadable)
+    own_sched: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, pids: Iterable[int], root: Path = Path("/")) -> Snapshot:
@@ -102,7 +118,7 @@ class Snapshot:
             cpu = parse_proc_stat(text) if text is not None else None
         except ValueError:
             cpu = None
-        own = {}
+        own, sched = {}, {}
         for pid in pids:
             stat = _read(root / f"proc/{pid}/stat")
             if stat is not None:
@@ -110,6 +126,13 @@ class Snapshot:
                     own[pid] = parse_process_ticks(stat)
                 except (IndexError, ValueError):
                     continue
+            threads = [_read(path) for path in (root / f"proc/{pid}/task").glob("*/schedstat")]
+            try:
+                times = [parse_schedstat(text) for text in threads if text is not None]
+            except (IndexError, ValueError):
+                continue
+            if times:
+                sched[pid] = (sum(run for run, _ in times), sum(wait for _, wait in times))
         cpus = root / "sys/devices/system/cpu"
         clocks = [_number(p) for p in sorted(cpus.glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))]
         clocks = [c for c in clocks if not math.isnan(c)]
@@ -120,6 +143,7 @@ class Snapshot:
             own_ticks=own,
             cpu_khz=float(np.mean(clocks)) if clocks else math.nan,
             throttles=float(sum(counters)) if counters else math.nan,
+            own_sched=sched,
         )
 
 
@@ -155,6 +179,8 @@ class LoadMeter:
     khz: list[float] = field(default_factory=list)
     throttles: float = 0.0
     throttles_readable: bool = False
+    own_run_ns: int = 0
+    own_wait_ns: int = 0
 
     def add(self, before: Snapshot, after: Snapshot) -> None:
         if before.cpu is None or after.cpu is None:
@@ -169,6 +195,10 @@ class LoadMeter:
         # and clamping each interval at 0 summed that noise into a phantom 0.15-0.25 cores of others.
         self.other += busy - own
         self.steal += max(0, after.cpu.steal - before.cpu.steal)
+        for pid, (run, wait) in before.own_sched.items():
+            if pid in after.own_sched:  # a thread that ended in between takes its times with it: at least 0
+                self.own_run_ns += max(0, after.own_sched[pid][0] - run)
+                self.own_wait_ns += max(0, after.own_sched[pid][1] - wait)
         self.intervals += 1
         self.cores = after.cpu.cores
         for khz in (before.cpu_khz, after.cpu_khz):
@@ -184,6 +214,11 @@ class LoadMeter:
 
     def steal_share(self) -> float:
         return self.steal / self.total if self.total else math.nan
+
+    def wait_share(self) -> float:
+        """Of the time our threads were runnable, the share they waited for a CPU (NaN if unreadable)."""
+        runnable = self.own_run_ns + self.own_wait_ns
+        return self.own_wait_ns / runnable if runnable else math.nan
 
     def columns(
         self, speed_before_ms: float, speed_after_ms: float, limit_cores: float, root: Path = Path("/")
@@ -207,6 +242,7 @@ class LoadMeter:
             "load_avg": load_average(root),
             "other_cores": other,
             "steal_pct": steal * 100,
+            "wait_pct": self.wait_share() * 100,
             "cpu_mhz": float(np.mean(self.khz)) / 1000 if self.khz else math.nan,
             "throttle_events": int(self.throttles) if self.throttles_readable else None,
             "speed_before_ms": speed_before_ms,

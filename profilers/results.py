@@ -68,6 +68,7 @@ SCHEMA: dict[str, str] = {
     "load_avg": "float64",
     "other_cores": "float64",
     "steal_pct": "float64",
+    "wait_pct": "float64",
     "cpu_mhz": "float64",
     "gpu_mhz": "float64",
     "temp_c": "float64",

@@ -36,7 +36,7 @@ from profilers.backends import get_backend
 from profilers.cache import onnx_digest
 from profilers.environment import environment
 from profilers.errors import ProfilerError
-from profilers.history import RunHistory, state_spread
+from profilers.history import BUSY, CROWDED, QUIET, RunHistory, machine_state, state_spread
 from profilers.jobs import KEY_COLUMNS, Job, Settings
 from profilers.load import LoadMeter, Snapshot, speed_index_ms, wait_until_quiet
 from profilers.modelfile import ModelFile
@@ -180,10 +180,14 @@ class _Measurement:
     load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its rounds
     speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
-    # The host's run-to-run interval half-widths (relative) of a median, quiet and busy, and of a ratio on
-    # a busy machine: measuring on cannot narrow the reported intervals below them (profilers.history).
-    median_between_runs: dict[bool, float] = field(default_factory=dict)
-    ratio_between_busy_runs: float = 0.0
+    # The host's run-to-run interval half-widths (relative) of a median and of a ratio, by machine state
+    # (profilers.history): measuring on cannot narrow the reported intervals below them.
+    median_between_runs: dict[str, float] = field(default_factory=dict)
+    ratio_between_runs: dict[str, float] = field(default_factory=dict)
+
+    def state(self, contended: bool) -> str:
+        """The machine state its rounds so far were measured in (`profilers.history.machine_state`)."""
+        return machine_state(contended, self.load.wait_share())
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -212,14 +216,14 @@ class _Measurement:
         history that spread is learned from, so the spread could only widen (every job down to the minimum
         8 rounds by the 7th of 10 quiet runs, results/busy_repeatability_prior.md)."""
         rounds = np.array(list(self.round_medians_ms.values()))
-        busy = self.load.other_cores() > settings.contention_cores
-        tolerance = max(settings.ci_rel, self.median_between_runs.get(busy, 0.0))
+        state = self.state(self.load.other_cores() > settings.contention_cores)
+        tolerance = max(settings.ci_rel, self.median_between_runs.get(state, 0.0))
         if not converged(self.samples_ms(), rounds, tolerance, settings.confidence, settings.min_queries):
             return False
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
         ratio = self.ratio(settings.confidence)
-        tolerance = max(settings.ci_rel, self.ratio_between_busy_runs if busy else 0.0)
+        tolerance = max(settings.ci_rel, self.ratio_between_runs.get(state, 0.0))
         return ratio is not None and ratio.within(tolerance, MIN_RATIO_ROUNDS)
 
 
@@ -348,16 +352,17 @@ def _measure_group(
         records = history.read()
         for measurement in active:
             job = measurement.job
-            for busy in (False, True):
-                spread = state_spread(records, job.backend, job.device, busy)
+            for state in (QUIET, BUSY, CROWDED):
+                spread = state_spread(records, job.backend, job.device, state)
                 # A quiet first run measures on to ci_rel, so the medians inside it stay as sharp as
                 # before; a busy one stops at the assumed spread, which no longer run on a busy machine
                 # narrows.
                 own = spread.runs >= 2
-                half = spread.relative_half_width(settings.confidence) if own or busy else 0.0
-                measurement.median_between_runs[busy] = half
-            ratios = state_spread(records, job.backend, job.device, True, "ratio")
-            measurement.ratio_between_busy_runs = ratios.relative_half_width(settings.confidence)
+                half = spread.relative_half_width(settings.confidence) if own or state != QUIET else 0.0
+                measurement.median_between_runs[state] = half
+                if state != QUIET:  # quiet ratios always measure to ci_rel (see converged)
+                    ratios = state_spread(records, job.backend, job.device, state, "ratio")
+                    measurement.ratio_between_runs[state] = ratios.relative_half_width(settings.confidence)
         speed_before = speed_index_ms()
         for measurement in active:
             measurement.speed_before_ms = speed_before
@@ -467,6 +472,9 @@ def _ok_row(
     samples = measurement.samples_ms()
     speed_after = speed_index_ms(reference_ms=measurement.speed_before_ms)
     load = measurement.load.columns(measurement.speed_before_ms, speed_after, settings.contention_cores)
+    state = measurement.state(load["contended"])
+    if state == CROWDED:
+        load["contention"] += f"; crowded: its threads waited for a CPU {load['wait_pct']:.0f}% of the time"
     ratio = measurement.ratio(settings.confidence)
     ranked = ratio is not None and measurement.reference is not measurement
     records = history.record(
@@ -480,11 +488,12 @@ def _ok_row(
             "batch": job.batch,
             "threads": job.resolved_threads,
             "contended": load["contended"],
+            "crowded": state == CROWDED,
             "p50_ms": float(np.median(samples)),
             "ratio": ratio.value if ranked else math.nan,
         }
     )
-    same_state = (records, job.backend, job.device, load["contended"])
+    same_state = (records, job.backend, job.device, state)
     rounds = np.array(list(measurement.round_medians_ms.values()))
     summary = Summary.of(samples, rounds, job.batch, settings.confidence, state_spread(*same_state))
     if ranked:

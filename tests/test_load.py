@@ -26,13 +26,26 @@ STAT = "cpu  {user} 0 {system} {idle} 0 0 0 {steal} 0 0\ncpu0 1 0 1 1 0 0 0 0 0 
 PID_STAT = "{pid} (python -m (w)) S 1 1 1 0 -1 4194304 100 0 0 0 {utime} {stime} 0 0 20 0 3 0 5 0 0\n"
 
 
-def proc_tree(root: Path, user: int, idle: int, own: dict[int, int], steal: int = 0, khz: int = 0) -> Path:
+def proc_tree(
+    root: Path,
+    user: int,
+    idle: int,
+    own: dict[int, int],
+    steal: int = 0,
+    khz: int = 0,
+    sched: dict[int, list[tuple[int, int]]] | None = None,
+) -> Path:
+    """/proc (and cpufreq) as the kernel writes them; `sched`: per pid, each thread's (run ns, wait ns)."""
     (root / "proc").mkdir(parents=True, exist_ok=True)
     (root / "proc/stat").write_text(STAT.format(user=user, system=0, idle=idle, steal=steal))
     (root / "proc/loadavg").write_text("0.12 0.30 0.25 1/90 8449\n")
     for pid, ticks in own.items():
         (root / f"proc/{pid}").mkdir(exist_ok=True)
         (root / f"proc/{pid}/stat").write_text(PID_STAT.format(pid=pid, utime=ticks, stime=0))
+    for pid, threads in (sched or {}).items():
+        for tid, (run_ns, wait_ns) in enumerate(threads, start=pid):
+            (root / f"proc/{pid}/task/{tid}").mkdir(parents=True, exist_ok=True)
+            (root / f"proc/{pid}/task/{tid}/schedstat").write_text(f"{run_ns} {wait_ns} 42\n")
     if khz:
         for cpu in ("cpu0", "cpu1"):
             freq = root / f"sys/devices/system/cpu/{cpu}/cpufreq"
@@ -70,6 +83,16 @@ def test_a_quiet_interval_is_not_flagged(tmp_path):
     assert columns["contended"] is False and columns["contention"] == ""
     assert columns["other_cores"] == pytest.approx(0.02)
     assert columns["cpu_mhz"] == pytest.approx(2400) and columns["load_avg"] == pytest.approx(0.12)
+
+
+def test_the_time_our_threads_waited_for_a_cpu_is_summed_over_every_thread(tmp_path):
+    # pid 10 has two threads: over the interval they ran 0.6 + 0.2 s and waited 0.3 + 0.1 s for a CPU
+    before = {"user": 1000, "idle": 5000, "own": {10: 100}, "sched": {10: [(1_000, 500), (2_000, 0)]}}
+    after = {"user": 1190, "idle": 5010, "own": {10: 198}}
+    after["sched"] = {10: [(1_000 + 600_000_000, 500 + 300_000_000), (2_000 + 200_000_000, 100_000_000)]}
+    assert measured(tmp_path, before, after)["wait_pct"] == pytest.approx(100 * 0.4 / 1.2)
+    before.pop("sched")
+    assert math.isnan(measured(tmp_path / "none", before, after)["wait_pct"])  # unreadable: NaN
 
 
 def test_another_busy_process_flags_the_row_with_the_figure(tmp_path):

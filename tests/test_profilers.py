@@ -24,7 +24,17 @@ from spinners import spinning
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
-from profilers.history import PRIOR_SIGMA, RunHistory, RunSpread, spread, state_spread
+from profilers.history import (
+    BUSY,
+    CROWDED,
+    PRIOR_SIGMA,
+    QUIET,
+    RunHistory,
+    RunSpread,
+    machine_state,
+    spread,
+    state_spread,
+)
 from profilers.load import LoadMeter
 from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
@@ -197,7 +207,9 @@ def test_the_ranking_ratio_pairs_burst_minima_so_a_burst_slowed_by_contention_do
     assert reference.ratio(0.95).value == 1.0
 
 
-def history_records(shifts: list[float], jobs: dict[str, float], contended: bool = False) -> pd.DataFrame:
+def history_records(
+    shifts: list[float], jobs: dict[str, float], contended: bool = False, crowded: bool = False
+) -> pd.DataFrame:
     """One record per job and run: the job's latency times the run's common shift (the machine's state)."""
     rows = []
     for run, shift in enumerate(shifts):
@@ -206,7 +218,8 @@ def history_records(shifts: list[float], jobs: dict[str, float], contended: bool
                 {
                     "run_id": f"run{run}", "timestamp": f"2026-11-30T10:{run:02d}:00+00:00", "onnx": onnx_id,
                     "backend": "onnxruntime", "device": "cpu", "precision": "fp32", "batch": 1, "threads": 1,
-                    "contended": contended, "p50_ms": ms * shift, "ratio": ms * shift / 4.0,
+                    "contended": contended, "crowded": crowded, "p50_ms": ms * shift,
+                    "ratio": ms * shift / 4.0,
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)
@@ -232,19 +245,21 @@ def test_the_run_to_run_interval_uses_students_t_over_runs_and_needs_two():
 
 def test_a_first_run_assumes_a_spread_that_the_hosts_own_runs_then_replace():
     def quiet(shifts: list[float]) -> RunSpread:
-        return state_spread(history_records(shifts, {"a": 1.0}), "onnxruntime", "cpu", contended=False)
+        return state_spread(history_records(shifts, {"a": 1.0}), "onnxruntime", "cpu", QUIET)
 
     first = quiet([1.0])  # one run: nothing of this host's own to compare
-    assert (first.sigma, first.runs, first.freedom) == (PRIOR_SIGMA["p50_ms", False], 0, 4)
+    assert (first.sigma, first.runs, first.freedom) == (PRIOR_SIGMA["p50_ms", QUIET], 0, 4)
     low, high = first.interval(2.0)
     assert low < 2.0 / 1.09 and high > 2.0 * 1.09  # t(4): about +-10%, never the within-run +-1%
-    busy = state_spread(history_records([1.0], {"a": 1.0}), "onnxruntime", "cpu", contended=True)
+    busy = state_spread(history_records([1.0], {"a": 1.0}), "onnxruntime", "cpu", BUSY)
     assert busy.interval(2.0)[1] > first.interval(2.0)[1] * 1.3  # a busy machine is assumed to move more
+    crowded = state_spread(history_records([1.0], {"a": 1.0}), "onnxruntime", "cpu", CROWDED)
+    assert crowded.interval(2.0)[1] > 2.0 * 2.5  # others on the job's own cores: runs jump between speeds
     steady = quiet([1.0, 1.001, 0.999, 1.0005] * 5)  # a steady host: its own runs narrow the interval
-    assert steady.runs == 20 and steady.sigma < PRIOR_SIGMA["p50_ms", False] / 2
+    assert steady.runs == 20 and steady.sigma < PRIOR_SIGMA["p50_ms", QUIET] / 2
     assert steady.interval(2.0)[1] < high
     swinging = quiet([1.0, 1.2, 0.85])  # a host that moves more than assumed widens it at once
-    assert swinging.sigma > PRIOR_SIGMA["p50_ms", False] * 2 and swinging.interval(2.0)[1] > high
+    assert swinging.sigma > PRIOR_SIGMA["p50_ms", QUIET] * 2 and swinging.interval(2.0)[1] > high
 
 
 def test_history_keeps_busy_runs_apart_from_quiet_ones(tmp_path):
@@ -253,10 +268,36 @@ def test_history_keeps_busy_runs_apart_from_quiet_ones(tmp_path):
         history.record(record.to_dict())
     for _, record in history_records([1.0, 1.01], {"a": 1.0}).iterrows():
         records = history.record(record.to_dict())
-    quiet = state_spread(records, "onnxruntime", "cpu", contended=False)
+    quiet = state_spread(records, "onnxruntime", "cpu", QUIET)
     # the busy runs' 50% swings do not widen quiet rows: the quiet ones narrow the assumed spread
-    assert quiet.runs == 2 and quiet.sigma < PRIOR_SIGMA["p50_ms", False]
+    assert quiet.runs == 2 and quiet.sigma < PRIOR_SIGMA["p50_ms", QUIET]
     assert len(history.read()) == 5 and history.path == tmp_path / "history" / "box.csv"
+
+
+def test_crowded_runs_learn_their_spread_apart_from_busy_ones(tmp_path):
+    """Beside a spinner that leaves the job its cores, runs move a few %; with others on the job's own
+    cores, they jump between speeds: pooled, the busy runs would hide the jumps."""
+    history = RunHistory(tmp_path, host="box")
+    steady = history_records([1.0, 1.02, 0.99, 1.01], {"a": 1.0}, contended=True)
+    jumping = history_records([1.0, 2.1, 1.0, 2.1], {"a": 1.0}, contended=True, crowded=True)
+    for _, record in pd.concat([steady, jumping.assign(run_id=lambda r: r["run_id"] + "c")]).iterrows():
+        records = history.record(record.to_dict())
+    busy = state_spread(records, "onnxruntime", "cpu", BUSY)
+    crowded = state_spread(records, "onnxruntime", "cpu", CROWDED)
+    assert busy.runs == crowded.runs == 4 and busy.sigma < PRIOR_SIGMA["p50_ms", BUSY]
+    assert crowded.interval(1.0)[1] > 2.1  # a jump to the other speed stays inside
+    old = tmp_path / "old"  # a history written before crowded runs were told apart: all of them busy
+    RunHistory(old, host="box").record({**steady.iloc[0].to_dict(), "crowded": True})
+    path = RunHistory(old, host="box").path
+    path.write_text(pd.read_csv(path).drop(columns="crowded").to_csv(index=False))
+    assert not RunHistory(old, host="box").read()["crowded"].any()
+
+
+def test_the_machine_state_says_whether_others_took_the_jobs_own_cores():
+    assert machine_state(False, 0.5) == QUIET  # not contended: quiet, whatever else
+    assert machine_state(True, 0.10) == BUSY  # one spinner on the spare core: the threads rarely waited
+    assert machine_state(True, 0.39) == CROWDED  # two spinners on two cores: they waited 39% of the time
+    assert machine_state(True, math.nan) == BUSY  # no scheduler account to go by
 
 
 @pytest.mark.parametrize(
@@ -289,9 +330,9 @@ def test_a_job_stops_once_more_rounds_could_not_narrow_the_reported_interval():
         measurement.samples_ns.extend(int(level * 1e6 * rng.normal(1, 0.002)) for _ in range(8))
     settings = Settings(ci_rel=0.02, min_queries=64)
     assert not measurement.converged(settings)
-    measurement.median_between_runs = {False: 0.15, True: 0.4}  # the host's runs differ more anyway
+    measurement.median_between_runs = {QUIET: 0.15, BUSY: 0.4}  # the host's runs differ more anyway
     assert measurement.converged(settings)
-    measurement.median_between_runs = {False: 0.01, True: 0.4}  # a steady host: keep measuring
+    measurement.median_between_runs = {QUIET: 0.01, BUSY: 0.4}  # a steady host: keep measuring
     assert not measurement.converged(settings)
 
 
@@ -318,10 +359,17 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
         narrow.samples_ns.extend([int(1e6)] * 8)
     settings = Settings(ci_rel=0.02, min_queries=64)
     assert not narrow.converged(settings)
-    narrow.ratio_between_busy_runs = 0.1
+    narrow.ratio_between_runs = {BUSY: 0.1, CROWDED: 0.1}
     assert not narrow.converged(settings)  # quiet: a ratio ranks inside the run, so it measures on
-    narrow.load = LoadMeter(total=100, other=100, cores=2)  # another process on both cores all along
+    narrow.load = LoadMeter(total=100, other=50, cores=2)  # another process on the spare core all along
     assert narrow.converged(settings)  # busy: more rounds could not narrow the reported interval
+
+
+def row_state(row: pd.Series) -> str:
+    """The machine state a row was measured in, as its flag and reasons say."""
+    if not row["contended"]:
+        return QUIET
+    return CROWDED if "crowded" in row["contention"] else BUSY
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
@@ -330,14 +378,14 @@ def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models,
     first = run_jobs(jobs, tmp_path / "out", settings).set_index("config_id")
     assert (first["spread_runs"] == 0).all()
     for _, row in first.iterrows():  # no history: the assumed spread of the row's state
-        assert row["run_spread"] == PRIOR_SIGMA["p50_ms", bool(row["contended"])]
+        assert row["run_spread"] == PRIOR_SIGMA["p50_ms", row_state(row)]
         low, high = RunSpread(row["run_spread"], 0, prior_freedom=4).interval(row["p50_ms"])
         assert row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
     second = run_jobs(jobs, tmp_path / "out", settings, force=True)
     assert len(RunHistory(settings.cache_dir).read()) == 4
     for _, row in second.iterrows():
         before = first.loc[row["config_id"]]
-        if before["contended"] != row["contended"]:  # a busy row is compared with busy runs only
+        if row_state(before) != row_state(row):  # a busy row is compared with busy runs only
             continue
         low, high = RunSpread(row["run_spread"], 2, prior_freedom=4).interval(row["p50_ms"])
         assert row["spread_runs"] == 2 and row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
@@ -645,11 +693,16 @@ def test_jobs_file_round_trips_jobs_and_settings(tmp_path):
 
 
 def test_rows_measured_next_to_a_cpu_spinner_are_flagged_with_the_figures(models, fast, tmp_path):
+    settings = dataclasses.replace(fast, cache_dir=tmp_path / "cache")
     with spinning(2):
-        table = run_jobs([job(models["narrow"]), job(models["mid"])], tmp_path, fast)
+        table = run_jobs([job(models["narrow"]), job(models["mid"])], tmp_path / "out", settings)
     assert table["contended"].all()
     assert (table["other_cores"] > 0.5).all()
     assert table["contention"].str.contains("other processes used").all()
+    # two spinners on 2 cores share the one-thread job's core: its runs are told apart as crowded
+    assert (table["wait_pct"] > 20).all()
+    assert table["contention"].str.contains("crowded: its threads waited").all()
+    assert RunHistory(settings.cache_dir).read()["crowded"].all()
     assert (table["speed_before_ms"] > 0).all() and (table["speed_after_ms"] > 0).all()
     assert table["load_avg"].notna().all()
 

@@ -162,17 +162,18 @@ def profile_command(
 
 def _note_assumed_spread(rows: pd.DataFrame) -> None:
     """One line when some intervals rest on an assumed run-to-run spread, not yet on this machine's own."""
-    from profilers.history import PRIOR_SIGMA
+    from profilers.history import BUSY, CROWDED, PRIOR_SIGMA, QUIET
 
     measured = rows[rows["status"] == "ok"] if len(rows) else rows
     if "spread_runs" not in measured or not len(measured):
         return
     assumed = measured[measured["spread_runs"].fillna(0) < 2]
     if len(assumed):
-        quiet, busy = (PRIOR_SIGMA["p50_ms", state] for state in (False, True))
+        quiet, busy, crowded = (PRIOR_SIGMA["p50_ms", state] for state in (QUIET, BUSY, CROWDED))
         console.print(
             f"note: {len(assumed)} of {len(measured)} intervals assume how far whole runs move apart "
-            f"({quiet:.1%} quiet, {busy:.0%} busy): this machine has no earlier runs of these jobs; "
+            f"({quiet:.1%} quiet, {busy:.0%} busy, {crowded:.0%} crowded): this machine has no earlier runs "
+            "of these jobs; "
             "re-runs (--force) measure its own spread",
             soft_wrap=True,
             markup=False,
