@@ -17,6 +17,7 @@ from planner.cli import main
 from planner.measure.artifacts import weights_key
 from planner.nn.build import build_model, configurations
 from planner.nn.checkpoint import save_checkpoint
+from profilers.history import machine_state
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
@@ -80,9 +81,9 @@ def test_rerun_resumes_and_force_measures_again(exported: Path, tmp_path: Path, 
     assert {path: path.stat().st_mtime_ns for path in (out / "artifacts").glob("*.onnx")} == mtimes  # cached
 
 
-def machine_state(row: pd.Series) -> tuple[bool, bool]:
-    """Contended, and crowded: the history's state a row was measured in, as its flag and reasons say."""
-    return bool(row["contended"]), "crowded" in str(row["contention"])
+def row_state(row: pd.Series) -> str:
+    """The history state a row was measured in, from its own columns."""
+    return machine_state(bool(row["contended"]), row["wait_pct"] / 100)
 
 
 def test_a_first_run_assumes_the_run_to_run_spread_and_a_rerun_measures_it(
@@ -97,7 +98,7 @@ def test_a_first_run_assumes_the_run_to_run_spread_and_a_rerun_measures_it(
     assert first["ci_low_ms"] < first["p50_ms"] / 1.09 and first["ci_high_ms"] > first["p50_ms"] * 1.09
     code, _, err = run_cli(argv, capsys)
     second = load_latency(out).set_index("width").loc[0.25]
-    if machine_state(first) == machine_state(second):  # a busy run is compared with busy runs only
+    if row_state(first) == row_state(second):  # a busy run is compared with busy runs only
         assert code == 0 and "intervals assume" not in err
         assert second["spread_runs"] == 2 and second["ci_low_ms"] <= first["p50_ms"] <= second["ci_high_ms"]
     else:

@@ -366,10 +366,8 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
 
 
 def row_state(row: pd.Series) -> str:
-    """The machine state a row was measured in, as its flag and reasons say."""
-    if not row["contended"]:
-        return QUIET
-    return CROWDED if "crowded" in row["contention"] else BUSY
+    """The history state a row was measured in, from its own columns."""
+    return machine_state(bool(row["contended"]), row["wait_pct"] / 100)
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
