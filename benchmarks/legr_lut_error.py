@@ -32,7 +32,7 @@ from profiler_common import busy_processes
 import planner
 from planner.measure.targets import load_target
 from planner.models.space import allowed_counts, default_granularity, random_configs
-from planner.search.lut import LatencyTable, fit_calibration, table_path, within
+from planner.search.lut import LatencyTable, fit_calibration, table_path, within, work_dir
 from planner.search.lut_runs import END_TO_END_SETTINGS, build_table, measure_anchored
 from planner.widths import WidthConfig
 
@@ -99,6 +99,16 @@ def check_configs(table: LatencyTable, model, target, work: Path, drawn: list[tu
     frame = pd.DataFrame(rows)
     frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1.0
     return frame
+
+
+def layer_groups_again(work: Path, target: str, model: str) -> str:
+    """How many of the build's groups of layers were measured again because their reference layer drifted
+    (`steady_groups`), from the try directories the build left."""
+    runs = work_dir(work, target, model) / "layers-anchored"
+    names = [path.name for path in runs.iterdir()] if runs.is_dir() else []
+    first = [name for name in names if "-retry" not in name]
+    again = {name.split("-retry")[0] for name in names if "-retry" in name}
+    return f"{len(again)} of {len(first)}"
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -242,7 +252,8 @@ def main() -> None:
         f"- CPU-spinning processes of this benchmark beside build and check: {args.busy}; checked "
         f"configurations flagged contended: {int(frame['contended'].sum())} of {len(frame)}; measured in a "
         f"group that ran again because its full width had drifted (`steady_groups`): "
-        f"{int((frame['tries'] > 1).sum())}",
+        f"{int((frame['tries'] > 1).sum())}; groups of layers the build measured again because their "
+        f"reference layer had drifted: {layer_groups_again(args.work, target.name, model.name)}",
         f"- machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "at the end",
         "",

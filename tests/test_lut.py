@@ -18,7 +18,13 @@ from planner.nn.checkpoint import save_checkpoint
 from planner.search.layers import layer_ops, write_layer_onnx
 from planner.search.legr import Coefficients, LearnedRanking, WidthPlanner
 from planner.search.lut import Calibration, Entry, LatencyTable, fit_calibration, table_path
-from planner.search.lut_runs import END_TO_END_SETTINGS, GROUP_RETRIES, measure_anchored, steady_groups
+from planner.search.lut_runs import (
+    END_TO_END_SETTINGS,
+    GROUP_RETRIES,
+    anchored_latency,
+    measure_anchored,
+    steady_groups,
+)
 from planner.widths import WidthConfig
 
 SIZE = 16
@@ -52,6 +58,30 @@ def test_built_table_names_target_model_and_runtime(built):
     assert data["runtime"] == "onnxruntime" and data["runtime_version"]
     assert len(data["calibration"]["points"]) == len(model.widths)
     assert {layer["path"] for layer in data["layers"]} == {op.path for op in layer_ops(model)}
+
+
+@pytest.mark.slow  # measures layers and whole models with the profilers
+def test_every_group_of_layers_is_measured_beside_the_heaviest_layer(built):
+    from profilers.results import load_latency
+
+    out, path, _, _ = built
+    runs = sorted((out / "lut" / "cpu-s_cnn_small" / "layers-anchored").iterdir())
+    groups = [load_latency(run) for run in runs if "-retry" not in run.name]
+    assert len(groups) >= 2  # more layer grid points than one group of max_workers holds
+    (anchor,) = set.intersection(*(set(rows["config_id"]) for rows in groups))  # only it is in every group
+    assert all((rows["ref_config_id"] == anchor).all() for rows in groups)  # and is every group's reference
+    table = json.loads(path.read_text())
+    signature, grid = anchor.rsplit("-", 1)
+    cin, cout = map(int, grid.split("x"))
+    entry = table["entries"][signature]
+    anchor_entry = (
+        entry["ms"][0][entry["out"].index(cout)]
+        if entry["depthwise"]
+        else (entry["ms"][entry["in"].index(cin)][entry["out"].index(cout)])
+    )
+    kept = pd.concat([load_latency(run) for run in runs])
+    assert min(kept.loc[kept["config_id"] == anchor, "p50_ms"]) <= anchor_entry  # its median over the groups
+    assert anchor_entry <= max(kept.loc[kept["config_id"] == anchor, "p50_ms"])
 
 
 @pytest.mark.slow  # measures layers and whole models with the profilers
@@ -145,7 +175,7 @@ def test_anchored_measurement_puts_every_group_beside_the_full_width(tmp_path):
 
 def group(anchor_ms: float, small_ms: float) -> pd.DataFrame:
     """One measured group: the full width (the anchor) and one small configuration beside it."""
-    return pd.DataFrame({"config_id": ["full", "small"], "p50_ms": [anchor_ms, small_ms]})
+    return pd.DataFrame({"config_id": ["full", "small"], "p50_ms": [anchor_ms, small_ms], "status": "ok"})
 
 
 def test_a_group_measured_while_the_host_ran_slow_is_measured_again():
@@ -167,6 +197,28 @@ def test_a_group_measured_while_the_host_ran_slow_is_measured_again():
     assert tries == [1, 2] and slower[0] is measured[0]  # never faster: the fastest try is kept
     (alone,) = steady_groups(measured[:1], "full", measure)  # one group: nothing to compare it with
     assert alone is measured[0]
+
+
+def test_anchored_latency_is_the_ratio_to_the_anchor_times_its_median():
+    rows = pd.DataFrame(
+        {
+            "config_id": ["full", "a", "full", "b", "c", "full", "d"],
+            "status": ["ok", "ok", "ok", "ok", "ok", "error", "ok"],
+            "p50_ms": [2.0, 1.0, 2.2, 0.5, 0.9, np.nan, 0.4],
+            "ref_config_id": ["full", "full", "full", "full", "full", "full", "d"],
+            "ratio_to_ref": [np.nan, 0.5, np.nan, 0.25, np.nan, np.nan, np.nan],
+            "contended": [False, False, True, False, False, False, False],
+            "tries": [1, 1, 2, 2, 2, 1, 1],
+        }
+    )
+    frame = anchored_latency(rows, "full", "the anchor failed")
+    # c has no ratio, d's group lost its anchor (another job became its reference): both left out
+    assert list(frame["config_id"]) == ["full", "a", "b"]
+    assert frame["anchored_ms"].tolist() == pytest.approx([2.1, 1.05, 0.525])  # the anchor's median: 2.1
+    assert frame["p50_ms"].tolist() == pytest.approx([2.1, 1.0, 0.5])
+    assert frame["contended"].tolist() == [True, False, False] and frame["tries"].tolist() == [2, 1, 2]
+    with pytest.raises(PlannerError, match="the anchor failed"):
+        anchored_latency(rows[rows["config_id"] != "full"], "full", "the anchor failed")
 
 
 @pytest.mark.slow  # measures layers and whole models with the profilers

@@ -55,17 +55,21 @@ def measure_layers(
     directory: Path,
     settings: Settings = LAYER_SETTINGS,
 ) -> tuple[dict[str, Entry], pd.DataFrame]:
-    """Measure each distinct layer shape at its grid points on the target; rows land in `directory`."""
-    from profilers.scheduler import run_jobs
+    """Measure each distinct layer shape at its grid points on the target; rows land in `directory`.
+
+    The host's speed moves between groups of layer jobs as it does between groups of whole configurations,
+    so layers are measured as those are (`measure_beside_anchor`): every group beside the layer with the
+    most weights, which the profiler makes each group's reference. Returns the entries and the rows of the
+    groups kept."""
+    from profilers.modelfile import ModelFile
 
     layers_dir = directory / "layers"
     layers_dir.mkdir(parents=True, exist_ok=True)
     unique = {op.signature: op for op in ops}
-    jobs, where = [], []
+    jobs = []
     for signature, op in unique.items():
         for cin, cout in op.grid():
             onnx = write_layer_onnx(op, cin, cout, layers_dir / f"{signature}-{cin}x{cout}.onnx")
-            config_id = f"{signature}-{cin}x{cout}"
             jobs.append(
                 Job(
                     onnx,
@@ -74,13 +78,20 @@ def measure_layers(
                     target.precision,
                     target.threads,
                     target.batch,
-                    metadata={"model": f"{model_name}:layer", "config_id": config_id, "target": target.name},
+                    metadata={
+                        "model": f"{model_name}:layer",
+                        "config_id": f"{signature}-{cin}x{cout}",
+                        "target": target.name,
+                    },
                 )
             )
-            where.append((signature, cin, cout))
-    rows = run_jobs(jobs, directory, settings)
-    measured = _ok_rows(rows)
-    latency = dict(zip(measured["config_id"], measured[METRIC], strict=True))
+    # The first of the heaviest, as the profiler picks a group's reference.
+    anchor = max(jobs, key=lambda job: ModelFile.inspect(job.onnx, job.batch).weight_bytes)
+    others = [job for job in jobs if job is not anchor]
+    rows = measure_beside_anchor(anchor, others, directory / "layers-anchored", settings)
+    anchor_id = anchor.identity()["config_id"]
+    measured = anchored_latency(rows, anchor_id, f"measuring the reference layer {anchor_id} failed")
+    latency = dict(zip(measured["config_id"], measured["anchored_ms"], strict=True))
     entries = {}
     for signature, op in unique.items():
         missing = [
@@ -131,52 +142,74 @@ def measure_anchored(
     out_dir: Path,
     settings: Settings = END_TO_END_SETTINGS,
 ) -> pd.DataFrame:
-    """End-to-end latency of whole configurations, corrected for the machine's drift during the run.
-
-    The profiler interleaves at most `max_workers` jobs, so a long list is measured group after group,
-    and a slow minute moves one group's medians alike (measured here: one group of 8 ran 40% slow in a
-    50-configuration check). So every group is measured beside the widest uniform width (the anchor), and
-    a configuration's latency is its paired per-round ratio to the anchor times the anchor's median p50 over
-    all groups. The ratios cancel a drift that slows every width alike, not one that slows small widths
-    more, so a group whose anchor ran slower than the fastest group's is measured again (`steady_groups`).
-    Columns: config_id, p50_ms (as measured), anchored_ms, contended, tries (how often its group was
-    measured); the first row is the anchor's (its median p50 over the groups; contended if it was in any
-    group). Rows land in the table's work dir.
-    """
+    """End-to-end latency of whole configurations, each measured beside the full width
+    (`measure_beside_anchor`); `anchored_latency`'s columns, the full width's row first. Rows land in the
+    table's work dir."""
     from planner.measure.artifacts import export_artifacts, make_jobs
-    from profilers.scheduler import run_jobs
 
     anchor = model.config(model.widths[-1])
     others = list({c.id: c for c in configs if c.id != anchor.id}.values())
     anchor_job, *jobs = make_jobs(export_artifacts(model, [anchor, *others], out_dir, target), target)
+    directory = work_dir(out_dir, target.name, model.name) / "anchored"
+    rows = measure_beside_anchor(anchor_job, jobs, directory, settings)
+    return anchored_latency(
+        rows, anchor.id, f"measuring {model.name} at its full width failed on {target.name}"
+    )
+
+
+def measure_beside_anchor(
+    anchor: Job, jobs: Sequence[Job], directory: Path, settings: Settings
+) -> pd.DataFrame:
+    """Jobs measured group after group, each group beside `anchor`, which must weigh the most so that the
+    profiler makes it every group's reference; the rows of the groups kept, with `tries`.
+
+    The profiler interleaves at most `max_workers` jobs, so a long list is measured group after group, and a
+    slow minute moves one group's medians alike (measured here: one group of 8 ran 40% slow in a
+    50-configuration check). The paired per-round ratios to the anchor cancel a drift that slows every job
+    alike, not one that slows small jobs more, so a group whose anchor ran slower than the fastest group's is
+    measured again (`steady_groups`). Each set of jobs and each try has its own directory under `directory`:
+    a re-run resumes it, and another set never shares its anchor row.
+    """
+    from profilers.scheduler import run_jobs
+
     size = max(1, settings.max_workers - 1)
     chunks = [jobs[start : start + size] for start in range(0, max(1, len(jobs)), size)]
 
     def measure(index: int, attempt: int) -> pd.DataFrame:
         chunk = chunks[index]
-        # A directory per set of jobs and try: a re-run resumes it, another set never shares its anchor row.
         digest = hashlib.sha256(" ".join(j.identity()["config_id"] for j in chunk).encode()).hexdigest()
         name = digest[:12] + (f"-retry{attempt}" if attempt else "")
-        directory = work_dir(out_dir, target.name, model.name) / "anchored" / name
-        return _ok_rows(run_jobs([anchor_job, *chunk], directory, settings)).assign(tries=attempt + 1)
+        return run_jobs([anchor, *chunk], directory / name, settings).assign(tries=attempt + 1)
 
-    groups = steady_groups([measure(index, 0) for index in range(len(chunks))], anchor.id, measure)
-    rows = pd.concat(groups, ignore_index=True)
-    anchor_rows = rows[rows["config_id"] == anchor.id]
+    anchor_id = anchor.identity()["config_id"]
+    groups = steady_groups([measure(index, 0) for index in range(len(chunks))], anchor_id, measure)
+    return pd.concat(groups, ignore_index=True)
+
+
+def anchored_latency(rows: pd.DataFrame, anchor_id: str, failure: str) -> pd.DataFrame:
+    """Each job's paired ratio to the anchor times the anchor's median p50 over the groups.
+
+    Columns: config_id, p50_ms (as measured), anchored_ms, contended, tries (how often its group was
+    measured); the first row is the anchor's (its median p50 over the groups; contended if it was in any
+    group). A job without a ratio to the anchor (its group's anchor failed) is left out; `failure` is the
+    error when every anchor failed.
+    """
+    ok = _ok_rows(rows)
+    anchor_rows = ok[ok["config_id"] == anchor_id]
     if anchor_rows.empty:
-        raise PlannerError(f"measuring {model.name} at its full width failed on {target.name}")
+        raise PlannerError(failure)
     level = float(anchor_rows["p50_ms"].median())
-    paired = rows[(rows["ref_config_id"] == anchor.id) & (rows["config_id"] != anchor.id)]
-    frame = pd.DataFrame(
+    paired = ok[(ok["ref_config_id"] == anchor_id) & (ok["config_id"] != anchor_id)]
+    paired = paired[paired["ratio_to_ref"].notna()]
+    return pd.DataFrame(
         {
-            "config_id": [anchor.id, *paired["config_id"]],
+            "config_id": [anchor_id, *paired["config_id"]],
             "p50_ms": [level, *paired["p50_ms"].astype(float)],
             "anchored_ms": [level, *(paired["ratio_to_ref"].astype(float) * level)],
             "contended": [bool(anchor_rows["contended"].any()), *paired["contended"].astype(bool)],
             "tries": [int(anchor_rows["tries"].max()), *paired["tries"].astype(int)],
         }
     )
-    return frame
 
 
 def steady_groups(
@@ -191,7 +224,7 @@ def steady_groups(
     there is nothing to compare."""
 
     def anchor_ms(rows: pd.DataFrame) -> float:
-        anchor = rows[rows["config_id"] == anchor_id]
+        anchor = rows[(rows["status"] == "ok") & (rows["config_id"] == anchor_id)]
         return float(anchor["p50_ms"].iloc[0]) if len(anchor) else math.inf
 
     fastest = min(map(anchor_ms, groups), default=math.inf)
