@@ -94,6 +94,7 @@ def check_configs(table: LatencyTable, model, target, work: Path, drawn: list[tu
                 "p50_ms": row["p50_ms"],
                 "contended": bool(row["contended"]),
                 "tries": int(row["tries"]),
+                "steady_rounds": int(row["steady_rounds"]),
             }
         )
     frame = pd.DataFrame(rows)
@@ -102,8 +103,8 @@ def check_configs(table: LatencyTable, model, target, work: Path, drawn: list[tu
 
 
 def layer_groups_again(work: Path, target: str, model: str) -> str:
-    """How many of the build's groups of layers were measured again because their reference layer drifted
-    (`steady_groups`), from the try directories the build left."""
+    """How many of the build's groups of layers were measured again (`steady_groups`), from the try
+    directories the build left."""
     runs = work_dir(work, target, model) / "layers-anchored"
     names = [path.name for path in runs.iterdir()] if runs.is_dir() else []
     first = [name for name in names if "-retry" not in name]
@@ -250,10 +251,12 @@ def main() -> None:
         f"- measured range {frame['measured_ms'].min():.2f} to {frame['measured_ms'].max():.2f} ms",
         f"- wall time: table build {build_s:.0f} s (nan: reused), check {check_s:.0f} s",
         f"- CPU-spinning processes of this benchmark beside build and check: {args.busy}; checked "
-        f"configurations flagged contended: {int(frame['contended'].sum())} of {len(frame)}; measured in a "
-        f"group that ran again because its full width had drifted (`steady_groups`): "
-        f"{int((frame['tries'] > 1).sum())}; groups of layers the build measured again because their "
-        f"reference layer had drifted: {layer_groups_again(args.work, target.name, model.name)}",
+        f"configurations flagged contended: {int(frame['contended'].sum())} of {len(frame)}",
+        "- measured in a group that ran again because one of its configurations had too few rounds in which "
+        f"the full width ran at its fastest (`steady_groups`): {int((frame['tries'] > 1).sum())}; "
+        "measured with no such round (the profiler's ratio over all rounds used): "
+        f"{int((frame['steady_rounds'] == 0).sum())}; groups of layers the build measured again: "
+        f"{layer_groups_again(args.work, target.name, model.name)}",
         f"- machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
         "at the end",
         "",

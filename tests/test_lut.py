@@ -171,52 +171,99 @@ def test_anchored_measurement_puts_every_group_beside_the_full_width(tmp_path):
     runs = [path.name for path in (tmp_path / "lut" / "cpu-s_cnn_small" / "anchored").iterdir()]
     assert len([name for name in runs if "-retry" not in name]) == 2
     assert frame["tries"].between(1, 1 + GROUP_RETRIES).all() and len(runs) <= 2 * (1 + GROUP_RETRIES)
+    assert frame["steady_rounds"].iloc[0] > 0  # the full width's bursts at its fastest speed set the level
 
 
-def group(anchor_ms: float, small_ms: float) -> pd.DataFrame:
-    """One measured group: the full width (the anchor) and one small configuration beside it."""
-    return pd.DataFrame({"config_id": ["full", "small"], "p50_ms": [anchor_ms, small_ms], "status": "ok"})
+def measured(
+    name: str, rounds: dict[str, list[float]], ratios: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """One try of a group as the profiler writes it: per job its bursts' minima by round (the medians are
+    taken equal), measured beside the anchor "full"; `ratios` overrides the profiler's own ratio."""
+    rows = []
+    for config_id, minima in rounds.items():
+        ratio = (ratios or {}).get(config_id, float(np.median(np.array(minima) / np.array(rounds["full"]))))
+        series = {"round": list(range(len(minima))), "median": minima, "min": minima}
+        rows.append(
+            {
+                "config_id": config_id,
+                "status": "ok",
+                "p50_ms": float(np.median(minima)),
+                "ref_config_id": "full",
+                "ratio_to_ref": np.nan if config_id == "full" else ratio,
+                "round_ms": json.dumps(series),
+                "contended": False,
+                "group": name,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+FAST, SLOW = [1.8] * 6, [2.8] * 6
 
 
 def test_a_group_measured_while_the_host_ran_slow_is_measured_again():
-    # the first group's full width ran 1.6x slower than the others'
-    measured = [group(2.9, 1.3), group(1.8, 0.6), group(1.75, 0.7), group(1.87, 0.5)]
+    # the first group ran in the host's slow state throughout: no round of it is steady
+    first = [
+        measured("a", {"full": SLOW, "small": [1.3] * 6}),
+        measured("b", {"full": FAST, "other": [0.6] * 6}),
+        measured("c", {"full": [1.8, 2.8, 1.85, 2.8, 1.82, 2.8], "third": [0.7, 1.4, 0.7, 1.4, 0.7, 1.4]}),
+    ]
     tries = []
 
     def measure(index: int, attempt: int) -> pd.DataFrame:
         tries.append((index, attempt))
-        return group(1.82, 0.62)
+        return measured(f"a-retry{attempt}", {"full": FAST, "small": [0.62] * 6})
 
-    steady = steady_groups(measured, "full", measure)
-    assert tries == [(0, 1)]  # only the slow group (1.87 is within 10% of the fastest), once: it agreed
-    assert steady[0]["p50_ms"].tolist() == [1.82, 0.62]
-    assert all(kept is before for kept, before in zip(steady[1:], measured[1:], strict=True))
+    groups = steady_groups(first, "full", measure)
+    # only the slow group, once: the mixed one had 3 steady rounds, enough
+    assert tries == [(0, 1)]
+    assert list(groups[0]["group"].unique()) == ["a", "a-retry1"] and (groups[0]["tries"] == 2).all()
+    assert (groups[1]["tries"] == 1).all() and (groups[2]["tries"] == 1).all()
 
     tries.clear()
-    slower = steady_groups(measured, "full", lambda index, attempt: tries.append(attempt) or group(3.5, 1.0))
-    assert tries == [1, 2] and slower[0] is measured[0]  # never faster: the fastest try is kept
-    (alone,) = steady_groups(measured[:1], "full", measure)  # one group: nothing to compare it with
-    assert alone is measured[0]
-
-
-def test_anchored_latency_is_the_ratio_to_the_anchor_times_its_median():
-    rows = pd.DataFrame(
-        {
-            "config_id": ["full", "a", "full", "b", "c", "full", "d"],
-            "status": ["ok", "ok", "ok", "ok", "ok", "error", "ok"],
-            "p50_ms": [2.0, 1.0, 2.2, 0.5, 0.9, np.nan, 0.4],
-            "ref_config_id": ["full", "full", "full", "full", "full", "full", "d"],
-            "ratio_to_ref": [np.nan, 0.5, np.nan, 0.25, np.nan, np.nan, np.nan],
-            "contended": [False, False, True, False, False, False, False],
-            "tries": [1, 1, 2, 2, 2, 1, 1],
-        }
+    slow_again = steady_groups(
+        first, "full", lambda index, attempt: tries.append(attempt) or measured(f"x{attempt}", {"full": SLOW})
     )
-    frame = anchored_latency(rows, "full", "the anchor failed")
-    # c has no ratio, d's group lost its anchor (another job became its reference): both left out
-    assert list(frame["config_id"]) == ["full", "a", "b"]
-    assert frame["anchored_ms"].tolist() == pytest.approx([2.1, 1.05, 0.525])  # the anchor's median: 2.1
-    assert frame["p50_ms"].tolist() == pytest.approx([2.1, 1.0, 0.5])
-    assert frame["contended"].tolist() == [True, False, False] and frame["tries"].tolist() == [2, 1, 2]
+    assert tries == [1, 2] and (slow_again[0]["tries"] == 3).all()  # at most GROUP_RETRIES more
+    (alone,) = steady_groups(first[:1], "full", measure)  # alone, its own speed is the fastest seen
+    assert (alone["tries"] == 1).all()
+
+
+def test_anchored_latency_counts_only_the_rounds_in_which_the_host_ran_at_its_fastest():
+    mixed = [1.8, 2.8, 1.8, 2.8, 1.85, 2.8]  # the anchor's bursts: the host switched speed every round
+    rows = pd.concat(
+        [
+            measured(
+                "a",
+                {
+                    "full": mixed,
+                    "small": [0.6, 1.4, 0.6, 1.4, 0.6, 1.4],
+                    "never": [0.9, 1.6, 0.9, 1.6, 0.9, 1.6],
+                },
+            ),
+            measured("a-retry1", {"full": SLOW, "small": [1.4] * 6}),  # a try with no steady round
+            measured("b", {"full": SLOW, "never": [1.5] * 6}, ratios={"never": 0.55}),
+            measured("c", {"full": SLOW, "lost": [1.0] * 6}).assign(ref_config_id="lost"),
+        ],
+        ignore_index=True,
+    ).assign(tries=1)
+    rows.loc[rows["group"] == "a-retry1", "contended"] = True
+    frame = anchored_latency(rows, "full", "the anchor failed").set_index("config_id")
+    # "lost": its group's anchor failed (another job became its reference): left out
+    assert list(frame.index) == ["full", "small", "never"]
+    # the level: the anchor's steady bursts (1.8, 1.8, 1.85), not its slow ones
+    assert frame.loc["full", "anchored_ms"] == pytest.approx(1.8)
+    assert frame.loc["small", "anchored_ms"] == pytest.approx(0.6)  # the ratio 1/3 of the steady rounds
+    assert frame.loc["small", "steady_rounds"] == 3
+    # "never" had steady rounds too, in group a: 0.9/1.8 = 0.5
+    assert frame.loc["never", "anchored_ms"] == pytest.approx(0.9)
+    # contended: the anchor if any of its tries was, a job as the try its figure came from
+    assert frame.loc["full", "contended"] and not frame.loc["small", "contended"]
+    # without any steady round, the profiler's own ratio over all rounds of its try
+    fast_elsewhere = pd.concat([measured("d", {"full": FAST}), rows[rows["group"] == "b"]]).assign(tries=1)
+    fallback = anchored_latency(fast_elsewhere, "full", "x").set_index("config_id")
+    assert fallback.loc["never", "anchored_ms"] == pytest.approx(0.55 * 1.8)
+    assert fallback.loc["never", "steady_rounds"] == 0
     with pytest.raises(PlannerError, match="the anchor failed"):
         anchored_latency(rows[rows["config_id"] != "full"], "full", "the anchor failed")
 

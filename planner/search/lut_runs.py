@@ -4,6 +4,7 @@ beside the full width (so that the machine's drift cancels), the calibration fit
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -35,15 +36,19 @@ LAYER_SETTINGS = Settings(
     ci_rel=0.05, min_queries=32, max_seconds=3.0, warmup_s=0.2, burst_size=64, burst_seconds=0.1
 )
 END_TO_END_SETTINGS = Settings(ci_rel=0.03, min_queries=48, max_seconds=10.0, warmup_s=0.5)
-# A group of whole configurations whose full width ran more than GROUP_DRIFT slower than in the fastest
-# group was measured in another state of the host, and its ratios with it. This host switches, unseen in
-# /proc, between two speeds (the full width at 1.8-1.9 or 2.7-2.8 ms, others' CPU 0.00-0.03 cores), and in
-# the slow one the small configurations slow more: a quiet check scored 100% within 10% on its groups in the
-# fast state, 54% on those in the slow one (results/legr_lut_error_spanning_steady.md). Nothing makes a
-# machine faster than undisturbed, so the fastest group is the reference, and a slower one is measured
-# again, at most GROUP_RETRIES times, keeping the fastest try. A quiet, steady host's groups agree within 5%
-# (results/legr_lut_error_spanning_quiet.md: 1.92-2.11 ms).
-GROUP_DRIFT = 0.10
+# Jobs measured group after group beside an anchor see the host in different states. This host switches,
+# unseen in /proc, between two speeds (the full width at 1.8-1.9 or 2.7-2.8 ms, others' CPU 0.00-0.03
+# cores), within a group as well as between groups, and in the slow one the small configurations slow more,
+# so the paired ratios do not cancel it: a quiet check scored 100% within 10% on its groups in the fast
+# state and 54% on those in the slow one (results/legr_lut_error_spanning_steady.md). Nothing makes a
+# machine faster than undisturbed, so a round counts only when the anchor's burst in it ran within
+# STEADY_BAND of the anchor's fastest median in any group. Replayed on the raw rows of eight quiet checks,
+# this scored as well or better in every one (75% -> 96% on the worst); beside a spinner, where every round
+# is slow alike, 67% -> 62% and 46% -> 62% (results/lut_rounds_replay.md). Round medians move 5-10% on a
+# steady host; the slow state is 50% slower. A group in which a job shared
+# fewer than STEADY_ROUNDS such rounds with the anchor is measured again, at most GROUP_RETRIES times.
+STEADY_BAND = 0.15
+STEADY_ROUNDS = 3
 GROUP_RETRIES = 2
 Log = Callable[[str], None]
 
@@ -161,14 +166,16 @@ def measure_beside_anchor(
     anchor: Job, jobs: Sequence[Job], directory: Path, settings: Settings
 ) -> pd.DataFrame:
     """Jobs measured group after group, each group beside `anchor`, which must weigh the most so that the
-    profiler makes it every group's reference; the rows of the groups kept, with `tries`.
+    profiler makes it every group's reference; the rows of every try of every group, with `group` (the
+    try's directory) and `tries` (how often its group was measured).
 
     The profiler interleaves at most `max_workers` jobs, so a long list is measured group after group, and a
     slow minute moves one group's medians alike (measured here: one group of 8 ran 40% slow in a
     50-configuration check). The paired per-round ratios to the anchor cancel a drift that slows every job
-    alike, not one that slows small jobs more, so a group whose anchor ran slower than the fastest group's is
-    measured again (`steady_groups`). Each set of jobs and each try has its own directory under `directory`:
-    a re-run resumes it, and another set never shares its anchor row.
+    alike, not one that slows small jobs more, so only the rounds in which the host ran at its fastest count
+    (`anchored_latency`), and a group with too few of them is measured again (`steady_groups`). Each set of
+    jobs and each try has its own directory under `directory`: a re-run resumes it, and another set never
+    shares its anchor row.
     """
     from profilers.scheduler import run_jobs
 
@@ -179,66 +186,122 @@ def measure_beside_anchor(
         chunk = chunks[index]
         digest = hashlib.sha256(" ".join(j.identity()["config_id"] for j in chunk).encode()).hexdigest()
         name = digest[:12] + (f"-retry{attempt}" if attempt else "")
-        return run_jobs([anchor, *chunk], directory / name, settings).assign(tries=attempt + 1)
+        return run_jobs([anchor, *chunk], directory / name, settings).assign(group=name)
 
     anchor_id = anchor.identity()["config_id"]
     groups = steady_groups([measure(index, 0) for index in range(len(chunks))], anchor_id, measure)
     return pd.concat(groups, ignore_index=True)
 
 
-def anchored_latency(rows: pd.DataFrame, anchor_id: str, failure: str) -> pd.DataFrame:
-    """Each job's paired ratio to the anchor times the anchor's median p50 over the groups.
+def steady_groups(
+    groups: list[pd.DataFrame],
+    anchor_id: str,
+    measure: Callable[[int, int], pd.DataFrame],
+    band: float = STEADY_BAND,
+    retries: int = GROUP_RETRIES,
+) -> list[pd.DataFrame]:
+    """Each group's rows over all its tries, with `tries`: a group in which a job shared fewer than
+    STEADY_ROUNDS steady rounds with the anchor (`steady_ratios`) is measured again by
+    `measure(index, attempt)`, up to `retries` times. Rows carry `group`, the try they came from."""
+    tried = [[rows] for rows in groups]
+    for index, group_tries in enumerate(tried):
+        while len(group_tries) <= retries:
+            everything = pd.concat([rows for tries in tried for rows in tries], ignore_index=True)
+            ceiling = _steady_ceiling(everything, anchor_id, band)
+            counts = steady_ratios(pd.concat(group_tries, ignore_index=True), anchor_id, ceiling)
+            if counts.empty or counts.groupby("config_id")["steady_rounds"].max().min() >= STEADY_ROUNDS:
+                break
+            group_tries.append(measure(index, len(group_tries)))
+    return [pd.concat(tries, ignore_index=True).assign(tries=len(tries)) for tries in tried]
 
-    Columns: config_id, p50_ms (as measured), anchored_ms, contended, tries (how often its group was
-    measured); the first row is the anchor's (its median p50 over the groups; contended if it was in any
-    group). A job without a ratio to the anchor (its group's anchor failed) is left out; `failure` is the
-    error when every anchor failed.
+
+def _steady_ceiling(rows: pd.DataFrame, anchor_id: str, band: float) -> float:
+    """The slowest burst of the anchor that still counts: `band` above its fastest median in any try."""
+    anchors = _ok_rows(rows)
+    anchors = anchors[anchors["config_id"] == anchor_id]
+    return float(anchors["p50_ms"].min()) * (1 + band) if len(anchors) else math.inf
+
+
+def _rounds(row: pd.Series) -> tuple[dict[int, float], dict[int, float]]:
+    """A row's burst medians and minima by round (empty for a row without them)."""
+    try:
+        data = json.loads(row["round_ms"])
+        return dict(zip(data["round"], data["median"], strict=True)), dict(
+            zip(data["round"], data["min"], strict=True)
+        )
+    except (KeyError, TypeError, ValueError):
+        return {}, {}
+
+
+def steady_ratios(rows: pd.DataFrame, anchor_id: str, ceiling_ms: float) -> pd.DataFrame:
+    """For every measured job beside the anchor: the rounds it shared with its try's anchor while the anchor's
+    burst median stayed within `ceiling_ms` (steady_rounds), and its median ratio of burst minima to the
+    anchor's over them (steady_ratio; NaN without such rounds). Columns: config_id, group, steady_rounds,
+    steady_ratio, and the row's own index."""
+    ok = _ok_rows(rows)
+    anchors = {row["group"]: _rounds(row) for _, row in ok[ok["config_id"] == anchor_id].iterrows()}
+    found = []
+    for index, row in ok[ok["config_id"] != anchor_id].iterrows():
+        anchor_medians, anchor_minima = anchors.get(row["group"], ({}, {}))
+        _, minima = _rounds(row)
+        steady = [r for r in minima if r in anchor_minima and anchor_medians[r] <= ceiling_ms]
+        ratios = [minima[r] / anchor_minima[r] for r in steady]
+        found.append(
+            {
+                "row": index,
+                "config_id": row["config_id"],
+                "group": row["group"],
+                "steady_rounds": len(steady),
+                "steady_ratio": float(np.median(ratios)) if ratios else math.nan,
+            }
+        )
+    columns = ["row", "config_id", "group", "steady_rounds", "steady_ratio"]
+    return pd.DataFrame(found, columns=columns)
+
+
+def anchored_latency(
+    rows: pd.DataFrame, anchor_id: str, failure: str, band: float = STEADY_BAND
+) -> pd.DataFrame:
+    """Each job's latency on the host at its fastest: its ratio to the anchor over the steady rounds of its
+    try with the most of them, times the anchor's median burst over all steady rounds.
+
+    A job whose tries had no steady round keeps the profiler's ratio over all rounds of its try whose anchor
+    ran fastest. Columns: config_id, p50_ms (as measured), anchored_ms, contended, tries (how often its group
+    was measured), steady_rounds; the first row is the anchor's (p50_ms its median p50 over the tries,
+    contended if it was in any). A job without a ratio to the anchor (its group's anchor failed) is left out;
+    `failure` is the error when every anchor failed.
     """
     ok = _ok_rows(rows)
     anchor_rows = ok[ok["config_id"] == anchor_id]
     if anchor_rows.empty:
         raise PlannerError(failure)
-    level = float(anchor_rows["p50_ms"].median())
-    paired = ok[(ok["ref_config_id"] == anchor_id) & (ok["config_id"] != anchor_id)]
-    paired = paired[paired["ratio_to_ref"].notna()]
+    ceiling = _steady_ceiling(ok, anchor_id, band)
+    steady_bursts = [
+        median
+        for _, row in anchor_rows.iterrows()
+        for median in _rounds(row)[0].values()
+        if median <= ceiling
+    ]
+    level = float(np.median(steady_bursts)) if steady_bursts else float(anchor_rows["p50_ms"].min())
+    anchor_speed = dict(zip(anchor_rows["group"], anchor_rows["p50_ms"], strict=True))
+    ratios = steady_ratios(ok, anchor_id, ceiling)
+    ratios["anchor_ms"] = ratios["group"].map(anchor_speed)
+    ratios = ratios.sort_values(["steady_rounds", "anchor_ms"], ascending=[False, True], kind="stable")
+    chosen = ok.loc[ratios.drop_duplicates("config_id")["row"]]
+    counted = ratios.drop_duplicates("config_id").set_index("row")
+    ratio = counted["steady_ratio"].where(counted["steady_rounds"] > 0, chosen["ratio_to_ref"])
+    paired = chosen.assign(ratio=ratio.astype(float), steady_rounds=counted["steady_rounds"])
+    paired = paired[(paired["ref_config_id"] == anchor_id) & paired["ratio"].notna()]
     return pd.DataFrame(
         {
             "config_id": [anchor_id, *paired["config_id"]],
-            "p50_ms": [level, *paired["p50_ms"].astype(float)],
-            "anchored_ms": [level, *(paired["ratio_to_ref"].astype(float) * level)],
+            "p50_ms": [float(anchor_rows["p50_ms"].median()), *paired["p50_ms"].astype(float)],
+            "anchored_ms": [level, *(paired["ratio"] * level)],
             "contended": [bool(anchor_rows["contended"].any()), *paired["contended"].astype(bool)],
             "tries": [int(anchor_rows["tries"].max()), *paired["tries"].astype(int)],
+            "steady_rounds": [len(steady_bursts), *paired["steady_rounds"].astype(int)],
         }
     )
-
-
-def steady_groups(
-    groups: list[pd.DataFrame],
-    anchor_id: str,
-    measure: Callable[[int, int], pd.DataFrame],
-    drift: float = GROUP_DRIFT,
-    retries: int = GROUP_RETRIES,
-) -> list[pd.DataFrame]:
-    """The groups, each whose anchor ran more than `drift` slower than the fastest group's measured again by
-    `measure(index, attempt)` up to `retries` times, keeping its fastest try. With fewer than two anchors
-    there is nothing to compare."""
-
-    def anchor_ms(rows: pd.DataFrame) -> float:
-        anchor = rows[(rows["status"] == "ok") & (rows["config_id"] == anchor_id)]
-        return float(anchor["p50_ms"].iloc[0]) if len(anchor) else math.inf
-
-    fastest = min(map(anchor_ms, groups), default=math.inf)
-    if sum(math.isfinite(anchor_ms(rows)) for rows in groups) < 2:
-        return groups
-    steady = list(groups)
-    for index in range(len(steady)):
-        for attempt in range(1, retries + 1):
-            if anchor_ms(steady[index]) <= fastest * (1 + drift):
-                break
-            again = measure(index, attempt)
-            if anchor_ms(again) < anchor_ms(steady[index]):
-                steady[index] = again
-    return steady
 
 
 def build_table(
