@@ -244,13 +244,14 @@ def test_anchored_latency_counts_only_the_rounds_in_which_the_host_ran_at_its_fa
             measured("a-retry1", {"full": SLOW, "small": [1.4] * 6}),  # a try with no steady round
             measured("b", {"full": SLOW, "never": [1.5] * 6}, ratios={"never": 0.55}),
             measured("c", {"full": SLOW, "lost": [1.0] * 6}).assign(ref_config_id="lost"),
+            measured("d", {"full": FAST, "late": [0.5] * 6}),  # more steady rounds, measured last
         ],
         ignore_index=True,
     ).assign(tries=1)
     rows.loc[rows["group"] == "a-retry1", "contended"] = True
     frame = anchored_latency(rows, "full", "the anchor failed").set_index("config_id")
     # "lost": its group's anchor failed (another job became its reference): left out
-    assert list(frame.index) == ["full", "small", "never"]
+    assert list(frame.index) == ["full", "small", "never", "late"]  # the anchor first, then measured order
     # the level: the anchor's steady bursts (1.8, 1.8, 1.85), not its slow ones
     assert frame.loc["full", "anchored_ms"] == pytest.approx(1.8)
     assert frame.loc["small", "anchored_ms"] == pytest.approx(0.6)  # the ratio 1/3 of the steady rounds
@@ -260,7 +261,7 @@ def test_anchored_latency_counts_only_the_rounds_in_which_the_host_ran_at_its_fa
     # contended: the anchor if any of its tries was, a job as the try its figure came from
     assert frame.loc["full", "contended"] and not frame.loc["small", "contended"]
     # without any steady round, the profiler's own ratio over all rounds of its try
-    fast_elsewhere = pd.concat([measured("d", {"full": FAST}), rows[rows["group"] == "b"]]).assign(tries=1)
+    fast_elsewhere = pd.concat([measured("e", {"full": FAST}), rows[rows["group"] == "b"]]).assign(tries=1)
     fallback = anchored_latency(fast_elsewhere, "full", "x").set_index("config_id")
     assert fallback.loc["never", "anchored_ms"] == pytest.approx(0.55 * 1.8)
     assert fallback.loc["never", "steady_rounds"] == 0

@@ -287,8 +287,8 @@ def anchored_latency(
     ratios = steady_ratios(ok, anchor_id, ceiling)
     ratios["anchor_ms"] = ratios["group"].map(anchor_speed)
     ratios = ratios.sort_values(["steady_rounds", "anchor_ms"], ascending=[False, True], kind="stable")
-    chosen = ok.loc[ratios.drop_duplicates("config_id")["row"]]
-    counted = ratios.drop_duplicates("config_id").set_index("row")
+    counted = ratios.drop_duplicates("config_id").sort_values("row").set_index("row")  # in measured order
+    chosen = ok.loc[counted.index]
     ratio = counted["steady_ratio"].where(counted["steady_rounds"] > 0, chosen["ratio_to_ref"])
     paired = chosen.assign(ratio=ratio.astype(float), steady_rounds=counted["steady_rounds"])
     paired = paired[(paired["ref_config_id"] == anchor_id) & paired["ratio"].notna()]
