@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -275,12 +276,23 @@ def test_a_table_built_on_a_busy_machine_says_so(tmp_path, capsys):
     checkpoint = save_checkpoint(model, tmp_path / "model.pt")
     argv = ["lut", "build", "--target", "cpu", "--model", "s_cnn_small", "--checkpoint", str(checkpoint)]
     argv += ["--points", "2", "--calibration-samples", "0", "--out", str(tmp_path), *QUICK]
-    with spinning(2):  # both cores: every measurement sees another process
-        assert run(argv) in (0, None)
+    with spinning(2):  # both cores: every measurement sees another process, however long it waits
+        started = time.perf_counter()
+        assert run([*argv, "--wait-quiet", "1s"]) in (0, None)
+        waited_s = time.perf_counter() - started
     printed = capsys.readouterr()
     said = " ".join((printed.out + printed.err).split())  # the console wraps long lines
-    assert "were taken on a busy machine" in said and "build it again on a quiet machine" in said
+    assert "were taken on a busy machine" in said and "--wait-quiet waits for one" in said
     assert table_path(tmp_path, "cpu", "s_cnn_small").is_file()  # warned, not refused
+    groups = [*(tmp_path / "lut" / "cpu-s_cnn_small").glob("*anchored/*")]
+    assert waited_s >= len(groups)  # it waited its second for quiet before each group
+
+
+def test_lut_build_refuses_a_bad_wait_in_one_line(capsys):
+    for wait in ("0s", "3d", "soon"):
+        assert run(["lut", "build", "--target", "cpu", "--model", "s_cnn_small", "--wait-quiet", wait]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "wait" in err and len(err.splitlines()) == 1
 
 
 def test_layer_onnx_runs_with_the_grid_shapes(tmp_path):

@@ -45,9 +45,9 @@ MaxSecondsOption = Annotated[
 MinQueriesOption = Annotated[int | None, typer.Option(help="Inferences before a measurement may stop.")]
 
 
-def _settings(base, max_seconds: float | None, min_queries: int | None):
+def _settings(base, max_seconds: float | None, min_queries: int | None, wait_quiet_s: float | None = None):
     """The stage's profiler settings with the user's overrides (validated by the profiler)."""
-    overrides = {"max_seconds": max_seconds, "min_queries": min_queries}
+    overrides = {"max_seconds": max_seconds, "min_queries": min_queries, "wait_quiet_s": wait_quiet_s}
     return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
 
 
@@ -75,18 +75,30 @@ def lut_build(
     ] = 2,
     max_seconds: MaxSecondsOption = None,
     min_queries: MinQueriesOption = None,
+    wait_quiet: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-quiet",
+            help="Before each group of measurements, wait up to this long (e.g. 2min) for a quiet machine.",
+        ),
+    ] = None,
     out: ResultsOption = DEFAULT_RESULTS_DIR,
     targets_dir: TargetsDirOption = None,
 ) -> None:
     """Measure each slimmable layer of a model on a target and write OUT/lut/<target>-<model>.json.
 
-    The whole configurations that calibrate the sum (the trained widths, four for a US model, and a few
-    random ones) are measured beside the full width, under OUT/lut/<target>-<model>/anchored/.
+    The layers are measured in groups beside the heaviest one (OUT/lut/<target>-<model>/layers-anchored/),
+    the whole configurations that calibrate the sum (the trained widths, four for a US model, and a few
+    random ones) beside the full width (OUT/lut/<target>-<model>/anchored/). A table built on a busy
+    machine mispredicts on a quiet one: --wait-quiet waits for quiet before each group.
     """
     from planner.measure.targets import load_target
     from planner.search.lut import table_path
     from planner.search.lut_runs import END_TO_END_SETTINGS, LAYER_SETTINGS, build_table
+    from planner.units import parse_wait_s
+    from profilers.jobs import MAX_WAIT_QUIET_S
 
+    wait_s = parse_wait_s(wait_quiet, MAX_WAIT_QUIET_S) if wait_quiet is not None else None
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)
     started = time.perf_counter()
@@ -96,8 +108,8 @@ def lut_build(
         out,
         points=points,
         calibration_samples=calibration_samples,
-        layer_settings=_settings(LAYER_SETTINGS, max_seconds, min_queries),
-        end_to_end_settings=_settings(END_TO_END_SETTINGS, max_seconds, min_queries),
+        layer_settings=_settings(LAYER_SETTINGS, max_seconds, min_queries, wait_s),
+        end_to_end_settings=_settings(END_TO_END_SETTINGS, max_seconds, min_queries, wait_s),
         log=console.print,
     )
     path = table.save(table_path(out, target.name, model.name))

@@ -392,7 +392,8 @@ def _warn_busy(say: Log, layer_rows: pd.DataFrame, anchored: pd.DataFrame) -> No
         say(
             f"warning: {busy_layers} of {len(layer_rows)} layer measurements and {busy_whole} of "
             f"{len(anchored)} whole-network runs were taken on a busy machine; a table built so mispredicts "
-            "(67% within 10% beside one spinner, 96% quiet): build it again on a quiet machine"
+            "(67% within 10% beside one spinner, 96% quiet): build it again on a quiet machine "
+            "(--wait-quiet waits for one)"
         )
 
 
