@@ -95,6 +95,7 @@ def check_configs(table: LatencyTable, model, target, work: Path, drawn: list[tu
                 "contended": bool(row["contended"]),
                 "tries": int(row["tries"]),
                 "steady_rounds": int(row["steady_rounds"]),
+                "full_width_ms": float(measured["anchored_ms"].iloc[0]),
             }
         )
     frame = pd.DataFrame(rows)
@@ -225,7 +226,8 @@ def main() -> None:
         f"calibration scale {table.calibration.scale:.3f}, offset {table.calibration.offset_ms:.3f} ms "
         f"on {len(table.calibration.points)} end-to-end runs, "
         f"full width {table.calibration.anchor_ms:.3f} ms "
-        "at the build (predictions are re-anchored on the full width measured with the check); "
+        f"at the build and {frame['full_width_ms'].iloc[0]:.3f} ms at the check "
+        f"({table.speed_change(frame['full_width_ms'].iloc[0]):+.0%}; predictions are re-anchored on it); "
         f"runtime {table.runtime} {table.runtime_version}",
         f"- **within +-10%: {within(errors, 0.10):.0%}** (goal >= 95%); "
         f"within +-20%: {within(errors, 0.20):.0%}",

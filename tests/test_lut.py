@@ -318,6 +318,21 @@ def test_reanchoring_scales_predictions_by_the_full_widths_drift():
     assert anchored.reanchored(3.3).predict_ms({}) == pytest.approx(2.5 * 1.1)  # 10% slower now
 
 
+def test_lut_check_says_when_the_machine_runs_at_another_speed_than_at_the_build():
+    from planner.cli.legr import speed_warning
+
+    layer = {"path": "a", "entry": "e", "in_group": None, "out_group": None, "in_fixed": 8, "out_fixed": 8}
+    entries = {"e": Entry((8,), (8,), np.array([[1.0]]))}
+    table = LatencyTable({}, "m", "f", (1,), "ort", "1", (layer,), entries, Calibration(1.0, 0.0, (), 2.15))
+    assert table.speed_change(3.2) == pytest.approx(3.2 / 2.15 - 1)
+    assert speed_warning(table, 2.2) is None  # within the band in which rounds count as steady
+    slower = speed_warning(table, 3.2)
+    assert "+49% against 2.150 ms when the table was built" in slower and "\n" not in slower
+    assert "-30%" in speed_warning(table, 1.5)  # faster counts too: the table was built slowed
+    old = replace(table, calibration=Calibration(1.0, 0.0))  # a table that predates the anchor
+    assert old.speed_change(3.2) is None and speed_warning(old, 3.2) is None
+
+
 def test_a_us_model_calibrates_on_four_uniform_widths_not_all_it_tracks():
     assert calibration_widths(planner.create_model("s_cnn_small")) == [0.25, 0.5, 0.75, 1.0]
     us = planner.create_model("us_cnn_small")

@@ -118,6 +118,14 @@ class LatencyTable:
         )
         return replace(self, calibration=calibration)
 
+    def speed_change(self, anchor_ms: float) -> float | None:
+        """How much slower (+) or faster (-) the full width runs now than at the build, as a fraction; None
+        for a table that predates the anchor. Re-anchoring rescales every width alike, but a host that
+        changed speed does not change every width alike: a check with the full width 49% slower than at the
+        build scored 38% within +-10% (results/legr_lut_error_spanning_rounds3.md)."""
+        built = self.calibration.anchor_ms
+        return anchor_ms / built - 1.0 if built else None
+
     def check(self, model: SlimmableNetwork, target: Target | None = None) -> LatencyTable:
         """Refuse a table measured for another target or another version of the model; return self."""
         if self.model != model.name:

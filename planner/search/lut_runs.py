@@ -411,15 +411,16 @@ def check_table(
 
     The table is first re-anchored (`LatencyTable.reanchored`) on the full width measured with them.
     Columns: config_id, predicted_ms (re-anchored), built_predicted_ms (the table as built), measured_ms
-    (drift-corrected, see `measure_anchored`), p50_ms (as measured), error (relative, signed: predicted_ms
-    against measured_ms).
+    (drift-corrected, see `measure_anchored`), p50_ms (as measured), full_width_ms (the full width now, the
+    same in every row), error (relative, signed: predicted_ms against measured_ms).
     """
     if samples < 1:
         raise PlannerError(f"--samples must be at least 1, got {samples}")
     table.check(model, target)
     configs = random_configs(model, samples, np.random.default_rng(seed), granularity)
     measured = measure_anchored(model, configs, target, Path(out_dir), settings)
-    now = table.reanchored(float(measured["anchored_ms"].iloc[0]))
+    full_width_ms = float(measured["anchored_ms"].iloc[0])
+    now = table.reanchored(full_width_ms)
     measured = measured.set_index("config_id")
     rows = [
         {
@@ -428,6 +429,7 @@ def check_table(
             "built_predicted_ms": table.predict_ms(c),
             "measured_ms": measured.loc[c.id, "anchored_ms"],
             "p50_ms": measured.loc[c.id, "p50_ms"],
+            "full_width_ms": full_width_ms,
         }
         for c in configs
         if c.id in measured.index
