@@ -58,6 +58,9 @@ def test_built_table_names_target_model_and_runtime(built):
     assert data["model"] == "s_cnn_small" and data["input_shape"] == [1, 1, SIZE, SIZE]
     assert data["runtime"] == "onnxruntime" and data["runtime_version"]
     assert len(data["calibration"]["points"]) == len(model.widths)
+    # the calibration was measured before and after the layers, each time beside the full width
+    work = path.parent / "cpu-s_cnn_small"
+    assert [*(work / "anchored").iterdir()] and [*(work / "anchored-after").iterdir()]
     assert {layer["path"] for layer in data["layers"]} == {op.path for op in layer_ops(model)}
 
 
