@@ -37,16 +37,16 @@ LAYER_SETTINGS = Settings(
 )
 END_TO_END_SETTINGS = Settings(ci_rel=0.03, min_queries=48, max_seconds=10.0, warmup_s=0.5)
 # Jobs measured group after group beside an anchor see the host in different states. This host switches,
-# unseen in /proc, between two speeds (the full width at 1.8-1.9 or 2.7-2.8 ms, others' CPU 0.00-0.03
-# cores), within a group as well as between groups, and in the slow one the small configurations slow more,
-# so the paired ratios do not cancel it: a quiet check scored 100% within 10% on its groups in the fast
-# state and 54% on those in the slow one (results/legr_lut_error_spanning_steady.md). Nothing makes a
-# machine faster than undisturbed, so a round counts only when the anchor's burst in it ran within
-# STEADY_BAND of the anchor's fastest median in any group. Replayed on the raw rows of eight quiet checks,
-# this scored as well or better in every one (75% -> 96% on the worst); beside a spinner, where every round
-# is slow alike, 67% -> 62% and 46% -> 62% (results/lut_rounds_replay.md). Round medians move 5-10% on a
-# steady host; the slow state is 50% slower. A group in which a job shared
-# fewer than STEADY_ROUNDS such rounds with the anchor is measured again, at most GROUP_RETRIES times.
+# unseen in /proc, between speeds that last minutes (the full width at 1.8-1.9, 2.1-2.2 or 2.7-3.2 ms, others'
+# CPU 0.00-0.03 cores), within a group as well as between groups, and in the slow ones the small
+# configurations slow more, so the paired ratios do not cancel it: a quiet check scored 100% within 10% on its
+# groups in the fast state and 54% on those in the slow one (results/legr_lut_error_spanning_steady.md).
+# Nothing makes a machine faster than undisturbed, so a round counts only when the anchor's burst in it ran
+# within STEADY_BAND of the anchor's fastest median in any group. Replayed on the raw rows of eight quiet
+# checks, this scored as well or better in every one (75% -> 96% on the worst); beside a spinner, where every
+# round is slow alike, 67% -> 62% and 46% -> 62% (results/lut_rounds_replay.md). Round medians move 5-10% on a
+# steady host; the slow states are 50-70% slower. A group in which a job shared fewer than STEADY_ROUNDS such
+# rounds with the anchor is measured again, at most GROUP_RETRIES times.
 STEADY_BAND = 0.15
 STEADY_ROUNDS = 3
 GROUP_RETRIES = 2
