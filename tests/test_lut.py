@@ -278,7 +278,9 @@ def test_a_table_built_on_a_busy_machine_says_so(tmp_path, capsys):
     model = planner.create_model("s_cnn_small", widths=[0.5, 1.0], input_size=SIZE)
     checkpoint = save_checkpoint(model, tmp_path / "model.pt")
     argv = ["lut", "build", "--target", "cpu", "--model", "s_cnn_small", "--checkpoint", str(checkpoint)]
-    argv += ["--points", "2", "--calibration-samples", "0", "--out", str(tmp_path), *QUICK]
+    # shorter than QUICK: beside spinners most groups are measured again, each after its second's wait
+    argv += ["--points", "2", "--calibration-samples", "0", "--out", str(tmp_path)]
+    argv += ["--max-seconds", "0.3", "--min-queries", "8"]
     with spinning(2):  # both cores: every measurement sees another process, however long it waits
         started = time.perf_counter()
         assert run([*argv, "--wait-quiet", "1s"]) in (0, None)
