@@ -133,30 +133,43 @@ def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     assert meter.columns(1.0, 1.1, limit_cores=0.25, root=tmp_path)["contended"] is False
 
 
+class FakeClock:
+    """Stands in for `time` inside profilers.load: each sort costs what the test says, so the host's own
+    speed (which changes by the minute on a shared machine) cannot decide the test."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def sleep(self, seconds: float) -> None:
+        self.ns += int(seconds * 1e9)
+
+
 def test_a_speed_probe_slowed_for_a_moment_is_taken_again_and_a_lasting_slowdown_is_not(monkeypatch):
     import profilers.load as load
 
-    reference = speed_index_ms()
-    sort = load.np.sort
-    calls = {"n": 0}
+    clock = FakeClock()
+    monkeypatch.setattr(load, "time", clock)
+    sort_ms = {"n": 0, "first": 20.0, "first_count": 50, "then": 0.06}
 
-    def hiccup(values, kind):  # the first 50 sorts are 20 ms slow, as when another tenant bursts
-        calls["n"] += 1
-        if calls["n"] <= 50:
-            load.time.sleep(0.02)
-        return sort(values, kind=kind)
+    def timed_sort(values, kind):
+        sort_ms["n"] += 1
+        cost = sort_ms["first"] if sort_ms["n"] <= sort_ms["first_count"] else sort_ms["then"]
+        clock.ns += int(cost * 1e6)
+        return values
 
-    monkeypatch.setattr(load.np, "sort", hiccup)
-    assert speed_index_ms(reference_ms=reference) < reference * 1.3
-    calls["n"] = 0
-    assert speed_index_ms() > 10 * reference  # without the reference, nothing is taken again
+    monkeypatch.setattr(load.np, "sort", timed_sort)
+    reference = 0.06
+    # the first 50 sorts are 20 ms slow, as when another tenant bursts: taken again, and the burst is gone
+    assert speed_index_ms(reference_ms=reference) == pytest.approx(reference)
+    sort_ms["n"] = 0
+    assert speed_index_ms() == pytest.approx(20.0)  # without the reference, nothing is taken again
 
-    def lasting(values, kind):
-        load.time.sleep(0.001)
-        return sort(values, kind=kind)
-
-    monkeypatch.setattr(load.np, "sort", lasting)
-    assert speed_index_ms(reference_ms=reference) > 1.3 * reference
+    sort_ms.update(n=0, first_count=10**9, first=1.0)  # every sort slow: the slowdown lasts
+    assert speed_index_ms(reference_ms=reference) == pytest.approx(1.0)
+    assert sort_ms["n"] == 100  # the probe was taken twice
 
 
 def test_unreadable_proc_is_nan_not_a_flag(tmp_path):
