@@ -1,9 +1,11 @@
 """The measuring process: one per (configuration, backend) job, started as `python -m profilers.worker`.
 
 It builds (or finds) the artifact, takes the memory baseline, opens the session, times the first
-inference apart, warms up for a fixed time, reports ready, then runs bursts on request until told to
-close. Requests and replies are JSON lines: requests on stdin, replies on the original stdout, which is
-kept for the protocol while fd 1 is pointed at stderr so a runtime's own prints cannot corrupt it.
+inference apart and reports loaded; told to, it warms up for a fixed time and reports warm, then runs
+bursts on request until told to close. The parent starts workers one after another and warms them up
+together (profilers.scheduler). Requests and replies are JSON lines: requests on stdin, replies on the
+original stdout, which is kept for the protocol while fd 1 is pointed at stderr so a runtime's own
+prints cannot corrupt it.
 When the parent dies, stdin closes and the worker exits.
 """
 
@@ -54,18 +56,13 @@ def serve(job: Job, settings: Settings, requests, channel: IO[str]) -> None:
         session = stack.enter_context(backend.open(artifact, model, job, model.random_input(settings.seed)))
         load_s = time.perf_counter() - started
         first_ns = session.burst(1, math.inf)[0]
-        warmup_end = time.perf_counter() + settings.warmup_s
-        warmup_runs = 0
-        while time.perf_counter() < warmup_end:
-            warmup_runs += len(session.burst(settings.burst_size, settings.burst_seconds))
         _reply(
             channel,
             {
-                "ready": True,
+                "loaded": True,
                 "first_ms": first_ns / 1e6,
                 "build_s": build_s,
                 "load_s": load_s,
-                "warmup_runs": warmup_runs,
                 "input_shape": model.shape_text,
                 "weight_bytes": model.weight_bytes,
                 "artifact_bytes": artifact_bytes(artifact),
@@ -74,6 +71,16 @@ def serve(job: Job, settings: Settings, requests, channel: IO[str]) -> None:
                 ),
             },
         )
+        request = next(requests, None)
+        if request is None:  # the parent has gone
+            return
+        if request.get("cmd") != "warmup":
+            raise ProfilerError(f"expected a warmup request after loading, got {request!r}")
+        warmup_end = time.perf_counter() + settings.warmup_s
+        warmup_runs = 0
+        while time.perf_counter() < warmup_end:
+            warmup_runs += len(session.burst(settings.burst_size, settings.burst_seconds))
+        _reply(channel, {"warm": True, "warmup_runs": warmup_runs})
         for request in requests:
             if request.get("cmd") == "burst":
                 times = session.burst(

@@ -476,6 +476,26 @@ def test_crashed_and_hung_workers_lose_no_other_result(models, tmp_path, fast):
     assert resumed.loc["narrow", "run_id"] == table.loc["narrow", "run_id"]
 
 
+def test_a_worker_that_dies_warming_up_is_an_error_row_and_the_group_is_measured(
+    models, tmp_path, fast, monkeypatch
+):
+    """The workers of a group warm up together; one that dies then fails alone."""
+    from profilers import scheduler
+
+    send = scheduler.WorkerHandle.send
+
+    def die_warming_up(handle, message):  # job 1's worker, by its log's name (RUN-0001-BACKEND.log)
+        send(handle, message)
+        if message.get("cmd") == "warmup" and handle.log_path.name.split("-")[1] == "0001":
+            os.kill(handle.process.pid, signal.SIGKILL)
+
+    monkeypatch.setattr(scheduler.WorkerHandle, "send", die_warming_up)
+    jobs = [job(models["narrow"]), job(models["mid"]), job(models["wide"])]
+    table = run_jobs(jobs, tmp_path, fast).set_index("config_id")
+    assert table.loc["mid", "status"] == "error" and "exited" in table.loc["mid", "error"]
+    assert table.loc["narrow", "status"] == "ok" and table.loc["wide", "status"] == "ok"
+
+
 def test_a_model_the_runtime_cannot_run_is_an_error_row(tmp_path, fast, models):
     bad = failing_model(tmp_path / "bad.onnx")
     table = run_jobs([job(bad), job(models["narrow"])], tmp_path / "out", fast).set_index("config_id")
