@@ -326,7 +326,7 @@ def test_reanchoring_scales_predictions_by_the_full_widths_drift():
 
 
 def test_lut_check_says_when_the_machine_runs_at_another_speed_than_at_the_build():
-    from planner.cli.legr import speed_warning
+    from planner.search.lut_runs import speed_warning
 
     layer = {"path": "a", "entry": "e", "in_group": None, "out_group": None, "in_fixed": 8, "out_fixed": 8}
     entries = {"e": Entry((8,), (8,), np.array([[1.0]]))}

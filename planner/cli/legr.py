@@ -147,7 +147,7 @@ def lut_check(
     """
     from planner.measure.targets import load_target
     from planner.search.lut import LatencyTable, table_path, within
-    from planner.search.lut_runs import END_TO_END_SETTINGS, check_table
+    from planner.search.lut_runs import END_TO_END_SETTINGS, check_table, speed_warning
 
     target = load_target(target_name, targets_dir)
     model = _target_model(_model(model_name, checkpoint, input_size), target)
@@ -171,22 +171,6 @@ def lut_check(
     warning = speed_warning(table, float(frame["full_width_ms"].iloc[0]))
     if warning:
         console.print(f"[yellow]warning: {warning}[/yellow]", soft_wrap=True)
-
-
-def speed_warning(table, full_width_ms: float) -> str | None:
-    """One line when the machine runs the full width at another speed than at the build (beyond the band
-    inside which the LUT's rounds count as steady): the re-anchored predictions then err by width."""
-    from planner.search.lut_runs import STEADY_BAND
-
-    change = table.speed_change(full_width_ms)
-    if change is None or abs(change) <= STEADY_BAND:
-        return None
-    built_ms = table.calibration.anchor_ms
-    return (
-        f"the full width ran at {full_width_ms:.3f} ms, {change:+.0%} against {built_ms:.3f} ms when the "
-        "table was built; predictions are rescaled, but a machine whose speed changed does not change every "
-        "width alike: check again when it runs as at the build, or build the table again"
-    )
 
 
 @legr_app.command("learn")

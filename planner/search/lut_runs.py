@@ -458,3 +458,17 @@ def check_table(
     frame = pd.DataFrame(rows)
     frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1.0
     return frame
+
+
+def speed_warning(table: LatencyTable, full_width_ms: float) -> str | None:
+    """One line when the machine runs the full width at another speed than at the build (beyond the band
+    inside which the LUT's rounds count as steady): the re-anchored predictions then err by width."""
+    change = table.speed_change(full_width_ms)
+    if change is None or abs(change) <= STEADY_BAND:
+        return None
+    built_ms = table.calibration.anchor_ms
+    return (
+        f"the full width ran at {full_width_ms:.3f} ms, {change:+.0%} against {built_ms:.3f} ms when the "
+        "table was built; predictions are rescaled, but a machine whose speed changed does not change every "
+        "width alike: check again when it runs as at the build, or build the table again"
+    )
