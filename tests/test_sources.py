@@ -13,7 +13,7 @@ import pytest
 from torch import nn
 
 from planner.errors import PlannerError
-from planner.models.sources import is_source, load_original, load_source
+from planner.models.sources import build_source, is_source, load_original, load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_torchvision = pytest.mark.skipif(
@@ -221,6 +221,45 @@ def test_original_weights_convert_and_planner_checkpoints_rebuild(tmp_path: Path
         rebuilt.set_width(width)
         with torch.no_grad():
             assert torch.equal(net(x), rebuilt(x))
+
+
+WIDE_NET = """
+from torch import nn
+
+def build(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 24, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(24, num_classes))
+"""
+
+
+@needs_converter
+def test_a_checkpoint_rebuilds_with_the_channel_rounding_it_was_trained_with(tmp_path: Path) -> None:
+    """Channel counts round to 8 since planner chose that; a checkpoint saved before (no record) was
+    built with exact counts and must load as such, not fail on its BN statistics' shapes."""
+    import torch
+
+    from planner.nn.build import build_model
+    from planner.nn.checkpoint import save_checkpoint
+
+    (tmp_path / "widenet.py").write_text(WIDE_NET)
+    source = f"{tmp_path}/widenet.py:build"
+    rounded = build_model(source, num_classes=4, input_size=8)
+    assert rounded.config(0.75).channels == {"0": 16}  # 24 channels at 0.75x: 18, rounded to 8s
+    save_checkpoint(rounded, tmp_path / "now.pt")
+    assert torch.load(tmp_path / "now.pt", weights_only=True)["planner"]["channel_multiple"] == 8
+    assert build_model(checkpoint=tmp_path / "now.pt").config(0.75).channels == {"0": 16}
+
+    older = build_source(source, num_classes=4, input_size=8, channel_multiple=1)
+    save_checkpoint(older, tmp_path / "older.pt")
+    saved = torch.load(tmp_path / "older.pt", weights_only=True)
+    del saved["planner"]["channel_multiple"]  # as written before the rounding was recorded
+    torch.save(saved, tmp_path / "older.pt")
+    assert build_model(checkpoint=tmp_path / "older.pt").config(0.75).channels == {"0": 18}
+
+    saved["planner"]["channel_multiple"] = "eight"
+    torch.save(saved, tmp_path / "bad.pt")
+    with pytest.raises(PlannerError, match=r"checkpoint .*bad.pt records channel_multiple 'eight'"):
+        build_model(checkpoint=tmp_path / "bad.pt")
 
 
 @needs_converter

@@ -102,6 +102,7 @@ def _rebuilt(model: SlimmableNetwork, size: int, why: str) -> SlimmableNetwork:
             in_channels=model.in_channels,
             universal=model.universal,
             reorder=False,  # the weights it takes are reordered already
+            channel_multiple=model.channel_multiple,
         )
     except PlannerError as error:
         raise PlannerError(f"{why}: cannot rebuild {model.name} at {size}x{size}: {error}") from None

@@ -130,6 +130,7 @@ def build_source(
     universal: bool = False,
     reorder: bool = True,
     state: dict[str, Any] | None = None,
+    channel_multiple: int | None = None,
 ) -> SlimmableNetwork:
     """The slimmable network of a source; `state` is the original network's weights (loaded first)."""
     import torch
@@ -145,6 +146,8 @@ def build_source(
     kwargs: dict[str, Any] = {"universal": universal, "reorder": reorder, "name": source}
     if widths is not None:
         kwargs["widths"] = tuple(widths)
+    if channel_multiple is not None:
+        kwargs["channel_multiple"] = channel_multiple
     converted = slimmable(network, example, **kwargs)
     converted.source = {
         "source": source,

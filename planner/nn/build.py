@@ -70,7 +70,10 @@ def build_model(
         # a plain state dict is the original network's weights: loaded, reordered and converted
         original = state if state is not None and not recorded else None
         reorder = state is None or original is not None  # planner's weights are reordered already
-        model = build_source(name, universal=universal, reorder=reorder, state=original, **build)
+        multiple = _channel_multiple(recorded, checkpoint)
+        model = build_source(
+            name, universal=universal, reorder=reorder, state=original, channel_multiple=multiple, **build
+        )
         state = None if original is not None else state
     elif universal:
         raise PlannerError(f"--universal is for converted networks; {name} is built universal or not")
@@ -81,6 +84,21 @@ def build_model(
         model.load_state_dict(state, strict=True)
         model.calibrations = stored_calibrations(model, recorded)
     return model.eval()
+
+
+def _channel_multiple(recorded: dict[str, Any], checkpoint: Path | str | None) -> int:
+    """The rounding a planner checkpoint's converted network was built with: recorded since it became
+    a choice, exact scaling (1) before that; a new conversion rounds to `CHANNEL_MULTIPLE`."""
+    from planner.models.convert import CHANNEL_MULTIPLE
+
+    if not recorded:
+        return CHANNEL_MULTIPLE
+    value = recorded.get("channel_multiple", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlannerError(
+            f"checkpoint {checkpoint} records channel_multiple {value!r}, not a positive integer"
+        )
+    return value
 
 
 def _dataset_shape(dataset: Dataset, build: dict[str, Any], given: dict[str, Any]) -> dict[str, int]:

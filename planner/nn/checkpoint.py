@@ -65,8 +65,9 @@ def check_state_dict(model: SlimmableNetwork, state: Mapping[str, torch.Tensor])
 def build_options(model: SlimmableNetwork) -> dict[str, Any]:
     """What `create_model` (or, for a converted network, `build_source`) needs to rebuild this model.
 
-    A converted network also records that it is universal and the channel permutation its groups were
-    reordered with (provenance: the weights saved are already the reordered ones).
+    A converted network also records that it is universal, the multiple its channel counts are rounded
+    to, and the channel permutation its groups were reordered with (provenance: the weights saved are
+    already the reordered ones).
     """
     options = {
         "name": model.name,
@@ -78,6 +79,7 @@ def build_options(model: SlimmableNetwork) -> dict[str, Any]:
     if getattr(model, "source", None) is not None:
         options["source"] = model.source["source"]
         options["universal"] = bool(model.universal)
+        options["channel_multiple"] = int(model.channel_multiple)
         permutation = getattr(model, "permutation", None)
         if permutation:
             options["permutation"] = {group: list(map(int, order)) for group, order in permutation.items()}
