@@ -238,7 +238,27 @@ def test_a_busy_machine_is_one_warning_line_suggesting_wait_quiet(
     code, _, err = run_cli(argv, capsys)
     assert code == 0
     (line,) = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert "--wait-quiet" in line and "other processes used up to" in line
+    assert "--wait-quiet" in line and "(for example: other processes used" in line
+
+
+def test_the_busy_warning_names_the_reason_a_row_was_flagged_for(capsys) -> None:
+    """A row flagged by the speed index alone had next to no other processes: the warning must not say
+    "other processes used up to 0.0 cores", the opposite of why it warns."""
+    import pandas as pd
+
+    from planner.cli.profile import _warn_contended
+
+    rows = pd.DataFrame(
+        {
+            "contended": [False, True, True],
+            "contention": ["", "speed index moved x1.46", "speed index moved x1.35"],
+            "other_cores": [0.01, 0.008, 0.012],
+        }
+    )
+    assert not _warn_contended(rows, None)
+    line = " ".join(capsys.readouterr().err.split())
+    assert "2 of 3 rows measured on a busy machine (for example: speed index moved x1.35)" in line
+    assert "cores" not in line
 
 
 def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:

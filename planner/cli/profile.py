@@ -188,8 +188,11 @@ def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
     )
     if not len(busy):
         return True
-    most = busy["other_cores"].max()
-    load = f" (other processes used up to {most:.1f} cores)" if pd.notna(most) else ""
+    # why, from the row with the most other load: a row flagged by the speed index or by steal alone has
+    # next to no other processes, and "up to 0.0 cores" would say the opposite of the flag
+    worst = busy.sort_values("other_cores", ascending=False) if "other_cores" in busy else busy
+    reason = worst.iloc[0].get("contention")
+    load = f" (for example: {reason})" if isinstance(reason, str) and reason else ""
     if wait_quiet is None:
         advice = "re-run with --force --wait-quiet 5min, or when the machine is idle"
     else:
