@@ -37,9 +37,17 @@ def calibration() -> Calibration:
     return calibration_inputs("digits", SHAPE, 32)
 
 
-def test_onnxruntime_int8_is_a_qdq_model_that_agrees_with_fp32(exports, tmp_path, calibration):
-    fp32 = tmp_path / "model.onnx"
-    fp32.write_bytes(_full_width(exports).read_bytes())
+def test_onnxruntime_int8_is_a_qdq_model_that_agrees_with_fp32(tmp_path, calibration, randomize):
+    import torch
+
+    from planner.nn.build import build_model
+    from planner.nn.export import export_onnx
+
+    # A fresh network's BN statistics (mean 0, var 1) left its logits near zero, where int8's step was
+    # 7-12% of the largest logit depending on the draw: a flaky check. Non-trivial BN gives 2-6%.
+    torch.manual_seed(0)
+    model = randomize(build_model("s_cnn_small", in_channels=1, num_classes=10, input_size=8))
+    fp32 = export_onnx(model, model.config(1.0), tmp_path / "model.onnx")
     int8 = quantize_onnx(fp32, calibration, "onnxruntime")
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
