@@ -667,6 +667,11 @@ def _describe(node: torch.fx.Node) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+def is_channel_multiple(value: object) -> bool:
+    """A valid `channel_multiple`: a positive integer (not a bool); checked where one is given or read."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def width_channels(width: float, full: int, divisor: int = 1, multiple: int = 1) -> int:
     """Channels of a converted group at `width`: the nearest multiple of its divisor and, where the full
     count is two or more of them, of `multiple`; at least one such step. (A group of one step would
@@ -1347,7 +1352,7 @@ def slimmable(
             (fast kernels want multiples of 8); 1 scales every count exactly, as planner did before.
     """
     values = _check_widths(widths)
-    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
+    if not is_channel_multiple(channel_multiple):
         raise PlannerError(f"channel_multiple must be a positive integer, got {channel_multiple!r}")
     name = name or type(model).__name__.lower()
     analysis, notes, output = _analyse(model, example_input, keep)

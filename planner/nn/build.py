@@ -89,12 +89,12 @@ def build_model(
 def _channel_multiple(recorded: dict[str, Any], checkpoint: Path | str | None) -> int:
     """The rounding a planner checkpoint's converted network was built with: recorded since it became
     a choice, exact scaling (1) before that; a new conversion rounds to `CHANNEL_MULTIPLE`."""
-    from planner.models.convert import CHANNEL_MULTIPLE
+    from planner.models.convert import CHANNEL_MULTIPLE, is_channel_multiple
 
     if not recorded:
         return CHANNEL_MULTIPLE
     value = recorded.get("channel_multiple", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_channel_multiple(value):
         raise PlannerError(
             f"checkpoint {checkpoint} records channel_multiple {value!r}, not a positive integer"
         )
