@@ -37,7 +37,7 @@ COLUMNS = [
     "state", "run", "run_s", "machine", "backend", "width", "p50_ms", "p90_ms", "min_ms", "ci_low_ms",
     "ci_high_ms", "run_spread", "spread_runs", "n", "rounds", "converged", "ratio_to_ref", "ratio_ci_low",
     "ratio_ci_high", "contended", "contention", "other_cores", "load_avg", "steal_pct", "wait_pct", "cpu_mhz",
-    "speed_before_ms", "speed_after_ms", "round_ms", "status",
+    "speed_before_ms", "speed_after_ms", "speed_probes_ms", "round_ms", "status",
 ]  # fmt: skip
 
 

@@ -183,16 +183,19 @@ def with_prior(observed: RunSpread, prior_sigma: float) -> RunSpread:
     return RunSpread(math.sqrt(squares / (PRIOR_FREEDOM + own)), observed.runs, PRIOR_FREEDOM)
 
 
-def machine_state(contended: bool, wait_share: float) -> str:
-    """quiet; busy: the row was contended, but the job's threads got the CPUs they needed; crowded: they
-    waited for one more than CROWDED_WAIT of the time, so others time-sliced them. A crowded job's runs land
-    at one of several speeds (up to 2.1x apart beside one spinner and a test suite,
+def machine_state(contended: bool, wait_share: float, others_busy: bool) -> str:
+    """quiet; busy: the row was contended, but the job's threads got the CPUs they needed; crowded: other
+    processes were busy (`others_busy`: over the contention limit) and the job's threads waited for a CPU
+    more than CROWDED_WAIT of the time, so others time-sliced them. A crowded job's runs land at one of
+    several speeds (up to 2.1x apart beside one spinner and a test suite,
     results/busy_repeatability_prior2_loaded.md), far more than a busy one's move, so each state learns its
-    spread apart: pooled, the busy runs' small spread hid the crowded runs' jumps. Where the scheduler's
-    account is unreadable (NaN), a contended row counts as busy."""
+    spread apart: pooled, the busy runs' small spread hid the crowded runs' jumps. Waits with no one else
+    busy are the job's own (a microsecond model's two onnxruntime threads read 30% on an idle machine, as
+    each of its many short parallel sections wakes the other thread), so they never make a row crowded.
+    Where the scheduler's account is unreadable (NaN), a contended row counts as busy."""
     if not contended:
         return QUIET
-    return CROWDED if wait_share > CROWDED_WAIT else BUSY
+    return CROWDED if others_busy and wait_share > CROWDED_WAIT else BUSY
 
 
 def state_spread(

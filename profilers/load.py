@@ -14,13 +14,14 @@ where readable. A speed index (a fixed numpy sort, best of a few) is timed befor
 
 A row is `contended` when, during the rounds it took part in, other processes used more than
 `contention_cores` cores (Settings, default 0.25), steal exceeded STEAL_LIMIT of the CPU time, a throttle
-counter moved, or the speed index moved by more than SPEED_LIMIT; `contention` says which, with the
-figures. Every file is
+counter moved, or the speed index moved by more than SPEED_LIMIT between the start of its group's rounds
+and the end of its own (`speed_change`); `contention` says which, with the figures. Every file is
 read under a root directory (default `/`) so tests can use fixture trees; an unreadable one is NaN.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -39,6 +40,11 @@ STEAL_LIMIT = 0.05
 CROWDED_WAIT = 0.20
 # The speed index after / before beyond this factor (either way) flags a row.
 SPEED_LIMIT = 1.3
+# The speed index is taken again after a round once this long has passed since the last probe (a probe
+# costs about 7 ms: 1.4% of the measuring time).
+SPEED_PROBE_INTERVAL_S = 0.5
+# A row's speed before and after are each the median of this many probes (`speed_change`).
+SPEED_WINDOW = 3
 # Devfreq nodes of Jetson GPUs (Nano/TX1, TX2, Xavier, Orin) and any node whose name says gpu.
 _GPU_DEVFREQ = ("57000000.gpu", "17000000.gp10b", "17000000.gv11b", "17000000.ga10b")
 
@@ -220,10 +226,9 @@ class LoadMeter:
         runnable = self.own_run_ns + self.own_wait_ns
         return self.own_wait_ns / runnable if runnable else math.nan
 
-    def columns(
-        self, speed_before_ms: float, speed_after_ms: float, limit_cores: float, root: Path = Path("/")
-    ) -> dict[str, Any]:
-        """The load columns of a row, with the `contended` flag and its reasons."""
+    def columns(self, speeds_ms: list[float], limit_cores: float, root: Path = Path("/")) -> dict[str, Any]:
+        """The load columns of a row, with the `contended` flag and its reasons; `speeds_ms` are the speed
+        index probes from before its group's first round to after its own last (`SpeedTrack`)."""
         other = self.other_cores()
         steal = self.steal_share()
         reasons = []
@@ -233,7 +238,8 @@ class LoadMeter:
             reasons.append(f"steal {steal:.0%}")
         if self.throttles > 0:
             reasons.append(f"{self.throttles:g} throttle events")
-        speed = speed_after_ms / speed_before_ms if speed_before_ms > 0 else math.nan
+        before_ms, after_ms = speed_change(speeds_ms)
+        speed = after_ms / before_ms if before_ms > 0 else math.nan
         if speed > SPEED_LIMIT or speed < 1 / SPEED_LIMIT:
             reasons.append(f"speed index moved x{speed:.2f}")
         return {
@@ -245,8 +251,9 @@ class LoadMeter:
             "wait_pct": self.wait_share() * 100,
             "cpu_mhz": float(np.mean(self.khz)) / 1000 if self.khz else math.nan,
             "throttle_events": int(self.throttles) if self.throttles_readable else None,
-            "speed_before_ms": speed_before_ms,
-            "speed_after_ms": speed_after_ms,
+            "speed_before_ms": before_ms,
+            "speed_after_ms": after_ms,
+            "speed_probes_ms": json.dumps([round(ms, 4) for ms in speeds_ms]),
             **thermal(root),
         }
 
@@ -254,24 +261,50 @@ class LoadMeter:
 _SPEED_DATA = np.random.default_rng(0).standard_normal(20_000)
 
 
-def speed_index_ms(repeats: int = 50, reference_ms: float | None = None) -> float:
+def speed_index_ms(repeats: int = 50) -> float:
     """Best time of a fixed single-threaded workload (sorting 20k floats): the machine's speed right now.
 
-    Best of 50 (about 3 ms), not of 5: a parent that has waited idle for its workers sorted up to 1.6x
+    Best of 50 (about 7 ms), not of 5: a parent that has waited idle for its workers sorted up to 1.6x
     slower in its first few tries on a quiet machine, which flagged quiet rows
-    (results/interval_shift_best_of_5.md). Given the speed it is compared with, a probe that moved past
-    SPEED_LIMIT is taken once more 0.1 s later and the better kept: a 3-ms hiccup is not the row's state
-    (one quiet row, other processes at 0.03 cores, was flagged x1.32 by a single probe:
-    results/busy_repeatability_history.md), while a slowdown that lasts shows in both."""
+    (results/interval_shift_best_of_5.md)."""
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter_ns()
         np.sort(_SPEED_DATA, kind="quicksort")
         best = min(best, (time.perf_counter_ns() - started) / 1e6)
-    if reference_ms and not 1 / SPEED_LIMIT <= best / reference_ms <= SPEED_LIMIT:
-        time.sleep(0.1)
-        best = min(best, speed_index_ms(repeats))
     return best
+
+
+def speed_change(speeds_ms: list[float]) -> tuple[float, float]:
+    """The speed index before a row (the median of its group's first SPEED_WINDOW probes) and after it (of
+    its own last SPEED_WINDOW); NaN without probes.
+
+    Single probes at the two ends flagged rows on an idle machine: this host flips between speeds within a
+    second (sorts of 0.135, 0.174 and 0.20 ms on 2026-12-01), so one end often caught the other speed
+    (results/speed_index_rounds.md). A median of three, 0.5 s apart, keeps the speed that lasted, and a
+    slowdown that lasts (another guest, throttling) still moves both the window and the row's latency."""
+    if not speeds_ms:
+        return math.nan, math.nan
+    return float(np.median(speeds_ms[:SPEED_WINDOW])), float(np.median(speeds_ms[-SPEED_WINDOW:]))
+
+
+@dataclass
+class SpeedTrack:
+    """The speed index through one group's rounds: before the first, after a round once
+    SPEED_PROBE_INTERVAL_S has passed since the last probe, and after each row (`speed_change`)."""
+
+    probe_ms: Callable[[], float] = speed_index_ms
+    clock: Callable[[], float] = time.monotonic
+    probes_ms: list[float] = field(default_factory=list)
+    last_s: float = -math.inf
+
+    def probe(self) -> None:
+        self.probes_ms.append(self.probe_ms())
+        self.last_s = self.clock()
+
+    def probe_if_due(self) -> None:
+        if self.clock() - self.last_s >= SPEED_PROBE_INTERVAL_S:
+            self.probe()
 
 
 def other_cores_now(window_s: float, root: Path = Path("/"), sleep: Callable[[float], None] = time.sleep):

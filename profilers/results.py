@@ -75,6 +75,7 @@ SCHEMA: dict[str, str] = {
     "throttle_events": "Int64",
     "speed_before_ms": "float64",
     "speed_after_ms": "float64",
+    "speed_probes_ms": "string",
     "quiet_wait_s": "float64",
     "env_cpu": "string",
     "env_cores": "Int64",

@@ -38,7 +38,7 @@ from profilers.environment import environment
 from profilers.errors import ProfilerError
 from profilers.history import BUSY, CROWDED, QUIET, RunHistory, machine_state, state_spread
 from profilers.jobs import KEY_COLUMNS, Job, Settings
-from profilers.load import LoadMeter, Snapshot, speed_index_ms, wait_until_quiet
+from profilers.load import LoadMeter, Snapshot, SpeedTrack, wait_until_quiet
 from profilers.modelfile import ModelFile
 from profilers.results import LatencyStore, load_latency, row_key
 from profilers.stats import Ratio, Summary, converged
@@ -178,16 +178,16 @@ class _Measurement:
     setup_s: float = 0.0  # worker start to warm: build (if not cached), load, first inference, warm-up
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
     load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its rounds
-    speed_before_ms: float = math.nan
     quiet_wait_s: float = math.nan
     # The host's run-to-run interval half-widths (relative) of a median and of a ratio, by machine state
     # (profilers.history): measuring on cannot narrow the reported intervals below them.
     median_between_runs: dict[str, float] = field(default_factory=dict)
     ratio_between_runs: dict[str, float] = field(default_factory=dict)
 
-    def state(self, contended: bool) -> str:
+    def state(self, contended: bool, settings: Settings) -> str:
         """The machine state its rounds so far were measured in (`profilers.history.machine_state`)."""
-        return machine_state(contended, self.load.wait_share())
+        others_busy = self.load.other_cores() > settings.contention_cores
+        return machine_state(contended, self.load.wait_share(), others_busy)
 
     def samples_ms(self) -> np.ndarray:
         return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
@@ -216,7 +216,7 @@ class _Measurement:
         history that spread is learned from, so the spread could only widen (every job down to the minimum
         8 rounds by the 7th of 10 quiet runs, results/busy_repeatability_prior.md)."""
         rounds = np.array(list(self.round_medians_ms.values()))
-        state = self.state(self.load.other_cores() > settings.contention_cores)
+        state = self.state(self.load.other_cores() > settings.contention_cores, settings)
         tolerance = max(settings.ci_rel, self.median_between_runs.get(state, 0.0))
         if not converged(self.samples_ms(), rounds, tolerance, settings.confidence, settings.min_queries):
             return False
@@ -365,9 +365,8 @@ def _measure_group(
                 if state != QUIET:  # quiet ratios always measure to ci_rel (see converged)
                     ratios = state_spread(records, job.backend, job.device, state, "ratio")
                     measurement.ratio_between_runs[state] = ratios.relative_half_width(settings.confidence)
-        speed_before = speed_index_ms()
-        for measurement in active:
-            measurement.speed_before_ms = speed_before
+        speed = SpeedTrack()  # every job of the group starts its rounds together, after this first probe
+        speed.probe()
         round_index = 0
         while active:
             # What else the machine did is read around the whole round, not around each burst: every
@@ -400,6 +399,7 @@ def _measure_group(
             round_end = Snapshot.read(own)
             for measurement in took_part:
                 measurement.load.add(round_start, round_end)
+            speed.probe_if_due()
             round_index += 1
             active = [measurement for measurement in active if measurement.worker is not None]
             verdicts = {id(m): m.converged(settings) for m in active}
@@ -411,7 +411,10 @@ def _measure_group(
                     finish(measurement, _failed_row(measurement, failure, run_id))
                     measurement.worker = None
                     continue
-                row = _ok_row(measurement, closing, verdicts[id(measurement)], run_id, settings, history)
+                speed.probe()
+                row = _ok_row(
+                    measurement, closing, verdicts[id(measurement)], run_id, settings, history, speed
+                )
                 finish(measurement, row)
                 if measurement.worker.log_path.stat().st_size == 0:
                     measurement.worker.log_path.unlink()  # nothing to read: keep logs/ for what went wrong
@@ -498,13 +501,13 @@ def _ok_row(
     run_id: str,
     settings: Settings,
     history: RunHistory,
+    speed: SpeedTrack,
 ) -> dict[str, Any]:
     ready = measurement.ready
     job = measurement.job
     samples = measurement.samples_ms()
-    speed_after = speed_index_ms(reference_ms=measurement.speed_before_ms)
-    load = measurement.load.columns(measurement.speed_before_ms, speed_after, settings.contention_cores)
-    state = measurement.state(load["contended"])
+    load = measurement.load.columns(speed.probes_ms, settings.contention_cores)
+    state = measurement.state(load["contended"], settings)
     if state == CROWDED:
         load["contention"] += f"; crowded: its threads waited for a CPU {load['wait_pct']:.0f}% of the time"
     ratio = measurement.ratio(settings.confidence)

@@ -3,6 +3,7 @@ contended flag on synthetic snapshots, waiting for quiet, and a real CPU spinner
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -11,11 +12,12 @@ import pytest
 from spinners import spinning
 
 from profilers.load import (
+    SPEED_PROBE_INTERVAL_S,
     LoadMeter,
     Snapshot,
+    SpeedTrack,
     parse_proc_stat,
     parse_process_ticks,
-    speed_index_ms,
     thermal,
     wait_until_quiet,
 )
@@ -70,7 +72,7 @@ def measured(tmp_path: Path, before: dict, after: dict) -> dict:
     first = Snapshot.read(pids, proc_tree(tmp_path / "a", **before))
     second = Snapshot.read(pids, proc_tree(tmp_path / "b", **after))
     meter.add(first, second)
-    return meter.columns(1.0, 1.05, limit_cores=0.25, root=tmp_path / "b")
+    return meter.columns([1.0, 1.05], limit_cores=0.25, root=tmp_path / "b")
 
 
 def test_a_quiet_interval_is_not_flagged(tmp_path):
@@ -129,53 +131,40 @@ def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     )
     assert columns["contended"] is True and "steal 10%" in columns["contention"]
     meter = LoadMeter()
-    assert meter.columns(1.0, 1.6, limit_cores=0.25, root=tmp_path)["contention"] == "speed index moved x1.60"
-    assert meter.columns(1.0, 1.1, limit_cores=0.25, root=tmp_path)["contended"] is False
+    # the group's first three probes at 1.0 ms, the row's last three at 1.5-1.7: a slowdown that lasted
+    slowed = meter.columns([1.0, 0.9, 1.1, 1.6, 1.7, 1.5], limit_cores=0.25, root=tmp_path)
+    assert slowed["contention"] == "speed index moved x1.60"
+    assert (slowed["speed_before_ms"], slowed["speed_after_ms"]) == (1.0, 1.6)
+    assert json.loads(slowed["speed_probes_ms"]) == [1.0, 0.9, 1.1, 1.6, 1.7, 1.5]
+    sped_up = meter.columns([1.5, 1.6, 1.5, 1.0, 1.0], limit_cores=0.25, root=tmp_path)
+    assert sped_up["contention"] == "speed index moved x0.67"  # a change either way mixes two speeds
+    # one end caught the host at its other speed for a moment (the old single-probe rule flagged these)
+    flips = ([1.35, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.4], [1.0, 1.4, 1.0, 1.35, 1.0, 1.0])
+    for probes in flips:
+        assert meter.columns(list(probes), limit_cores=0.25, root=tmp_path)["contended"] is False, probes
+    # a row of a short group: its window holds the probes there are
+    assert meter.columns([1.0, 1.5], limit_cores=0.25, root=tmp_path)["contended"] is False
 
 
-class FakeClock:
-    """Stands in for `time` inside profilers.load: each sort costs what the test says, so the host's own
-    speed (which changes by the minute on a shared machine) cannot decide the test."""
-
-    def __init__(self) -> None:
-        self.ns = 0
-
-    def perf_counter_ns(self) -> int:
-        return self.ns
-
-    def sleep(self, seconds: float) -> None:
-        self.ns += int(seconds * 1e9)
-
-
-def test_a_speed_probe_slowed_for_a_moment_is_taken_again_and_a_lasting_slowdown_is_not(monkeypatch):
-    import profilers.load as load
-
-    clock = FakeClock()
-    monkeypatch.setattr(load, "time", clock)
-    sort_ms = {"n": 0, "first": 20.0, "first_count": 50, "then": 0.06}
-
-    def timed_sort(values, kind):
-        sort_ms["n"] += 1
-        cost = sort_ms["first"] if sort_ms["n"] <= sort_ms["first_count"] else sort_ms["then"]
-        clock.ns += int(cost * 1e6)
-        return values
-
-    monkeypatch.setattr(load.np, "sort", timed_sort)
-    reference = 0.06
-    # the first 50 sorts are 20 ms slow, as when another tenant bursts: taken again, and the burst is gone
-    assert speed_index_ms(reference_ms=reference) == pytest.approx(reference)
-    sort_ms["n"] = 0
-    assert speed_index_ms() == pytest.approx(20.0)  # without the reference, nothing is taken again
-
-    sort_ms.update(n=0, first_count=10**9, first=1.0)  # every sort slow: the slowdown lasts
-    assert speed_index_ms(reference_ms=reference) == pytest.approx(1.0)
-    assert sort_ms["n"] == 100  # the probe was taken twice
+def test_the_speed_index_is_probed_between_rounds_once_its_interval_has_passed():
+    now = [0.0]
+    probes = iter([0.2, 0.14, 0.13, 0.19])
+    track = SpeedTrack(probe_ms=lambda: next(probes), clock=lambda: now[0])
+    track.probe()  # before the group's first round
+    now[0] += 0.2
+    track.probe_if_due()  # after a short round: not yet due
+    assert track.probes_ms == [0.2]
+    now[0] += SPEED_PROBE_INTERVAL_S
+    track.probe_if_due()
+    track.probe()  # a row ends
+    track.probe_if_due()  # just probed: not due
+    assert track.probes_ms == [0.2, 0.14, 0.13]
 
 
 def test_unreadable_proc_is_nan_not_a_flag(tmp_path):
     meter = LoadMeter()
     meter.add(Snapshot.read([1], tmp_path), Snapshot.read([1], tmp_path))
-    columns = meter.columns(math.nan, math.nan, limit_cores=0.25, root=tmp_path)
+    columns = meter.columns([], limit_cores=0.25, root=tmp_path)
     assert columns["contended"] is False and math.isnan(columns["other_cores"])
     assert math.isnan(columns["temp_c"]) and columns["throttle_events"] is None
 
@@ -201,7 +190,7 @@ def test_x86_throttle_counters_flag_a_row(tmp_path):
         (throttle / "core_throttle_count").write_text(f"{count}\n")
     meter = LoadMeter()
     meter.add(Snapshot.read([10], tmp_path / "a"), Snapshot.read([10], tmp_path / "b"))
-    columns = meter.columns(1.0, 1.0, limit_cores=0.25, root=tmp_path / "b")
+    columns = meter.columns([1.0, 1.0], limit_cores=0.25, root=tmp_path / "b")
     assert columns["throttle_events"] == 2 and "2 throttle events" in columns["contention"]
 
 

@@ -18,6 +18,7 @@ from planner.measure.artifacts import weights_key
 from planner.nn.build import build_model, configurations
 from planner.nn.checkpoint import save_checkpoint
 from profilers.history import machine_state
+from profilers.jobs import Settings
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
@@ -83,7 +84,8 @@ def test_rerun_resumes_and_force_measures_again(exported: Path, tmp_path: Path, 
 
 def row_state(row: pd.Series) -> str:
     """The history state a row was measured in, from its own columns."""
-    return machine_state(bool(row["contended"]), row["wait_pct"] / 100)
+    others_busy = row["other_cores"] > Settings().contention_cores
+    return machine_state(bool(row["contended"]), row["wait_pct"] / 100, others_busy)
 
 
 def test_a_first_run_assumes_the_run_to_run_spread_and_a_rerun_measures_it(

@@ -294,10 +294,13 @@ def test_crowded_runs_learn_their_spread_apart_from_busy_ones(tmp_path):
 
 
 def test_the_machine_state_says_whether_others_took_the_jobs_own_cores():
-    assert machine_state(False, 0.5) == QUIET  # not contended: quiet, whatever else
-    assert machine_state(True, 0.10) == BUSY  # one spinner on the spare core: the threads rarely waited
-    assert machine_state(True, 0.39) == CROWDED  # two spinners on two cores: they waited 39% of the time
-    assert machine_state(True, math.nan) == BUSY  # no scheduler account to go by
+    assert machine_state(False, 0.5, True) == QUIET  # not contended: quiet, whatever else
+    assert machine_state(True, 0.10, True) == BUSY  # one spinner on the spare core: the threads rarely waited
+    assert machine_state(True, 0.39, True) == CROWDED  # two spinners on two cores: waited 39% of the time
+    assert machine_state(True, math.nan, True) == BUSY  # no scheduler account to go by
+    # flagged by the speed index, its two threads waking each other 30% of the time, no one else busy:
+    # the waits are its own, not others taking its cores
+    assert machine_state(True, 0.30, False) == BUSY
 
 
 @pytest.mark.parametrize(
@@ -367,7 +370,8 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
 
 def row_state(row: pd.Series) -> str:
     """The history state a row was measured in, from its own columns."""
-    return machine_state(bool(row["contended"]), row["wait_pct"] / 100)
+    others_busy = row["other_cores"] > Settings().contention_cores
+    return machine_state(bool(row["contended"]), row["wait_pct"] / 100, others_busy)
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
