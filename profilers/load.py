@@ -43,8 +43,8 @@ SPEED_LIMIT = 1.3
 # The speed index is taken again after a round once this long has passed since the last probe (a probe
 # costs about 7 ms: 1.4% of the measuring time).
 SPEED_PROBE_INTERVAL_S = 0.5
-# A row's speed before and after are each the median of this many probes (`speed_change`).
-SPEED_WINDOW = 3
+# A row's speed before and after are each the best of this many probes (`speed_change`).
+SPEED_WINDOW = 5
 # Devfreq nodes of Jetson GPUs (Nano/TX1, TX2, Xavier, Orin) and any node whose name says gpu.
 _GPU_DEVFREQ = ("57000000.gpu", "17000000.gp10b", "17000000.gv11b", "17000000.ga10b")
 
@@ -276,22 +276,24 @@ def speed_index_ms(repeats: int = 50) -> float:
 
 
 def speed_change(speeds_ms: list[float]) -> tuple[float, float]:
-    """The speed index before a row (the median of its group's first SPEED_WINDOW probes) and after it (of
+    """The speed index before a row (the best of its group's first SPEED_WINDOW probes) and after it (of
     its own last SPEED_WINDOW); NaN without probes.
 
-    Single probes at the two ends flagged rows on an idle machine: this host flips between speeds within a
-    second (sorts of 0.135, 0.174 and 0.20 ms on 2026-12-01), so one end often caught the other speed
-    (results/speed_index_rounds.md). A median of three, 0.5 s apart, keeps the speed that lasted, and a
-    slowdown that lasts (another guest, throttling) still moves both the window and the row's latency."""
+    Single probes at the two ends flagged rows on an idle machine: this host flips between two speeds from
+    one probe to the next (sorts of 0.136 and 0.18-0.21 ms, about half and half, on 2026-12-01), so one end
+    often caught the slow one. A median of three flipped as often. The best of five probes over 2.5 s is
+    the speed the machine still reaches, as the best of 50 sorts is within a probe: it moves only when a
+    slowdown lasts (another guest on every core, throttling), and then the row's latency moves with it
+    (results/speed_index_rounds.md)."""
     if not speeds_ms:
         return math.nan, math.nan
-    return float(np.median(speeds_ms[:SPEED_WINDOW])), float(np.median(speeds_ms[-SPEED_WINDOW:]))
+    return min(speeds_ms[:SPEED_WINDOW]), min(speeds_ms[-SPEED_WINDOW:])
 
 
 @dataclass
 class SpeedTrack:
-    """The speed index through one group's rounds: before the first, after a round once
-    SPEED_PROBE_INTERVAL_S has passed since the last probe, and after each row (`speed_change`)."""
+    """The speed index through one group's rounds: before the first, then after a round or a row once
+    SPEED_PROBE_INTERVAL_S has passed since the last probe (`speed_change`)."""
 
     probe_ms: Callable[[], float] = speed_index_ms
     clock: Callable[[], float] = time.monotonic

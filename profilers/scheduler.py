@@ -411,7 +411,7 @@ def _measure_group(
                     finish(measurement, _failed_row(measurement, failure, run_id))
                     measurement.worker = None
                     continue
-                speed.probe()
+                speed.probe_if_due()
                 row = _ok_row(
                     measurement, closing, verdicts[id(measurement)], run_id, settings, history, speed
                 )

@@ -131,24 +131,31 @@ def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     )
     assert columns["contended"] is True and "steal 10%" in columns["contention"]
     meter = LoadMeter()
-    # the group's first three probes at 1.0 ms, the row's last three at 1.5-1.7: a slowdown that lasted
-    slowed = meter.columns([1.0, 0.9, 1.1, 1.6, 1.7, 1.5], limit_cores=0.25, root=tmp_path)
-    assert slowed["contention"] == "speed index moved x1.60"
-    assert (slowed["speed_before_ms"], slowed["speed_after_ms"]) == (1.0, 1.6)
-    assert json.loads(slowed["speed_probes_ms"]) == [1.0, 0.9, 1.1, 1.6, 1.7, 1.5]
-    sped_up = meter.columns([1.5, 1.6, 1.5, 1.0, 1.0], limit_cores=0.25, root=tmp_path)
+    # the group's first five probes reach 1.0 ms, the row's last five no better than 1.5: a lasting slowdown
+    lasting = [1.0, 1.4, 1.0, 1.4, 1.0, 1.2, 1.7, 1.6, 1.5, 1.9, 1.6]
+    slowed = meter.columns(lasting, limit_cores=0.25, root=tmp_path)
+    assert slowed["contention"] == "speed index moved x1.50"
+    assert (slowed["speed_before_ms"], slowed["speed_after_ms"]) == (1.0, 1.5)
+    assert json.loads(slowed["speed_probes_ms"]) == lasting
+    sped_up = meter.columns(
+        [1.5, 1.6, 1.5, 1.7, 1.5, 1.0, 1.0, 1.3, 1.0, 1.0], limit_cores=0.25, root=tmp_path
+    )
     assert sped_up["contention"] == "speed index moved x0.67"  # a change either way mixes two speeds
-    # one end caught the host at its other speed for a moment (the old single-probe rule flagged these)
-    flips = ([1.35, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.4], [1.0, 1.4, 1.0, 1.35, 1.0, 1.0])
+    # a host flipping between two speeds at every probe, each end in its slow one for up to four in a row
+    # (the old single-probe rule flagged these)
+    flips = (
+        [1.4, 1.4, 1.4, 1.4, 1.0, 1.0, 1.4, 1.0, 1.4, 1.4, 1.4, 1.4],
+        [1.0, 1.4, 1.0, 1.4, 1.4, 1.4, 1.4, 1.0],
+    )
     for probes in flips:
-        assert meter.columns(list(probes), limit_cores=0.25, root=tmp_path)["contended"] is False, probes
-    # a row of a short group: its window holds the probes there are
+        assert meter.columns(probes, limit_cores=0.25, root=tmp_path)["contended"] is False, probes
+    # a row of a short group: both ends are the probes there are
     assert meter.columns([1.0, 1.5], limit_cores=0.25, root=tmp_path)["contended"] is False
 
 
 def test_the_speed_index_is_probed_between_rounds_once_its_interval_has_passed():
     now = [0.0]
-    probes = iter([0.2, 0.14, 0.13, 0.19])
+    probes = iter([0.2, 0.14, 0.13])
     track = SpeedTrack(probe_ms=lambda: next(probes), clock=lambda: now[0])
     track.probe()  # before the group's first round
     now[0] += 0.2
@@ -156,8 +163,9 @@ def test_the_speed_index_is_probed_between_rounds_once_its_interval_has_passed()
     assert track.probes_ms == [0.2]
     now[0] += SPEED_PROBE_INTERVAL_S
     track.probe_if_due()
-    track.probe()  # a row ends
     track.probe_if_due()  # just probed: not due
+    now[0] += SPEED_PROBE_INTERVAL_S
+    track.probe_if_due()
     assert track.probes_ms == [0.2, 0.14, 0.13]
 
 
