@@ -1,16 +1,16 @@
-"""The speed-index flag on the best of five probes at each end of a row, against single probes.
+"""The speed-index flag on the best of ten probes at each end of a row, against single probes.
 
 The demo's microsecond models were flagged on an idle machine: the host flips between speeds within a
 second, and a row was flagged when its two speed-index probes (before the group's rounds, after the row)
 differed by x1.3 either way. Now the parent probes between rounds every 0.5 s, and a row's before and
-after are each the best of five probes (the group's first five, the row's last five). This script runs the
+after are each the best of ten probes (the group's first ten, the row's last ten). This script runs the
 same `planner profile` (the demo's targets, cpu-int8 and openvino-cpu-int8: FP32 and INT8 of S-CNN-Small
 on digits, 16 rows) with the baseline commit's code (checked out in a git worktree) and with this
 checkout's, alternately: N pairs on the machine as it is, then M pairs beside one CPU-spinning process
 the script starts and stops itself. Per run: rows flagged, flagged by the speed index, crowded, the
 largest `other_cores` and `wait_pct`, the machine's state before it. The checkout's rows keep every probe
 (`speed_probes_ms`), so the rules are also replayed on the same probes: the best of 1 (single probes at
-the ends, as the baseline without its retry), of 3 and of 5 (now), and the median of 3.
+the ends, as the baseline without its retry), of 3, of 5 and of 10 (now), and the median of 3.
 
     python benchmarks/speed_index_rounds.py --baseline 298faad [--pairs 3] [--busy-pairs 1]
         [--max-seconds 3] [--work /tmp/speed-index-rounds] [--name speed_index_rounds]
@@ -33,7 +33,13 @@ from profiler_common import RESULTS, busy_processes, command_line, conditions
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ("cpu-int8", "openvino-cpu-int8")
-REPLAYS = {"best of 1": (min, 1), "best of 3": (min, 3), "best of 5": (min, 5), "median of 3": (median, 3)}
+REPLAYS = {
+    "best of 1": (min, 1),
+    "best of 3": (min, 3),
+    "best of 5": (min, 5),
+    "best of 10": (min, 10),
+    "median of 3": (median, 3),
+}
 LIMIT = 1.3
 
 
@@ -81,7 +87,7 @@ def summary(rows: pd.DataFrame) -> dict[str, object]:
 
 
 def measure(arguments: argparse.Namespace) -> pd.DataFrame:
-    trees = {"single probes": checkout(arguments.baseline, arguments.work / "baseline"), "best of 5": REPO}
+    trees = {"single probes": checkout(arguments.baseline, arguments.work / "baseline"), "best of 10": REPO}
     runs = []
     plan = [("quiet", False)] * arguments.pairs + [("busy", True)] * arguments.busy_pairs
     for pair, (state, busy) in enumerate(plan):
@@ -103,7 +109,7 @@ def measure(arguments: argparse.Namespace) -> pd.DataFrame:
 def report(runs: pd.DataFrame, command: str, conditions_text: str, baseline: str) -> str:
     windows = list(REPLAYS)
     lines = [
-        "# The speed-index flag: the best of five probes at each end vs. single probes (issue 14)",
+        "# The speed-index flag: the best of ten probes at each end vs. single probes (issue 14)",
         "",
         f"Command: `{command}`",
         "",
@@ -111,14 +117,14 @@ def report(runs: pd.DataFrame, command: str, conditions_text: str, baseline: str
         "",
         f"`single probes` is commit {baseline}: a row is flagged when the probe after it and the one before",
         "its group's rounds differ by x1.3 either way (an after-probe beyond that was taken once more 0.1 s",
-        "later and the better kept). `best of 5` is this checkout: probes every 0.5 s between rounds,",
-        "before and after each the best of five. Each pair runs the two back to back; `busy` pairs run",
-        "beside one spinning process. The last four columns replay the checkout's own probes with other",
+        "later and the better kept). `best of 10` is this checkout: probes every 0.5 s between rounds,",
+        "before and after each the best of ten. Each pair runs the two back to back; `busy` pairs run",
+        "beside one spinning process. The last five columns replay the checkout's own probes with other",
         "statistics (best of 1: single probes at the ends, without the baseline's retry).",
         "",
         "| pair | state | rule | rows | flagged | by speed index | crowded | max other cores | max wait % "
         f"| {' | '.join(windows)} | wall s | machine before |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs.to_dict("records"):
         replays = " | ".join("" if pd.isna(run[column]) else f"{run[column]:.0f}" for column in windows)
@@ -130,7 +136,7 @@ def report(runs: pd.DataFrame, command: str, conditions_text: str, baseline: str
     lines += [
         "",
         f"| state | rule | rows | flagged | by speed index | crowded | {' | '.join(windows)} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (state, rule), group in runs.groupby(["state", "rule"], sort=False):
         replays = " | ".join(

@@ -43,8 +43,8 @@ SPEED_LIMIT = 1.3
 # The speed index is taken again after a round once this long has passed since the last probe (a probe
 # costs about 7 ms: 1.4% of the measuring time).
 SPEED_PROBE_INTERVAL_S = 0.5
-# A row's speed before and after are each the best of this many probes (`speed_change`).
-SPEED_WINDOW = 5
+# A row's speed before and after are each the best of this many probes, 5 s (`speed_change`).
+SPEED_WINDOW = 10
 # Devfreq nodes of Jetson GPUs (Nano/TX1, TX2, Xavier, Orin) and any node whose name says gpu.
 _GPU_DEVFREQ = ("57000000.gpu", "17000000.gp10b", "17000000.gv11b", "17000000.ga10b")
 
@@ -281,10 +281,11 @@ def speed_change(speeds_ms: list[float]) -> tuple[float, float]:
 
     Single probes at the two ends flagged rows on an idle machine: this host flips between two speeds from
     one probe to the next (sorts of 0.136 and 0.18-0.21 ms, about half and half, on 2026-12-01), so one end
-    often caught the slow one. A median of three flipped as often. The best of five probes over 2.5 s is
-    the speed the machine still reaches, as the best of 50 sorts is within a probe: it moves only when a
-    slowdown lasts (another guest on every core, throttling), and then the row's latency moves with it
-    (results/speed_index_rounds.md)."""
+    often caught the slow one; a median of three flipped as often. The best of several probes is the speed
+    the machine still reaches, as the best of 50 sorts is within a probe: it moves only when a slowdown
+    lasts (another guest on every core, throttling), and then the row's latency moves with it. Five probes
+    (2.5 s) were still all slow at one end in 1 of 4 runs of the demo's jobs: the host stays slow for
+    seconds at a time; ten were not in any (results/speed_index_rounds.md)."""
     if not speeds_ms:
         return math.nan, math.nan
     return min(speeds_ms[:SPEED_WINDOW]), min(speeds_ms[-SPEED_WINDOW:])

@@ -13,6 +13,7 @@ from spinners import spinning
 
 from profilers.load import (
     SPEED_PROBE_INTERVAL_S,
+    SPEED_WINDOW,
     LoadMeter,
     Snapshot,
     SpeedTrack,
@@ -131,23 +132,19 @@ def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     )
     assert columns["contended"] is True and "steal 10%" in columns["contention"]
     meter = LoadMeter()
-    # the group's first five probes reach 1.0 ms, the row's last five no better than 1.5: a lasting slowdown
-    lasting = [1.0, 1.4, 1.0, 1.4, 1.0, 1.2, 1.7, 1.6, 1.5, 1.9, 1.6]
+    half = SPEED_WINDOW // 2
+    # the group's first probes reach 1.0 ms, the row's last ones no better than 1.5: a lasting slowdown
+    lasting = [1.4, 1.0] * half + [1.2] + [1.6, 1.5, 1.9] * half
     slowed = meter.columns(lasting, limit_cores=0.25, root=tmp_path)
     assert slowed["contention"] == "speed index moved x1.50"
     assert (slowed["speed_before_ms"], slowed["speed_after_ms"]) == (1.0, 1.5)
     assert json.loads(slowed["speed_probes_ms"]) == lasting
-    sped_up = meter.columns(
-        [1.5, 1.6, 1.5, 1.7, 1.5, 1.0, 1.0, 1.3, 1.0, 1.0], limit_cores=0.25, root=tmp_path
-    )
+    sped_up = meter.columns([1.5, 1.6] * half + [1.0, 1.3] * half, limit_cores=0.25, root=tmp_path)
     assert sped_up["contention"] == "speed index moved x0.67"  # a change either way mixes two speeds
-    # a host flipping between two speeds at every probe, each end in its slow one for up to four in a row
-    # (the old single-probe rule flagged these)
-    flips = (
-        [1.4, 1.4, 1.4, 1.4, 1.0, 1.0, 1.4, 1.0, 1.4, 1.4, 1.4, 1.4],
-        [1.0, 1.4, 1.0, 1.4, 1.4, 1.4, 1.4, 1.0],
-    )
-    for probes in flips:
+    # a host flipping between two speeds, each end slow for all but one of its window's probes (the old
+    # single-probe rule flagged these)
+    slow_ends = [1.4] * (SPEED_WINDOW - 1) + [1.0, 1.4, 1.0] + [1.4] * (SPEED_WINDOW - 1)
+    for probes in (slow_ends, [1.0] + slow_ends[1:], slow_ends[:-1] + [1.0], [1.0, 1.4] * SPEED_WINDOW):
         assert meter.columns(probes, limit_cores=0.25, root=tmp_path)["contended"] is False, probes
     # a row of a short group: both ends are the probes there are
     assert meter.columns([1.0, 1.5], limit_cores=0.25, root=tmp_path)["contended"] is False
