@@ -190,8 +190,8 @@ def machine_state(contended: bool, wait_share: float, others_busy: bool) -> str:
     several speeds (up to 2.1x apart beside one spinner and a test suite,
     results/busy_repeatability_prior2_loaded.md), far more than a busy one's move, so each state learns its
     spread apart: pooled, the busy runs' small spread hid the crowded runs' jumps. Waits with no one else
-    busy are the job's own (a microsecond model's two onnxruntime threads read 30% on an idle machine, as
-    each of its many short parallel sections wakes the other thread), so they never make a row crowded.
+    busy are the job's own and never make a row crowded: on an idle 2-core machine a microsecond model's
+    threads waited 0.5% of the time with one onnxruntime thread, 18-30% with two (docs/ARCHITECTURE.md).
     Where the scheduler's account is unreadable (NaN), a contended row counts as busy."""
     if not contended:
         return QUIET

@@ -10,7 +10,7 @@ the others also took the cores the job's threads needed (`wait_pct`): beside a s
 its threads never wait, with two spinners on two cores they do, though `other_cores` reads about 1.2 in
 both cases because our own threads displace the spinners. Clock frequency, thermal zones
 and throttle counters come from the documented sysfs files (cpufreq, thermal, devfreq on a Jetson's GPU)
-where readable. A speed index (a fixed numpy sort, best of a few) is timed before and after the job.
+where readable. A speed index (a fixed numpy sort, best of 50) is timed every 0.5 s through the rounds.
 
 A row is `contended` when, during the rounds it took part in, other processes used more than
 `contention_cores` cores (Settings, default 0.25), steal exceeded STEAL_LIMIT of the CPU time, a throttle

@@ -298,7 +298,7 @@ def test_the_machine_state_says_whether_others_took_the_jobs_own_cores():
     assert machine_state(True, 0.10, True) == BUSY  # one spinner on the spare core: the threads rarely waited
     assert machine_state(True, 0.39, True) == CROWDED  # two spinners on two cores: waited 39% of the time
     assert machine_state(True, math.nan, True) == BUSY  # no scheduler account to go by
-    # flagged by the speed index, its two threads waking each other 30% of the time, no one else busy:
+    # flagged for steal, its own two threads waiting for the 2 cores 30% of the time, no one else busy:
     # the waits are its own, not others taking its cores
     assert machine_state(True, 0.30, False) == BUSY
 
