@@ -1,10 +1,16 @@
-"""CPU-spinning processes for the tests that need a busy machine (contention flags, waiting for quiet)."""
+"""CPU-spinning processes for the tests that need a busy machine (contention flags, waiting for quiet), and
+the machine state a measured row records."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import pandas as pd
+
+from profilers import Settings
+from profilers.history import machine_state
 
 
 def _spin(started, stop) -> None:
@@ -33,3 +39,9 @@ def spinning(count: int) -> Iterator[list[int]]:
             process.join(5)
             if process.is_alive():
                 process.kill()
+
+
+def row_state(row: pd.Series) -> str:
+    """The history state a row was measured in, from its own columns."""
+    others_busy = row["other_cores"] > Settings().contention_cores
+    return machine_state(bool(row["contended"]), row["wait_pct"] / 100, others_busy)

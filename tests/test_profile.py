@@ -10,15 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli_helpers import fresh_out, run_cli
-from spinners import spinning
+from spinners import row_state, spinning
 
 import planner
 from planner.cli import main
 from planner.measure.artifacts import weights_key
 from planner.nn.build import build_model, configurations
 from planner.nn.checkpoint import save_checkpoint
-from profilers.history import machine_state
-from profilers.jobs import Settings
 from profilers.results import load_latency
 
 SMALL = ["--model", "s_cnn_small", "--in-channels", "1", "--num-classes", "10", "--input-size", "8"]
@@ -80,12 +78,6 @@ def test_rerun_resumes_and_force_measures_again(exported: Path, tmp_path: Path, 
     after = load_latency(out)
     assert len(after) == 2 and not set(after["run_id"]) & set(before["run_id"])
     assert {path: path.stat().st_mtime_ns for path in (out / "artifacts").glob("*.onnx")} == mtimes  # cached
-
-
-def row_state(row: pd.Series) -> str:
-    """The history state a row was measured in, from its own columns."""
-    others_busy = row["other_cores"] > Settings().contention_cores
-    return machine_state(bool(row["contended"]), row["wait_pct"] / 100, others_busy)
 
 
 def test_a_first_run_assumes_the_run_to_run_spread_and_a_rerun_measures_it(
@@ -246,7 +238,6 @@ def test_a_busy_machine_is_one_warning_line_suggesting_wait_quiet(
 def test_the_busy_warning_names_the_reason_a_row_was_flagged_for(capsys) -> None:
     """A row flagged by the speed index alone had next to no other processes: the warning must not say
     "other processes used up to 0.0 cores", the opposite of why it warns."""
-    import pandas as pd
 
     from planner.cli.profile import _warn_contended
 
@@ -266,7 +257,6 @@ def test_the_busy_warning_names_the_reason_a_row_was_flagged_for(capsys) -> None
 def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:
     import io
 
-    import pandas as pd
     from rich.console import Console
 
     from planner.cli.profile import _summary

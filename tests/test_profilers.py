@@ -19,7 +19,7 @@ import onnx
 import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from spinners import spinning
+from spinners import row_state, spinning
 
 from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
 from profilers.cli import main as profilers_main
@@ -366,12 +366,6 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
     assert not narrow.converged(settings)  # quiet: a ratio ranks inside the run, so it measures on
     narrow.load = LoadMeter(total=100, other=50, cores=2)  # another process on the spare core all along
     assert narrow.converged(settings)  # busy: more rounds could not narrow the reported interval
-
-
-def row_state(row: pd.Series) -> str:
-    """The history state a row was measured in, from its own columns."""
-    others_busy = row["other_cores"] > Settings().contention_cores
-    return machine_state(bool(row["contended"]), row["wait_pct"] / 100, others_busy)
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):
