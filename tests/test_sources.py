@@ -174,6 +174,12 @@ def test_original_weights_of_another_architecture_name_the_first_mismatch() -> N
         (["train", "s_cnn_small", "--data", "digits", "--checkpoint", "{dir}/x.pt", "-o", "{dir}/o.pt"],
          "--checkpoint and --universal are for"),
         (["train", "torchvision:resnet18", "--data", "digits", "-o", "{dir}/o.pt"], "3 input channels"),
+        (["profile", "-t", "cpu", "-m", "s_cnn_small", "--channel-multiple", "4", "--estimate"],
+         "--channel-multiple is for converted networks"),
+        (["profile", "-t", "cpu", "-m", "{dir}/mynet.py:build", "--channel-multiple", "0", "--estimate"],
+         "--channel-multiple must be a positive integer, got 0"),
+        (["train", "s_cnn_small", "--data", "digits", "--channel-multiple", "4", "-o", "{dir}/o.pt"],
+         "--channel-multiple is for converted networks"),
     ],
 )  # fmt: skip
 def test_cli_bad_sources_are_one_line_exit_2(
@@ -260,6 +266,33 @@ def test_a_checkpoint_rebuilds_with_the_channel_rounding_it_was_trained_with(tmp
     torch.save(saved, tmp_path / "bad.pt")
     with pytest.raises(PlannerError, match=r"checkpoint .*bad.pt records channel_multiple 'eight'"):
         build_model(checkpoint=tmp_path / "bad.pt")
+
+
+@needs_converter
+def test_the_channel_rounding_is_chosen_at_training_and_kept_by_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--channel-multiple 1` scales a converted network's channels exactly; the checkpoint keeps that,
+    so later commands rebuild it without the option, and one that asks for another rounding is refused."""
+    from cli_helpers import run_cli
+
+    from planner.nn.build import build_model
+
+    (tmp_path / "widenet.py").write_text(WIDE_NET)
+    source, checkpoint = f"{tmp_path}/widenet.py:build", tmp_path / "exact.pt"
+    train = ["train", source, "--data", "digits", "--epochs", "1", "--widths", "0.75,1.0"]
+    train += ["-o", str(checkpoint)]
+    code, _, err = run_cli([*train, "--channel-multiple", "1"], capsys)
+    assert code == 0, err
+    assert build_model(checkpoint=checkpoint).config(0.75).channels == {"0": 18}  # 24 x 0.75, not 16
+
+    estimate = ["profile", "-t", "raspberry-pi-5", "--estimate", "--checkpoint", str(checkpoint)]
+    estimate += ["--out", str(tmp_path)]
+    code, out, err = run_cli(estimate, capsys)
+    assert code == 0 and "0.75x" in out, err
+    code, _, err = run_cli([*estimate, "--channel-multiple", "8"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "was trained with --channel-multiple 1" in err and "exact.pt" in err
 
 
 @needs_converter

@@ -455,6 +455,7 @@ def start_from_source(
     checkpoint: str | None = None,
     widths: list[float] | None = None,
     universal: bool = False,
+    channel_multiple: int | None = None,
 ) -> tuple[SlimmableNetwork, torch.nn.Module | None]:
     """The converted network to fine-tune on `dataset`, and its teacher when `checkpoint` is the original's.
 
@@ -472,7 +473,9 @@ def start_from_source(
         "in_channels": dataset.in_channels,
     }
     saved = read_checkpoint(checkpoint) if checkpoint is not None else None
-    model = build_model(source, checkpoint, widths=widths, universal=universal, **shape)
+    model = build_model(
+        source, checkpoint, widths=widths, universal=universal, channel_multiple=channel_multiple, **shape
+    )
     teacher = None
     if saved is not None and not saved["planner"]:
         teacher = load_source(source, **shape)
@@ -497,6 +500,8 @@ class TrainOptions:
         recipe's value with `recipe` (a built-in name or a TOML file), else `DEFAULTS` (widths: the
         model's; input size: the data's; schedule: cosine; label smoothing: 0).
     in_channels, num_classes: default to the data's. threads: torch CPU threads of this process.
+    channel_multiple: a converted network's channel counts at each width are multiples of it (default 8;
+        1 scales exactly); its checkpoint records it.
     The rest are `train`'s and `RunOptions`' settings under the same names.
     """
 
@@ -527,6 +532,7 @@ class TrainOptions:
     num_classes: int | None = None
     checkpoint: Path | None = None
     universal: bool = False
+    channel_multiple: int | None = None
 
 
 @dataclass(frozen=True)
@@ -657,12 +663,22 @@ def _model_for(options: TrainOptions, dataset: Dataset) -> tuple[SlimmableNetwor
 
     if is_source(options.model):
         return start_from_source(
-            options.model, dataset, options.checkpoint, options.widths, options.universal
+            options.model,
+            dataset,
+            options.checkpoint,
+            options.widths,
+            options.universal,
+            options.channel_multiple,
         )
     if options.checkpoint is not None or options.universal:
         raise PlannerError("--checkpoint and --universal are for torchvision:, timm: and FILE.py: models")
     shape = {"in_channels": options.in_channels, "num_classes": options.num_classes}
     model = build_model(
-        options.model, dataset=dataset, widths=options.widths, input_size=options.input_size, **shape
+        options.model,
+        dataset=dataset,
+        widths=options.widths,
+        input_size=options.input_size,
+        channel_multiple=options.channel_multiple,
+        **shape,
     )
     return model, None

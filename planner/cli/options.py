@@ -46,6 +46,14 @@ NumClassesOption = Annotated[
 InputSizeOption = Annotated[
     int | None, typer.Option(help="Input height and width (default: checkpoint, data, model).")
 ]
+ChannelMultipleOption = Annotated[
+    int | None,
+    typer.Option(
+        "--channel-multiple",
+        help="torchvision:, timm:, FILE.py: models: round each width's channel counts to a multiple of "
+        "this (default 8, which runs fastest on CPUs; 1 scales exactly). A checkpoint keeps its own.",
+    ),
+]
 LutOption = Annotated[
     Path | None, typer.Option("--lut", help="Latency table (default: OUT/lut/<target>-<model>.json).")
 ]

@@ -16,6 +16,7 @@ from rich.table import Table
 from planner.cli import app
 from planner.cli.options import (
     DEFAULT_RESULTS_DIR,
+    ChannelMultipleOption,
     ConfigFilesOption,
     InChannelsOption,
     InputSizeOption,
@@ -48,6 +49,7 @@ def profile_command(
     in_channels: InChannelsOption = None,
     num_classes: NumClassesOption = None,
     input_size: InputSizeOption = None,
+    channel_multiple: ChannelMultipleOption = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Reach the target over SSH at [user@]host[:port].")
     ] = None,
@@ -107,7 +109,12 @@ def profile_command(
         raise PlannerError("--estimate needs no device: drop --ray")
 
     model = build_model(
-        model_name, checkpoint, in_channels=in_channels, num_classes=num_classes, input_size=input_size
+        model_name,
+        checkpoint,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        input_size=input_size,
+        channel_multiple=channel_multiple,
     )
     configs = configurations(model, parse_widths(widths), config_files)
     calibration = None

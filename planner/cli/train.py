@@ -18,6 +18,7 @@ from rich.table import Table
 from planner.cli import app
 from planner.cli.options import (
     DEFAULT_RESULTS_DIR,
+    ChannelMultipleOption,
     ConfigFilesOption,
     DataOption,
     InChannelsOption,
@@ -159,6 +160,7 @@ def train_command(
     universal: Annotated[
         bool, typer.Option("--universal", help="Converted networks: any width in range (sandwich rule).")
     ] = False,
+    channel_multiple: ChannelMultipleOption = None,
 ) -> None:
     """Train every width of a slimmable model at once (US models: sandwich rule + inplace distillation).
 
@@ -176,6 +178,7 @@ def train_command(
         seed=seed, threads=threads, per_layer=per_layer, granularity=granularity, save_every=save_every,
         resume=resume, device=device, workers=workers, precision=precision, accumulate=accumulate,
         in_channels=in_channels, num_classes=num_classes, checkpoint=checkpoint, universal=universal,
+        channel_multiple=channel_multiple,
     )  # fmt: skip
     if nproc:
         if from_environment() is not None:

@@ -54,6 +54,7 @@ def build_model(
     if not name:
         raise PlannerError("which model? give --model NAME (or a checkpoint saved by planner)")
     universal = bool(options.pop("universal", None) or recorded.get("universal", False))
+    asked_multiple = options.pop("channel_multiple", None)
     given = {key: value for key, value in options.items() if value is not None}
     if state is not None and dataset is not None:  # training and evaluation: the data must fit the weights
         for key, value in given.items():
@@ -70,13 +71,18 @@ def build_model(
         # a plain state dict is the original network's weights: loaded, reordered and converted
         original = state if state is not None and not recorded else None
         reorder = state is None or original is not None  # planner's weights are reordered already
-        multiple = _channel_multiple(recorded, checkpoint)
+        multiple = _channel_multiple(recorded, checkpoint, asked_multiple)
         model = build_source(
             name, universal=universal, reorder=reorder, state=original, channel_multiple=multiple, **build
         )
         state = None if original is not None else state
     elif universal:
         raise PlannerError(f"--universal is for converted networks; {name} is built universal or not")
+    elif asked_multiple is not None:
+        raise PlannerError(
+            f"--channel-multiple is for converted networks (torchvision:, timm:, FILE.py:); {name} has its "
+            "own channel counts at each width"
+        )
     else:
         model = create_model(name, **build)
     if state is not None:
@@ -86,17 +92,25 @@ def build_model(
     return model.eval()
 
 
-def _channel_multiple(recorded: dict[str, Any], checkpoint: Path | str | None) -> int:
-    """The rounding a planner checkpoint's converted network was built with: recorded since it became
-    a choice, exact scaling (1) before that; a new conversion rounds to `CHANNEL_MULTIPLE`."""
+def _channel_multiple(recorded: dict[str, Any], checkpoint: Path | str | None, asked: int | None) -> int:
+    """The rounding a converted network is built with: a planner checkpoint's own (recorded since it
+    became a choice, exact scaling (1) before that), since its weights and BN statistics have those
+    shapes; for a new conversion `asked`, else `CHANNEL_MULTIPLE`."""
     from planner.models.convert import CHANNEL_MULTIPLE, is_channel_multiple
 
+    if asked is not None and not is_channel_multiple(asked):
+        raise PlannerError(f"--channel-multiple must be a positive integer, got {asked!r}")
     if not recorded:
-        return CHANNEL_MULTIPLE
+        return CHANNEL_MULTIPLE if asked is None else asked
     value = recorded.get("channel_multiple", 1)
     if not is_channel_multiple(value):
         raise PlannerError(
             f"checkpoint {checkpoint} records channel_multiple {value!r}, not a positive integer"
+        )
+    if asked is not None and asked != value:
+        raise PlannerError(
+            f"checkpoint {checkpoint} was trained with --channel-multiple {value}, and its weights have "
+            f"those channel counts: drop --channel-multiple {asked}"
         )
     return value
 
