@@ -227,6 +227,23 @@ class _Measurement:
         return ratio is not None and ratio.within(tolerance, MIN_RATIO_ROUNDS)
 
 
+def _between_runs(
+    records: pd.DataFrame, backend: str, device: str, confidence: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The host's run-to-run interval half-widths of a median and of a ratio, by machine state."""
+    medians, ratios = {}, {}
+    for state in (QUIET, BUSY, CROWDED):
+        spread = state_spread(records, backend, device, state)
+        # A quiet first run measures on to ci_rel, so the medians inside it stay as sharp as before; a busy
+        # one stops at the assumed spread, which no longer run on a busy machine narrows.
+        own = spread.runs >= 2
+        medians[state] = spread.relative_half_width(confidence) if own or state != QUIET else 0.0
+        if state != QUIET:  # quiet ratios always measure to ci_rel (see converged)
+            ratio_spread = state_spread(records, backend, device, state, "ratio")
+            ratios[state] = ratio_spread.relative_half_width(confidence)
+    return medians, ratios
+
+
 def _assign_references(group: list[_Measurement]) -> None:
     """Each series' reference is its member with the most weight bytes (the widest configuration)."""
     series: dict[tuple, list[_Measurement]] = {}
@@ -352,19 +369,15 @@ def _measure_group(
             )
         _assign_references(active)
         records = history.read()
+        # one backend and device's spreads hold for all its jobs: a LUT group holds a dozen, and each
+        # spread is a pass over the history (20-50 ms on a 2-core VM)
+        between_runs: dict[tuple[str, str], tuple[dict[str, float], dict[str, float]]] = {}
         for measurement in active:
-            job = measurement.job
-            for state in (QUIET, BUSY, CROWDED):
-                spread = state_spread(records, job.backend, job.device, state)
-                # A quiet first run measures on to ci_rel, so the medians inside it stay as sharp as
-                # before; a busy one stops at the assumed spread, which no longer run on a busy machine
-                # narrows.
-                own = spread.runs >= 2
-                half = spread.relative_half_width(settings.confidence) if own or state != QUIET else 0.0
-                measurement.median_between_runs[state] = half
-                if state != QUIET:  # quiet ratios always measure to ci_rel (see converged)
-                    ratios = state_spread(records, job.backend, job.device, state, "ratio")
-                    measurement.ratio_between_runs[state] = ratios.relative_half_width(settings.confidence)
+            key = (measurement.job.backend, measurement.job.device)
+            if key not in between_runs:
+                between_runs[key] = _between_runs(records, *key, settings.confidence)
+            medians, ratios = between_runs[key]
+            measurement.median_between_runs, measurement.ratio_between_runs = dict(medians), dict(ratios)
         speed = SpeedTrack()  # every job of the group starts its rounds together, after this first probe
         speed.probe()
         round_index = 0
