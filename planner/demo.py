@@ -83,7 +83,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
     from planner.accuracy.table import accuracy_rows, checkpoint_digest, write_accuracy
     from planner.accuracy.train import train
     from planner.measure.artifacts import export_ladder, weights_key
-    from planner.measure.profile import profile_configs
+    from planner.measure.profile import busy_rows_note, profile_configs
     from planner.measure.quantize import calibration_from
     from profilers.jobs import Settings
 
@@ -119,9 +119,15 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
     shape = (1, model.in_channels, model.input_size, model.input_size)
     calibration = calibration_from(dataset, shape)
     weights = weights_key(checkpoint)
-    profile_configs(
+    measured = profile_configs(
         model, configs, targets, results_dir, settings=settings, weights=weights, calibration=calibration
     )
+    busy = busy_rows_note(measured)
+    if busy:  # the selection below uses them all the same: say so, once
+        say(
+            f"  warning: {busy}, latencies likely too high: run the demo again with another --out when the "
+            "machine is idle"
+        )
     for target in targets:
         batch = target.planned_batches[0]
         scored = evaluate_target(model, configs, target, dataset, "val", results_dir, weights, batch=batch)

@@ -190,23 +190,17 @@ def _note_assumed_spread(rows: pd.DataFrame) -> None:
 
 def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
     """One line when rows were measured on a busy machine; True when none was."""
-    busy = (
-        rows[rows.get("contended", pd.Series(dtype=bool)).fillna(False).astype(bool)] if len(rows) else rows
-    )
-    if not len(busy):
+    from planner.measure.profile import busy_rows_note
+
+    note = busy_rows_note(rows)
+    if note is None:
         return True
-    # why, from the row with the most other load: a row flagged by the speed index or by steal alone has
-    # next to no other processes, and "up to 0.0 cores" would say the opposite of the flag
-    worst = busy.sort_values("other_cores", ascending=False) if "other_cores" in busy else busy
-    reason = worst.iloc[0].get("contention")
-    load = f" (for example: {reason})" if isinstance(reason, str) and reason else ""
     if wait_quiet is None:
         advice = "re-run with --force --wait-quiet 5min, or when the machine is idle"
     else:
         advice = f"the machine did not stay quiet within --wait-quiet {wait_quiet}; measured anyway"
     console.print(
-        f"[yellow]warning: {len(busy)} of {len(rows)} rows measured on a busy machine{load}, latencies likely"
-        f" too high: {advice}[/yellow]",
+        f"[yellow]warning: {note}, latencies likely too high: {advice}[/yellow]",
         soft_wrap=True,
     )
     return False
