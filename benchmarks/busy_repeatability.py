@@ -60,7 +60,8 @@ def measure(arguments: argparse.Namespace) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def _rounds(row: pd.Series) -> tuple[dict[int, float], dict[int, float]]:
+def rounds_of(row: pd.Series) -> tuple[dict[int, float], dict[int, float]]:
+    """A row's burst median and minimum of each round, by round (its `round_ms` column)."""
     data = json.loads(row["round_ms"])
     return dict(zip(data["round"], data["median"], strict=True)), dict(
         zip(data["round"], data["min"], strict=True)
@@ -72,9 +73,9 @@ def ranking_statistics(raw: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (state, run), table in raw.groupby(["state", "run"]):
         ref = table[table["width"] == 1.0].iloc[0]
-        ref_medians, ref_minima = _rounds(ref)
+        ref_medians, ref_minima = rounds_of(ref)
         for _, row in table[table["width"] != 1.0].iterrows():
-            medians, minima = _rounds(row)
+            medians, minima = rounds_of(row)
             shared = sorted(set(medians) & set(ref_medians))
             paired = np.array([medians[r] / ref_medians[r] for r in shared])
             paired_min = np.array([minima[r] / ref_minima[r] for r in shared])
@@ -110,7 +111,7 @@ def _block_bootstrap(values: np.ndarray, rng: np.random.Generator, draws: int = 
 
 
 def candidate_intervals(row: pd.Series, rng: np.random.Generator) -> dict[str, tuple[float, float]]:
-    medians = np.array(list(_rounds(row)[0].values()))
+    medians = np.array(list(rounds_of(row)[0].values()))
     center = row["p50_ms"]
     rounds_low, rounds_high = median_ci(medians, CONFIDENCE)
     boot_low, boot_high = _block_bootstrap(medians, rng)

@@ -13,22 +13,14 @@ computed from the same rounds.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pandas as pd
-from busy_repeatability import ranking_statistics
+from busy_repeatability import ranking_statistics, rounds_of
 from profiler_common import RESULTS, command_line
 
 RATIO_GOALS = {"quiet": 0.03, "busy": 0.05}  # issue 14: ratio spread over runs, quiet and busy
 CURRENT = "paired min ratio"  # profilers.scheduler._Measurement.ratio
-
-
-def _rounds(row: pd.Series) -> tuple[dict[int, float], dict[int, float]]:
-    data = json.loads(row["round_ms"])
-    return dict(zip(data["round"], data["median"], strict=True)), dict(
-        zip(data["round"], data["min"], strict=True)
-    )
 
 
 def two_speed_statistics(raw: pd.DataFrame) -> pd.DataFrame:
@@ -36,9 +28,9 @@ def two_speed_statistics(raw: pd.DataFrame) -> pd.DataFrame:
     reference ran in its faster half, or compare low quantiles and sums of the round minima."""
     out = []
     for (state, run), table in raw.groupby(["state", "run"]):
-        _, ref_minima = _rounds(table[table["width"] == 1.0].iloc[0])
+        _, ref_minima = rounds_of(table[table["width"] == 1.0].iloc[0])
         for _, row in table[table["width"] != 1.0].iterrows():
-            _, minima = _rounds(row)
+            _, minima = rounds_of(row)
             shared = sorted(set(minima) & set(ref_minima))
             cut = np.median([ref_minima[r] for r in shared])
             fast = [r for r in shared if ref_minima[r] <= cut]

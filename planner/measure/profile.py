@@ -189,10 +189,11 @@ def busy_rows_note(rows: pd.DataFrame) -> str | None:
 
     The reason is the row with the most other load's: a row flagged by the speed index or by steal alone
     has next to no other processes, and "up to 0.0 cores" would say the opposite of the flag."""
-    flagged = rows.get("contended", pd.Series(dtype=bool)).fillna(False).astype(bool) if len(rows) else None
-    if flagged is None or not flagged.any():
+    if "contended" not in rows:
         return None
-    busy = rows[flagged]
+    busy = rows[rows["contended"].fillna(False).astype(bool)]
+    if busy.empty:
+        return None
     worst = busy.sort_values("other_cores", ascending=False) if "other_cores" in busy else busy
     reason = worst.iloc[0].get("contention")
     example = f" (for example: {reason})" if isinstance(reason, str) and reason else ""
