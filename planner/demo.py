@@ -124,10 +124,7 @@ def _run(out_dir: Path, epochs: int, max_seconds: float, say: Callable[[str], No
     )
     busy = busy_rows_note(measured)
     if busy:  # the selection below uses them all the same: say so, once
-        say(
-            f"  warning: {busy}, latencies likely too high: run the demo again with another --out when the "
-            "machine is idle"
-        )
+        say(f"  warning: {busy}: run the demo again with another --out when the machine is idle")
     for target in targets:
         batch = target.planned_batches[0]
         scored = evaluate_target(model, configs, target, dataset, "val", results_dir, weights, batch=batch)

@@ -251,7 +251,25 @@ def test_the_busy_warning_names_the_reason_a_row_was_flagged_for(capsys) -> None
     assert not _warn_contended(rows, None)
     line = " ".join(capsys.readouterr().err.split())
     assert "2 of 3 rows measured on a busy machine (for example: speed index moved x1.35)" in line
-    assert "cores" not in line
+    assert "cores" not in line and "latencies likely too high" in line
+
+
+def test_a_machine_that_sped_up_is_not_said_to_give_too_high_latencies(capsys) -> None:
+    """A row flagged because the speed index got faster ran partly slow, partly fast: "too high" would be
+    a guess; the warning says the latencies may be off."""
+    from planner.cli.profile import _warn_contended
+
+    rows = pd.DataFrame(
+        {
+            "contended": [True, True],
+            "contention": ["steal 7%", "speed index moved x0.70"],
+            "other_cores": [0.02, 0.01],
+        }
+    )
+    assert not _warn_contended(rows, None)
+    line = " ".join(capsys.readouterr().err.split())
+    assert "2 of 2 rows measured on a busy machine" in line and "latencies may be off" in line
+    assert "too high" not in line
 
 
 def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:

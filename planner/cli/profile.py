@@ -200,7 +200,7 @@ def _warn_contended(rows: pd.DataFrame, wait_quiet: str | None) -> bool:
     else:
         advice = f"the machine did not stay quiet within --wait-quiet {wait_quiet}; measured anyway"
     console.print(
-        f"[yellow]warning: {note}, latencies likely too high: {advice}[/yellow]",
+        f"[yellow]warning: {note}: {advice}[/yellow]",
         soft_wrap=True,
     )
     return False

@@ -185,10 +185,14 @@ def estimate_configs(
 
 
 def busy_rows_note(rows: pd.DataFrame) -> str | None:
-    """How many rows were measured on a busy machine, and why for one of them; None when none was.
+    """How many rows were measured on a busy machine, why for one of them, and what that does to their
+    latencies; None when none was.
 
     The reason is the row with the most other load's: a row flagged by the speed index or by steal alone
-    has next to no other processes, and "up to 0.0 cores" would say the opposite of the flag."""
+    has next to no other processes, and "up to 0.0 cores" would say the opposite of the flag. Other
+    processes, steal, throttling and a machine that slowed all make latencies too high; a row flagged only
+    because the machine sped up (speed index x<1) ran partly slow, partly fast: its latencies may be off,
+    not necessarily high."""
     if "contended" not in rows:
         return None
     busy = rows[rows["contended"].fillna(False).astype(bool)]
@@ -197,4 +201,15 @@ def busy_rows_note(rows: pd.DataFrame) -> str | None:
     worst = busy.sort_values("other_cores", ascending=False) if "other_cores" in busy else busy
     reason = worst.iloc[0].get("contention")
     example = f" (for example: {reason})" if isinstance(reason, str) and reason else ""
-    return f"{len(busy)} of {len(rows)} rows measured on a busy machine{example}"
+    sped_up = any(map(_sped_up_only, busy.get("contention", [])))
+    effect = "latencies may be off" if sped_up else "latencies likely too high"
+    return f"{len(busy)} of {len(rows)} rows measured on a busy machine{example}, {effect}"
+
+
+def _sped_up_only(contention: object) -> bool:
+    """Whether a row's only reason to be flagged is a speed index that got faster ("moved x0.75")."""
+    prefix = "speed index moved x"
+    if not isinstance(contention, str) or not contention:
+        return False
+    reasons = contention.split("; ")
+    return all(reason.startswith(prefix) and float(reason.removeprefix(prefix)) < 1 for reason in reasons)
