@@ -171,7 +171,9 @@ class _Measurement:
     model: ModelFile
     worker: WorkerHandle | None = None
     ready: dict[str, Any] = field(default_factory=dict)
-    samples_ns: list[int] = field(default_factory=list)
+    # every timed inference so far, in ms: an array grown per burst, since `converged` reads it every round
+    # (converting a list of 76k ints each time was most of the demo's profiling time in the parent)
+    samples: np.ndarray = field(default_factory=lambda: np.empty(0))
     round_medians_ms: dict[int, float] = field(default_factory=dict)
     round_minima_ms: dict[int, float] = field(default_factory=dict)
     reference: _Measurement | None = None  # the largest model of this job's series in the group
@@ -189,8 +191,8 @@ class _Measurement:
         others_busy = self.load.other_cores() > settings.contention_cores
         return machine_state(contended, self.load.wait_share(), others_busy)
 
-    def samples_ms(self) -> np.ndarray:
-        return np.asarray(self.samples_ns, dtype=np.float64) / 1e6
+    def add_burst(self, times_ns: list[int]) -> None:
+        self.samples = np.concatenate([self.samples, np.asarray(times_ns, dtype=np.float64) / 1e6])
 
     def turn_count(self, settings: Settings) -> int:
         """burst_size inferences, or as many as fill burst_min_seconds at the last burst's median."""
@@ -218,7 +220,7 @@ class _Measurement:
         rounds = np.array(list(self.round_medians_ms.values()))
         state = self.state(self.load.other_cores() > settings.contention_cores, settings)
         tolerance = max(settings.ci_rel, self.median_between_runs.get(state, 0.0))
-        if not converged(self.samples_ms(), rounds, tolerance, settings.confidence, settings.min_queries):
+        if not converged(self.samples, rounds, tolerance, settings.confidence, settings.min_queries):
             return False
         if self.reference is self or self.reference is None or self.reference.worker is None:
             return True
@@ -405,7 +407,7 @@ def _measure_group(
                     continue
                 measurement.measure_s += time.perf_counter() - began
                 took_part.append(measurement)
-                measurement.samples_ns.extend(reply["times_ns"])
+                measurement.add_burst(reply["times_ns"])
                 if reply["times_ns"]:
                     measurement.round_medians_ms[round_index] = float(np.median(reply["times_ns"])) / 1e6
                     measurement.round_minima_ms[round_index] = min(reply["times_ns"]) / 1e6
@@ -518,7 +520,7 @@ def _ok_row(
 ) -> dict[str, Any]:
     ready = measurement.ready
     job = measurement.job
-    samples = measurement.samples_ms()
+    samples = measurement.samples
     load = measurement.load.columns(speed.probes_ms, settings.contention_cores)
     state = measurement.state(load["contended"], settings)
     if state == CROWDED:
@@ -586,6 +588,6 @@ def _failed_row(measurement: _Measurement, failure: WorkerFailed, run_id: str) -
         "status": failure.status,
         "error": message,
         "converged": False,
-        "n": len(measurement.samples_ns),
+        "n": len(measurement.samples),
         **env,
     }

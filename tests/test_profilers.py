@@ -330,7 +330,7 @@ def test_a_job_stops_once_more_rounds_could_not_narrow_the_reported_interval():
     for r in range(12):  # rounds 4% apart, as on a busy machine: a 2% within-run interval is far off
         level = 10 * rng.normal(1, 0.04)
         measurement.round_medians_ms[r] = level
-        measurement.samples_ns.extend(int(level * 1e6 * rng.normal(1, 0.002)) for _ in range(8))
+        measurement.add_burst([int(level * 1e6 * rng.normal(1, 0.002)) for _ in range(8)])
     settings = Settings(ci_rel=0.02, min_queries=64)
     assert not measurement.converged(settings)
     measurement.median_between_runs = {QUIET: 0.15, BUSY: 0.4}  # the host's runs differ more anyway
@@ -359,7 +359,7 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
         narrow.round_medians_ms[r] = 1.0 * rng.normal(1, 0.001)
         narrow.round_minima_ms[r] = 1.0 * rng.normal(1, 0.04)
         reference.round_minima_ms[r] = 4.0
-        narrow.samples_ns.extend([int(1e6)] * 8)
+        narrow.add_burst([int(1e6)] * 8)
     settings = Settings(ci_rel=0.02, min_queries=64)
     assert not narrow.converged(settings)
     narrow.ratio_between_runs = {BUSY: 0.1, CROWDED: 0.1}
