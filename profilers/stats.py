@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 import numpy as np
 from scipy.stats import binom
@@ -27,7 +27,7 @@ from scipy.stats import binom
 from profilers.history import NO_SPREAD, RunSpread
 
 
-@cache  # asked for every job after every round; scipy's binomial takes about 0.4 ms
+@lru_cache(maxsize=4096)  # asked for every job after every round; scipy's binomial takes 0.4 ms
 def median_ci_indices(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
     """0-based order-statistic indices (lo, hi) with P(x[lo] <= median <= x[hi]) >= confidence.
 
