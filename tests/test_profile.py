@@ -271,6 +271,10 @@ def test_a_machine_that_sped_up_is_not_said_to_give_too_high_latencies(capsys) -
     assert "2 of 2 rows measured on a busy machine" in line and "latencies may be off" in line
     assert "too high" not in line
 
+    rows["contention"] = ["steal 7%", "speed index moved x?"]  # a table from another version: no traceback
+    assert not _warn_contended(rows, None)
+    assert "latencies likely too high" in " ".join(capsys.readouterr().err.split())
+
 
 def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:
     import io

@@ -207,9 +207,9 @@ def busy_rows_note(rows: pd.DataFrame) -> str | None:
 
 
 def _sped_up_only(contention: object) -> bool:
-    """Whether a row's only reason to be flagged is a speed index that got faster ("moved x0.75")."""
-    prefix = "speed index moved x"
+    """Whether a row's only reason to be flagged is a speed index that got faster ("moved x0.75"); a
+    reason in another form (a table from another version) is not one."""
     if not isinstance(contention, str) or not contention:
         return False
-    reasons = contention.split("; ")
-    return all(reason.startswith(prefix) and float(reason.removeprefix(prefix)) < 1 for reason in reasons)
+    moves = [re.fullmatch(r"speed index moved x(\d+(?:\.\d+)?)", reason) for reason in contention.split("; ")]
+    return all(move is not None and float(move[1]) < 1 for move in moves)
