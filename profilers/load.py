@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ STEAL_LIMIT = 0.05
 CROWDED_WAIT = 0.20
 # The speed index after / before beyond this factor (either way) flags a row.
 SPEED_LIMIT = 1.3
+# How a row flagged by the speed index says so, followed by the factor (`sped_up_only` reads it back).
+SPEED_REASON = "speed index moved x"
 # The speed index is taken again after a round once this long has passed since the last probe (a probe
 # costs about 7 ms: 1.4% of the measuring time).
 SPEED_PROBE_INTERVAL_S = 0.5
@@ -241,7 +244,7 @@ class LoadMeter:
         before_ms, after_ms = speed_change(speeds_ms)
         speed = after_ms / before_ms if before_ms > 0 else math.nan
         if speed > SPEED_LIMIT or speed < 1 / SPEED_LIMIT:
-            reasons.append(f"speed index moved x{speed:.2f}")
+            reasons.append(f"{SPEED_REASON}{speed:.2f}")
         return {
             "contended": bool(reasons),
             "contention": "; ".join(reasons),
@@ -256,6 +259,17 @@ class LoadMeter:
             "speed_probes_ms": json.dumps([round(ms, 4) for ms in speeds_ms]),
             **thermal(root),
         }
+
+
+def sped_up_only(contention: object) -> bool:
+    """Whether a row's `contention` holds no reason but a speed index that got faster ("moved x0.75"): its
+    rounds ran partly slow, partly fast, so its latencies are not necessarily too high. A reason in another
+    form (a table from another version) is not one."""
+    if not isinstance(contention, str) or not contention:
+        return False
+    pattern = re.escape(SPEED_REASON) + r"(\d+(?:\.\d+)?)"
+    moves = [re.fullmatch(pattern, reason) for reason in contention.split("; ")]
+    return all(move is not None and float(move[1]) < 1 for move in moves)
 
 
 _SPEED_DATA = np.random.default_rng(0).standard_normal(20_000)

@@ -19,6 +19,7 @@ from profilers.load import (
     SpeedTrack,
     parse_proc_stat,
     parse_process_ticks,
+    sped_up_only,
     thermal,
     wait_until_quiet,
 )
@@ -141,6 +142,9 @@ def test_steal_and_a_moving_speed_index_flag_a_row(tmp_path):
     assert json.loads(slowed["speed_probes_ms"]) == lasting
     sped_up = meter.columns([1.5, 1.6] * half + [1.0, 1.3] * half, limit_cores=0.25, root=tmp_path)
     assert sped_up["contention"] == "speed index moved x0.67"  # a change either way mixes two speeds
+    # the busy warning reads the reason back: only a speed-up is not "too high"
+    assert sped_up_only(sped_up["contention"]) and not sped_up_only(slowed["contention"])
+    assert not sped_up_only(columns["contention"])
     # a host flipping between two speeds, each end slow for all but one of its window's probes (the old
     # single-probe rule flagged these)
     slow_ends = [1.4] * (SPEED_WINDOW - 1) + [1.0, 1.4, 1.0] + [1.4] * (SPEED_WINDOW - 1)

@@ -24,6 +24,7 @@ from planner.measure.quantize import Calibration
 from planner.measure.targets import Target
 from planner.widths import WidthConfig
 from profilers.jobs import Job, Settings
+from profilers.load import sped_up_only
 from profilers.results import LatencyStore, load_latency, measured_rows, row_key
 from profilers.scheduler import ProgressEvent, run_jobs
 
@@ -190,9 +191,8 @@ def busy_rows_note(rows: pd.DataFrame) -> str | None:
 
     The reason is the row with the most other load's: a row flagged by the speed index or by steal alone
     has next to no other processes, and "up to 0.0 cores" would say the opposite of the flag. Other
-    processes, steal, throttling and a machine that slowed all make latencies too high; a row flagged only
-    because the machine sped up (speed index x<1) ran partly slow, partly fast: its latencies may be off,
-    not necessarily high."""
+    processes, steal, throttling and a machine that slowed all make latencies too high; not so a row
+    flagged only because the machine sped up (`profilers.load.sped_up_only`)."""
     if "contended" not in rows:
         return None
     busy = rows[rows["contended"].fillna(False).astype(bool)]
@@ -201,15 +201,6 @@ def busy_rows_note(rows: pd.DataFrame) -> str | None:
     worst = busy.sort_values("other_cores", ascending=False) if "other_cores" in busy else busy
     reason = worst.iloc[0].get("contention")
     example = f" (for example: {reason})" if isinstance(reason, str) and reason else ""
-    sped_up = any(map(_sped_up_only, busy.get("contention", [])))
+    sped_up = any(map(sped_up_only, busy.get("contention", [])))
     effect = "latencies may be off" if sped_up else "latencies likely too high"
     return f"{len(busy)} of {len(rows)} rows measured on a busy machine{example}, {effect}"
-
-
-def _sped_up_only(contention: object) -> bool:
-    """Whether a row's only reason to be flagged is a speed index that got faster ("moved x0.75"); a
-    reason in another form (a table from another version) is not one."""
-    if not isinstance(contention, str) or not contention:
-        return False
-    moves = [re.fullmatch(r"speed index moved x(\d+(?:\.\d+)?)", reason) for reason in contention.split("; ")]
-    return all(move is not None and float(move[1]) < 1 for move in moves)
