@@ -88,6 +88,8 @@ SCHEMA: dict[str, str] = {
     "env_nvpmodel": "string",
     "env_jetson_clocks": "string",
 }
+# the dtypes themselves: as a string, "string" also equals pandas' "str" dtype, whose missing value is NaN
+DTYPES = {column: pd.api.types.pandas_dtype(dtype) for column, dtype in SCHEMA.items()}
 STATUSES = ("ok", "error", "timeout")
 
 
@@ -101,10 +103,13 @@ def _cell(value: Any) -> Any:
 def _conform(frame: pd.DataFrame) -> pd.DataFrame:
     """Every schema column present with its dtype, in order; extra metadata columns after them."""
     frame = frame.copy()
+    current = frame.dtypes
     for column, dtype in SCHEMA.items():
-        if column not in frame:
+        if column not in current:
             missing = float("nan") if dtype == "float64" else pd.NA
             frame[column] = pd.Series([missing] * len(frame), dtype=dtype, index=frame.index)
+        elif current[column] == DTYPES[column]:  # a table read back: converting cost 30 ms a row
+            continue
         elif dtype == "float64":
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         elif dtype == "Int64":
@@ -162,7 +167,7 @@ class LatencyStore:
             table = load_latency(self.out_dir)
             if len(table):
                 key = row_key(row)
-                table = table[[row_key(r) != key for _, r in table.iterrows()]]
+                table = table[[row_key(r) != key for r in table[list(KEY_COLUMNS)].to_dict("records")]]
                 table = _conform(pd.concat([table, new], ignore_index=True)) if len(table) else new
             else:
                 table = new

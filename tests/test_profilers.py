@@ -36,6 +36,7 @@ from profilers.history import (
     state_spread,
 )
 from profilers.load import LoadMeter
+from profilers.results import LatencyStore
 from profilers.stats import Ratio, converged, median_ci, median_ci_indices, rerun_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -429,6 +430,24 @@ def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp
     on_disk = load_latency(tmp_path)
     assert len(on_disk) == 4 and (tmp_path / "latency.csv").exists()
     assert len(pd.read_csv(tmp_path / "latency.csv")) == 4
+
+
+def test_a_table_of_another_writer_is_read_with_the_documented_types(tmp_path):
+    """A table saved with pandas' default text type (missing = NaN) reads back with the schema's (NA)."""
+    store = LatencyStore(tmp_path)
+    row = {"model": "m", "target": "cpu", "backend": "onnxruntime", "device": "CPU", "precision": "fp32",
+           "batch": 1, "status": "ok", "p50_ms": 1.0}  # fmt: skip
+    store.add({**row, "config_id": "a"})
+    other = load_latency(tmp_path).astype({"model": "str", "error": "str", "p50_ms": "float32"})
+    other.to_parquet(tmp_path / "latency.parquet", index=False)
+    store.add({**row, "config_id": "b", "p50_ms": 2.0})
+    table = load_latency(tmp_path)
+    assert [str(table[c].dtype) for c in ("model", "error", "p50_ms")] == ["string", "string", "float64"]
+    assert table["error"].isna().all() and table["error"].iloc[0] is pd.NA
+    assert list(table["config_id"]) == ["a", "b"] and list(table["p50_ms"]) == [1.0, 2.0]
+    store.add({**row, "config_id": "a", "p50_ms": 3.0})  # measured again: replaces its row
+    table = load_latency(tmp_path).set_index("config_id")
+    assert len(table) == 2 and table.loc["a", "p50_ms"] == 3.0 and table.loc["b", "p50_ms"] == 2.0
 
 
 def test_a_fast_model_runs_more_than_burst_size_per_turn(models, fast, tmp_path):
