@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.interpolate import PchipInterpolator
 
 from planner.plan.pareto import METRICS, pareto_mask
 from planner.stats import SIGNIFICANCE, decode_hits, mcnemar_p
@@ -308,6 +307,8 @@ def propose_width(table: pd.DataFrame, budget: Budget, width_range: tuple[float,
     widest measured width. Returns None when no width wider than the widest fitting measured one is
     predicted to fit (the measured choice is then already the best).
     """
+    from scipy.interpolate import PchipInterpolator  # here: importing it cost every command 0.7 s
+
     uniform = table[table["width"].notna()].groupby("width")["bound_ms"].max().sort_index()
     low, high = width_range
     uniform = uniform[(uniform.index >= low - 1e-9) & (uniform.index <= high + 1e-9)]
