@@ -35,8 +35,7 @@ def test_fp16_on_cuda_scales_the_loss() -> None:
     assert fp16.scaler(torch.device("cuda")).is_enabled()
 
 
-def test_bf16_training_on_the_cpu_learns_like_fp32(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
+def test_bf16_training_on_the_cpu_learns_like_fp32(tmp_path: Path, single_thread) -> None:
     digits = load_dataset("digits")
     losses = {}
     for name in ("fp32", "bf16"):
