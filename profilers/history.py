@@ -113,24 +113,39 @@ NO_SPREAD = RunSpread(math.nan, 0)
 def spread(records: pd.DataFrame, column: str = "p50_ms") -> RunSpread:
     """The pooled run-to-run spread of `column` (p50_ms or ratio) of the jobs in `records` (one host,
     backend, device and state) over their RECENT_RUNS latest runs; only jobs measured in at least two
-    runs count."""
+    runs count.
+
+    Computed on integer codes, not by grouping the frame: it runs twice for every finished row, and
+    pandas' grouping took 35 ms a call on a history of 1000 records (7.7 s of a 95-s LUT build)."""
     records = records[pd.to_numeric(records[column], errors="coerce") > 0]
     if records.empty:
         return NO_SPREAD
     latest = records.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
     recent = records[records["run_id"].isin(latest)]
-    per_run = recent.assign(log_ms=np.log(recent[column].astype(float)))
-    per_run = per_run.groupby([*JOB_COLUMNS, "run_id"], dropna=False)["log_ms"].mean().reset_index()
-    squares, freedom, runs = 0.0, 0, set()
-    for _, job in per_run.groupby(JOB_COLUMNS, dropna=False):
-        if len(job) < 2:
-            continue
-        squares += float(((job["log_ms"] - job["log_ms"].mean()) ** 2).sum())
-        freedom += len(job) - 1
-        runs.update(job["run_id"])
+    log_values = np.log(pd.to_numeric(recent[column]).to_numpy(dtype=float))
+    run = pd.factorize(recent["run_id"], use_na_sentinel=False)[0]
+    runs_seen = int(run.max()) + 1
+    # each job's mean log in each of its runs
+    pairs, pair_of_record = np.unique(_codes(recent, JOB_COLUMNS) * runs_seen + run, return_inverse=True)
+    run_mean = np.bincount(pair_of_record, weights=log_values) / np.bincount(pair_of_record)
+    job_of_pair, run_of_pair = np.divmod(pairs, runs_seen)
+    _, job_index, runs_of_job = np.unique(job_of_pair, return_inverse=True, return_counts=True)
+    job_mean = np.bincount(job_index, weights=run_mean) / runs_of_job
+    repeated = runs_of_job[job_index] >= 2
+    freedom = int(repeated.sum() - (runs_of_job >= 2).sum())
     if not freedom:
         return NO_SPREAD
-    return RunSpread(math.sqrt(squares / freedom), len(runs))
+    squares = float(((run_mean - job_mean[job_index])[repeated] ** 2).sum())
+    return RunSpread(math.sqrt(squares / freedom), int(np.unique(run_of_pair[repeated]).size))
+
+
+def _codes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """One integer per distinct combination of `columns`' values; a missing value is a value of its own."""
+    codes = np.zeros(len(frame), dtype=np.int64)
+    for column in columns:
+        column_codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
+        codes = pd.factorize(codes * (len(uniques) + 1) + column_codes)[0]
+    return codes
 
 
 class RunHistory:

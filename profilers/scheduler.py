@@ -372,7 +372,7 @@ def _measure_group(
         _assign_references(active)
         records = history.read()
         # one backend and device's spreads hold for all its jobs: a LUT group holds a dozen, and each
-        # spread is a pass over the history (20-50 ms on a 2-core VM)
+        # spread is a pass over the history (about 7 ms on a 2-core VM)
         between_runs: dict[tuple[str, str], tuple[dict[str, float], dict[str, float]]] = {}
         for measurement in active:
             key = (measurement.job.backend, measurement.job.device)

@@ -233,6 +233,15 @@ def test_run_spread_is_the_pooled_spread_of_each_jobs_median_between_runs():
     assert result.runs == 4
     assert result.sigma == pytest.approx(np.std(logs, ddof=1))
     assert spread(history_records([1.0], {"a": 1.0, "b": 4.0})).runs == 0  # one run: nothing to compare
+    records = history_records(shifts, {"a": 1.0, "b": 4.0})
+    lone = records.iloc[[0]].assign(onnx="c")  # a job measured in one run only adds nothing
+    unknown = records[records["onnx"] == "b"].assign(threads=np.nan)  # unknown threads: a job of its own
+    moved = unknown.assign(p50_ms=unknown["p50_ms"] * [1.0, 1.5, 1.0, 1.5])
+    result = spread(pd.concat([records, lone, moved], ignore_index=True))
+    squares = 2 * np.sum((logs - logs.mean()) ** 2) + np.sum(
+        (np.log(moved["p50_ms"]) - np.log(moved["p50_ms"]).mean()) ** 2
+    )
+    assert result.runs == 4 and result.sigma == pytest.approx(np.sqrt(squares / 9))
 
 
 def test_the_run_to_run_interval_uses_students_t_over_runs_and_needs_two():
