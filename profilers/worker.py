@@ -124,4 +124,9 @@ def _reply_quietly(channel: IO[str], message: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is answered and the session closed: skip the interpreter's teardown of the runtime
+    # libraries, which the parent waited 0.11 s for after every job.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
