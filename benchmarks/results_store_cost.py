@@ -6,13 +6,12 @@ realistic row (every schema column filled, as the profiler fills them) at table 
 prints the median time per write around a few sizes. Run it once per commit to compare, e.g. an older
 one from a worktree with `PYTHONPATH=WORKTREE python benchmarks/results_store_cost.py`.
 
-    python benchmarks/results_store_cost.py [--rows 512] [--work DIR]
+    python benchmarks/results_store_cost.py [--rows 512]
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import time
@@ -46,24 +45,21 @@ def realistic_row(index: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="store_cost-"))
-    shutil.rmtree(work, ignore_errors=True)
     print(f"profilers from {Path(profilers.__file__).parent}; {machine_state()}")
-    store = LatencyStore(work)
     seconds = []
-    for index in range(args.rows):
-        started = time.perf_counter()
-        store.add(realistic_row(index))
-        seconds.append(time.perf_counter() - started)
-    assert len(load_latency(work)) == args.rows
+    with tempfile.TemporaryDirectory(prefix="store_cost-") as work:
+        store = LatencyStore(Path(work))
+        for index in range(args.rows):
+            started = time.perf_counter()
+            store.add(realistic_row(index))
+            seconds.append(time.perf_counter() - started)
+        assert len(load_latency(Path(work))) == args.rows
     for size in (s for s in SIZES if s <= args.rows):
         around = seconds[max(size - 8, 0) : size]
         print(f"table of {size:4d} rows: {1000 * statistics.median(around):6.1f} ms per row written")
     total = sum(seconds)
     print(f"all {args.rows} rows: {total:.1f} s ({1000 * total / args.rows:.1f} ms per row on average)")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
