@@ -21,14 +21,44 @@ from pathlib import Path
 _LIBS = ("numpy", "onnx", "scipy", "pandas", "pyarrow", "onnxruntime", "openvino", "torch", "tensorrt")
 
 
-def cpu_model() -> str:
+# The vector extensions that inference kernels choose between (x86 `flags`, Arm `Features`).
+_ISA_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8",
+    "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2",
+)  # fmt: skip
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's name, then what tells two CPUs of that name apart: x86 family, model and stepping (or the
+    Arm implementer and part) and the vector extensions the runtimes' kernels can use.
+
+    A cloud VM names its CPU by vendor only ("AMD EPYC" here), and the host beneath it may change between
+    runs; kernels without avx512_bf16, say, run bf16 models many times slower. The name alone hid that."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")) and ":" in line:
-                return line.split(":", 1)[1].strip()
+        text = cpuinfo.read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    fields = {}  # the first processor's, and the board's lines at the end (a Raspberry Pi's "Model")
+    for line in text.splitlines():
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    name = next(
+        (fields[key] for key in ("Model", "model name", "Hardware") if fields.get(key)),
+        platform.processor() or platform.machine(),
+    )
+    identity = [
+        f"{label} {fields[key]}"
+        for key, label in (
+            ("cpu family", "family"), ("model", "model"), ("stepping", "stepping"),
+            ("CPU implementer", "implementer"), ("CPU part", "part"), ("CPU variant", "variant"),
+        )
+        if fields.get(key)
+    ]  # fmt: skip
+    present = set((fields.get("flags") or fields.get("Features") or "").split())
+    extensions = [flag for flag in _ISA_FLAGS if flag in present]
+    details = "; ".join(part for part in (" ".join(identity), " ".join(extensions)) if part)
+    return f"{name} ({details})" if details else name
 
 
 def governor() -> str:
