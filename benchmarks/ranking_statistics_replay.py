@@ -19,22 +19,42 @@ import pandas as pd
 from busy_repeatability import ranking_statistics, rounds_of
 from profiler_common import RESULTS, command_line
 
+from planner.search.lut_runs import STEADY_BAND, STEADY_ROUNDS
+
 RATIO_GOALS = {"quiet": 0.03, "busy": 0.05}  # issue 14: ratio spread over runs, quiet and busy
 CURRENT = "paired min ratio"  # profilers.scheduler._Measurement.ratio
 
 
+def steady_pairs(mine: np.ndarray, ref: np.ndarray, ref_medians: np.ndarray) -> dict[str, float]:
+    """Paired ratios of round minima over steady rounds only: the latency table's rule (the reference's
+    burst median within STEADY_BAND of its fastest, planner.search.lut_runs), and a stricter one (both
+    minima within it of their own fastest), which falls back to every round when fewer than STEADY_ROUNDS
+    are left."""
+    ratios = mine / ref
+    by_reference = ref_medians <= ref_medians.min() * (1 + STEADY_BAND)
+    both = (ref <= ref.min() * (1 + STEADY_BAND)) & (mine <= mine.min() * (1 + STEADY_BAND))
+    if both.sum() < STEADY_ROUNDS:
+        both = np.ones_like(both)
+    return {
+        "paired min ratio, the LUT's steady rounds": float(np.median(ratios[by_reference])),
+        "paired min ratio, rounds steady for both": float(np.median(ratios[both])),
+    }
+
+
 def two_speed_statistics(raw: pd.DataFrame) -> pd.DataFrame:
     """Candidates aimed at a host that flips between two speeds: pair only the rounds in which the
-    reference ran in its faster half, or compare low quantiles and sums of the round minima."""
+    reference ran in its faster half, or in its steady rounds, or compare low quantiles and sums of the
+    round minima."""
     out = []
     for (state, run), table in raw.groupby(["state", "run"]):
-        _, ref_minima = rounds_of(table[table["width"] == 1.0].iloc[0])
+        ref_medians, ref_minima = rounds_of(table[table["width"] == 1.0].iloc[0])
         for _, row in table[table["width"] != 1.0].iterrows():
             _, minima = rounds_of(row)
             shared = sorted(set(minima) & set(ref_minima))
             cut = np.median([ref_minima[r] for r in shared])
             fast = [r for r in shared if ref_minima[r] <= cut]
             mine, ref = np.array([minima[r] for r in shared]), np.array([ref_minima[r] for r in shared])
+            steady = steady_pairs(mine, ref, np.array([ref_medians[r] for r in shared]))
             out.append(
                 {
                     "state": state,
@@ -45,6 +65,7 @@ def two_speed_statistics(raw: pd.DataFrame) -> pd.DataFrame:
                     ),
                     "q25 of round minima ratio": float(np.quantile(mine, 0.25) / np.quantile(ref, 0.25)),
                     "sum of round minima ratio": float(mine.sum() / ref.sum()),
+                    **steady,
                 }
             )
     return pd.DataFrame(out)
