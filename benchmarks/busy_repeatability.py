@@ -44,7 +44,11 @@ COLUMNS = [
 def measure(arguments: argparse.Namespace) -> pd.DataFrame:
     jobs = export_widths(arguments.work / "exports")
     all_jobs = [dataclasses.replace(j, threads=arguments.threads) for j in jobs.values()]
-    settings = Settings(cache_dir=arguments.work / "cache", max_seconds=arguments.max_seconds)
+    settings = Settings(
+        cache_dir=arguments.work / "cache",
+        max_seconds=arguments.max_seconds,
+        keep_cpus_awake=arguments.keep_cpus_awake,
+    )
     shutil.rmtree(settings.cache_dir / "history", ignore_errors=True)  # the first run knows no other
     tables = []
     for state, spinners in (("quiet", 0), ("busy", 1)):
@@ -252,6 +256,9 @@ def main() -> None:
     parser = runs_parser(__doc__.splitlines()[0], runs=5, max_seconds=5.0)
     parser.add_argument("--analyse", type=Path, help="only write the report from this CSV")
     parser.add_argument("--name", default="busy_repeatability")
+    parser.add_argument(
+        "--keep-cpus-awake", action="store_true", help="hold idle CPUs out of their idle states (needs root)"
+    )
     arguments = parser.parse_args()
     if arguments.analyse:
         raw = pd.read_csv(arguments.analyse)

@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     for flag, (_, kind, text) in _SETTING_FLAGS.items():
         run.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, default=None, help=text)
+    run.add_argument(
+        "--keep-cpus-awake",
+        action="store_true",
+        default=None,
+        help="hold idle CPUs out of their idle states while measuring (needs write access to "
+        "/dev/cpu_dma_latency; each row's cpus_awake says whether they were)",
+    )
     predict = commands.add_parser("predict", help="run each job's artifact on images, write the outputs")
     predict.add_argument("--jobs", type=Path, required=True, help="JSON list of jobs (paths relative to it)")
     predict.add_argument("--images", type=Path, required=True, help=".npz with x: N x C x H x W float32")
@@ -100,6 +107,8 @@ def _run(arguments: argparse.Namespace) -> int:
         for flag, (field, _, _) in _SETTING_FLAGS.items()
         if getattr(arguments, flag) is not None
     }
+    if arguments.keep_cpus_awake:
+        overrides["keep_cpus_awake"] = True
     settings = dataclasses.replace(file_settings or Settings(), **overrides)
     table = run_jobs(
         jobs, arguments.out, settings, force=arguments.force, progress=None if arguments.quiet else _progress

@@ -126,6 +126,8 @@ class Settings:
         contention_cores: a row is flagged `contended` when other processes kept more than this many cores
             busy on average during its rounds (profilers.load).
         wait_quiet_s: before measuring, wait up to this long for the machine to be quiet (0: do not wait).
+        keep_cpus_awake: keep idle CPUs out of their idle states while measuring, where the kernel lets
+            this process (profilers.load.cpus_kept_awake); each row's `cpus_awake` says whether they were.
     """
 
     ci_rel: float = 0.02
@@ -144,6 +146,7 @@ class Settings:
     cache_dir: Path | None = None
     contention_cores: float = 0.25
     wait_quiet_s: float = 0.0
+    keep_cpus_awake: bool = False
 
     def __post_init__(self) -> None:
         checks = {

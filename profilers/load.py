@@ -25,8 +25,10 @@ import json
 import math
 import os
 import re
+import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,3 +366,34 @@ def wait_until_quiet(
             return QuietWait(True, clock() - started, other)
         if clock() - started + window_s > max_s:
             return QuietWait(False, clock() - started, other)
+
+
+CPU_DMA_LATENCY = Path("/dev/cpu_dma_latency")
+
+
+@contextmanager
+def cpus_kept_awake(request_file: Path | None = None) -> Iterator[bool]:
+    """Keep every CPU out of its idle states while measuring: a PM QoS request for a wake-up latency of
+    0 us, which holds while the file stays open. Yields whether the kernel took it.
+
+    Between its turns in a round a worker's core goes idle, and a deep idle state takes time to leave
+    (what benchmarking guides disable, and jetson_clocks does on a Jetson). On this project's VM the quiet
+    runs were less steady than runs beside a spinner on some days; held, idle cores poll instead, which
+    no process's CPU time shows (`other_cores` does not move). Whether it helps there is not settled
+    (results/busy_repeatability_awake.md), so it is asked for, not the default. Opening the file needs
+    root (or a udev rule); without it, measuring goes on as before."""
+    try:
+        handle = os.open(request_file or CPU_DMA_LATENCY, os.O_WRONLY)
+    except OSError:
+        yield False
+        return
+    try:
+        os.write(handle, struct.pack("i", 0))
+    except OSError:
+        os.close(handle)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.close(handle)

@@ -78,6 +78,7 @@ SCHEMA: dict[str, str] = {
     "speed_after_ms": "float64",
     "speed_probes_ms": "string",
     "quiet_wait_s": "float64",
+    "cpus_awake": "boolean",
     "env_cpu": "string",
     "env_cores": "Int64",
     "env_threads": "Int64",

@@ -15,6 +15,7 @@ Every request has a timeout; a worker that crashes or hangs is killed and only i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from profilers.environment import environment
 from profilers.errors import ProfilerError
 from profilers.history import BUSY, CROWDED, QUIET, RunHistory, machine_state, state_spread
 from profilers.jobs import KEY_COLUMNS, Job, Settings
-from profilers.load import LoadMeter, Snapshot, SpeedTrack, wait_until_quiet
+from profilers.load import LoadMeter, Snapshot, SpeedTrack, cpus_kept_awake, wait_until_quiet
 from profilers.modelfile import ModelFile
 from profilers.results import LatencyStore, load_latency, row_key
 from profilers.stats import Ratio, Summary, converged
@@ -181,6 +182,7 @@ class _Measurement:
     measure_s: float = 0.0  # this job's own bursts (the others' turns in a round are not counted)
     load: LoadMeter = field(default_factory=LoadMeter)  # what else the machine did during its rounds
     quiet_wait_s: float = math.nan
+    cpus_awake: bool = False  # idle CPUs held out of their idle states (profilers.load.cpus_kept_awake)
     # The host's run-to-run interval half-widths (relative) of a median and of a ratio, by machine state
     # (profilers.history): measuring on cannot narrow the reported intervals below them.
     median_between_runs: dict[str, float] = field(default_factory=dict)
@@ -317,17 +319,21 @@ def run_jobs(
             measurement.quiet_wait_s = waited.waited_s
     run_id = uuid.uuid4().hex[:12]
     rng = np.random.default_rng(settings.seed)
-    for start in range(0, len(pending), settings.max_workers):
-        _measure_group(
-            pending[start : start + settings.max_workers],
-            len(jobs),
-            store,
-            history,
-            settings,
-            run_id,
-            rng,
-            report,
-        )
+    with contextlib.ExitStack() as held:
+        awake = settings.keep_cpus_awake and bool(pending) and held.enter_context(cpus_kept_awake())
+        for measurement in pending:
+            measurement.cpus_awake = awake
+        for start in range(0, len(pending), settings.max_workers):
+            _measure_group(
+                pending[start : start + settings.max_workers],
+                len(jobs),
+                store,
+                history,
+                settings,
+                run_id,
+                rng,
+                report,
+            )
     wanted = {row_key(job.identity()) for job in jobs}
     table = load_latency(out_dir)
     return table[[row_key(row) in wanted for _, row in table.iterrows()]].reset_index(drop=True)
@@ -506,6 +512,7 @@ def _base_row(measurement: _Measurement, run_id: str) -> dict[str, Any]:
         "params": meta.get("params"),
         "wall_s": measurement.setup_s + measurement.measure_s,
         "quiet_wait_s": measurement.quiet_wait_s,
+        "cpus_awake": measurement.cpus_awake,
     }
 
 

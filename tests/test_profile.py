@@ -224,6 +224,19 @@ def test_a_machine_that_never_gets_quiet_is_measured_anyway_and_said(
     assert "measured latency" in stdout
 
 
+def test_keep_cpus_awake_holds_the_request_while_measuring(
+    exports: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    request = tmp_path / "cpu_dma_latency"  # a stand-in for /dev/cpu_dma_latency, which needs root
+    request.write_bytes(b"\xff" * 4)
+    monkeypatch.setattr("profilers.load.CPU_DMA_LATENCY", request)
+    out = fresh_out(exports, tmp_path)
+    argv = ["profile", "--target", "cpu", *SMALL, "--widths", "0.25", "--out", str(out), *QUICK]
+    code, _, err = run_cli([*argv, "--keep-cpus-awake"], capsys)
+    assert code == 0, err
+    assert load_latency(out)["cpus_awake"].tolist() == [True] and request.read_bytes() == bytes(4)
+
+
 def test_a_busy_machine_is_one_warning_line_suggesting_wait_quiet(
     exports: Path, tmp_path: Path, capsys, spinners
 ) -> None:

@@ -783,3 +783,24 @@ def test_waiting_for_quiet_is_bounded_and_recorded(models, fast, tmp_path):
     (row,) = run_jobs([job(models["narrow"])], tmp_path, settings).itertuples()
     assert 0 < row.quiet_wait_s <= 1.5 + 1.0 and row.status == "ok"
     assert time.perf_counter() - started < 30
+
+
+def test_idle_cpus_are_held_awake_when_asked_and_the_kernel_lets(models, fast, tmp_path, monkeypatch):
+    """The PM QoS request goes to /dev/cpu_dma_latency (here a stand-in file): 0 us while the jobs run, and
+    each row says whether it was held; without a writable file, or when not asked, rows say it was not."""
+    request = tmp_path / "cpu_dma_latency"
+    monkeypatch.setattr("profilers.load.CPU_DMA_LATENCY", request)
+    asked = dataclasses.replace(fast, keep_cpus_awake=True)
+    (row,) = run_jobs([job(models["narrow"], config_id="no-file")], tmp_path / "a", asked).itertuples()
+    assert row.status == "ok" and not row.cpus_awake
+
+    request.write_bytes(b"\xff" * 4)
+    (row,) = run_jobs([job(models["narrow"], config_id="held")], tmp_path / "b", asked).itertuples()
+    assert row.status == "ok" and row.cpus_awake
+    assert request.read_bytes() == (0).to_bytes(4, sys.byteorder)  # a wake-up latency of 0 us
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert str(request.resolve()) not in open_files  # the request ends with the measuring
+
+    request.write_bytes(b"\xff" * 4)  # not asked: the default
+    (row,) = run_jobs([job(models["narrow"], config_id="not asked")], tmp_path / "c", fast).itertuples()
+    assert not row.cpus_awake and request.read_bytes() == b"\xff" * 4

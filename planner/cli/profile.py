@@ -72,6 +72,13 @@ def profile_command(
     require_quiet: Annotated[
         bool, typer.Option("--require-quiet", help="Exit 1 when a row was measured on a busy machine.")
     ] = False,
+    keep_cpus_awake: Annotated[
+        bool,
+        typer.Option(
+            "--keep-cpus-awake",
+            help="Hold idle CPUs out of their idle states while measuring (root: /dev/cpu_dma_latency).",
+        ),
+    ] = False,
     calibration_data: Annotated[
         str | None,
         typer.Option(
@@ -131,7 +138,9 @@ def profile_command(
         return
 
     overrides = {"ci_rel": ci, "max_seconds": max_seconds, "min_queries": min_queries, "wait_quiet_s": wait_s}
-    settings = dataclasses.replace(Settings(), **{k: v for k, v in overrides.items() if v is not None})
+    settings = dataclasses.replace(
+        Settings(keep_cpus_awake=keep_cpus_awake), **{k: v for k, v in overrides.items() if v is not None}
+    )
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
