@@ -18,7 +18,7 @@ flags\t\t: fpu vme de pse tsc msr sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2
 """
 
 # A Raspberry Pi 4 on a 64-bit kernel: no "model name"; the board's lines come after the last processor.
-PI_4 = """processor\t: 0
+PI_PROCESSOR = """processor\t: {index}
 BogoMIPS\t: 108.00
 Features\t: fp asimd evtstrm crc32 cpuid
 CPU implementer\t: 0x41
@@ -26,20 +26,9 @@ CPU architecture: 8
 CPU variant\t: 0x0
 CPU part\t: 0xd08
 CPU revision\t: 3
-
-processor\t: 1
-BogoMIPS\t: 108.00
-Features\t: fp asimd evtstrm crc32 cpuid
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x0
-CPU part\t: 0xd08
-CPU revision\t: 3
-
-Hardware\t: BCM2835
-Revision\t: c03114
-Model\t\t: Raspberry Pi 4 Model B Rev 1.4
 """
+PI_BOARD = "Hardware\t: BCM2835\nRevision\t: c03114\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+PI_4 = "\n".join([*(PI_PROCESSOR.format(index=i) for i in range(4)), PI_BOARD])
 
 
 def vm(tmp_path: Path, name: str, family: int, model: int, extra: str) -> Path:
