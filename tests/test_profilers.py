@@ -21,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from spinners import row_state, spinning
 
-from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs
+from profilers import SCHEMA, Job, ProfilerError, Settings, load_latency, run_jobs, write_jobs_file
 from profilers.cli import main as profilers_main
 from profilers.files import replacing
 from profilers.history import (
@@ -722,7 +722,7 @@ def _has_tensorrt() -> bool:
 
 
 def test_jobs_file_round_trips_jobs_and_settings(tmp_path):
-    from profilers import load_jobs_file, write_jobs_file
+    from profilers import load_jobs_file
 
     (tmp_path / "models").mkdir()
     jobs = [Job(tmp_path / "models" / "a.onnx", backend="openvino", threads=3, metadata={"width": 0.5})]
@@ -804,3 +804,8 @@ def test_idle_cpus_are_held_awake_when_asked_and_the_kernel_lets(models, fast, t
     request.write_bytes(b"\xff" * 4)  # not asked: the default
     (row,) = run_jobs([job(models["narrow"], config_id="not asked")], tmp_path / "c", fast).itertuples()
     assert not row.cpus_awake and request.read_bytes() == b"\xff" * 4
+
+    jobs_file = write_jobs_file(tmp_path / "jobs.json", [job(models["narrow"], config_id="device")], fast)
+    argv = ["run", "--jobs", str(jobs_file), "--out", str(tmp_path / "d"), "--quiet", "--keep-cpus-awake"]
+    assert profilers_main(argv) == 0  # the device side's flag, over the jobs file's settings
+    assert load_latency(tmp_path / "d")["cpus_awake"].tolist() == [True] and request.read_bytes() == bytes(4)
