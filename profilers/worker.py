@@ -42,10 +42,17 @@ def _requests(stream: IO[str]):
 
 
 def serve(job: Job, settings: Settings, requests, channel: IO[str]) -> None:
-    """Prepare the session, report ready, then answer burst requests until `close` (or end of input)."""
+    """Import the runtime and say so, prepare the session when asked to build, report ready, then answer
+    burst requests until `close` (or end of input)."""
     backend = get_backend(job.backend)
     backend.sdk()  # imported before the baseline: the runtime library is not the model's memory
     model = ModelFile.inspect(job.onnx, job.batch)
+    _reply(channel, {"imported": True})
+    request = next(requests, None)
+    if request is None:  # the parent has gone
+        return
+    if request.get("cmd") != "build":
+        raise ProfilerError(f"expected a build request after importing, got {request!r}")
     started = time.perf_counter()
     artifact = ensure_artifact(backend, model, job, settings.resolved_cache_dir, settings.build_timeout_s)
     build_s = time.perf_counter() - started
