@@ -137,10 +137,14 @@ def profile_command(
         _summary(rows, out, estimated=True)
         return
 
-    overrides = {"ci_rel": ci, "max_seconds": max_seconds, "min_queries": min_queries, "wait_quiet_s": wait_s}
-    settings = dataclasses.replace(
-        Settings(keep_cpus_awake=keep_cpus_awake), **{k: v for k, v in overrides.items() if v is not None}
-    )
+    overrides = {
+        "ci_rel": ci,
+        "max_seconds": max_seconds,
+        "min_queries": min_queries,
+        "wait_quiet_s": wait_s,
+        "keep_cpus_awake": keep_cpus_awake,
+    }
+    settings = dataclasses.replace(Settings(), **{k: v for k, v in overrides.items() if v is not None})
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
