@@ -387,15 +387,20 @@ def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models,
         assert row["run_spread"] == PRIOR_SIGMA["p50_ms", row_state(row)]
         low, high = RunSpread(row["run_spread"], 0, prior_freedom=4).interval(row["p50_ms"])
         assert row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
-    second = run_jobs(jobs, tmp_path / "out", settings, force=True)
+    second = run_jobs(jobs, tmp_path / "out", settings, force=True).set_index("config_id")
     assert len(RunHistory(settings.cache_dir).read()) == 4
-    for _, row in second.iterrows():
-        before = first.loc[row["config_id"]]
-        if row_state(before) != row_state(row):  # a busy row is compared with busy runs only
+    for config_id, row in second.iterrows():
+        if row_state(first.loc[config_id]) != row_state(row):  # a busy row is compared with busy runs only
             continue
         low, high = RunSpread(row["run_spread"], 2, prior_freedom=4).interval(row["p50_ms"])
         assert row["spread_runs"] == 2 and row["ci_low_ms"] <= low and row["ci_high_ms"] >= high
-        assert row["ci_low_ms"] <= before["p50_ms"] <= row["ci_high_ms"]
+    states = {row_state(row) for table in (first, second) for _, row in table.iterrows()}
+    if len(states) == 1:  # the reference, recorded last, rests on both jobs' moves between the runs
+        moves = np.log(second["p50_ms"] / first["p50_ms"])
+        measured = (moves**2).sum() / 4  # each job's two medians about their mean, 2 degrees of freedom
+        prior = PRIOR_SIGMA["p50_ms", states.pop()]
+        reference = second.loc[second["ref_config_id"].iloc[0]]
+        assert reference["run_spread"] == pytest.approx(math.sqrt((4 * prior**2 + measured) / 5), rel=1e-3)
 
 
 # --- measuring ----------------------------------------------------------------------------------------
