@@ -166,7 +166,10 @@ class LatencyStore:
 
     def measured_keys(self) -> set[tuple]:
         """Keys with a measured `ok` row: an estimate is not a measurement, so it never skips a job."""
-        return {row_key(row) for _, row in measured_rows(load_latency(self.out_dir)).iterrows()}
+        return {
+            row_key(row)
+            for row in measured_rows(load_latency(self.out_dir))[list(KEY_COLUMNS)].to_dict("records")
+        }
 
     def add(self, row: dict[str, Any]) -> None:
         """Merge one finished row (replacing an older row with the same key) and rewrite both files."""

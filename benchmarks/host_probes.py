@@ -1,0 +1,213 @@
+"""Which small probe sees the host's slow spells: the profiler's speed index (a single-threaded sort that
+fits in L2) read fast in every row of a run whose models ran 1.5x slower (results/profiler_cost_1202.md).
+
+One process alternates, for --minutes: the speed index, the median of the same sorts, a 64 MiB copy
+(memory bandwidth), a random gather over 8 MiB (the last-level cache), the sorts on two threads at once
+against one, and bursts of S-MobileNetV2 at
+0.35x and 1x through ONNX Runtime (the profiler's session options; one thread unless --threads). A probe
+is worth adding to the rows if it moves with the models' latency, and above all with their ratio, which
+ranking uses.
+
+    python benchmarks/host_probes.py --minutes 10 --name host_probes
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from machine import machine_state
+from profiler_common import RESULTS, command_line, conditions, export_widths
+
+from profilers import Job
+from profilers.backends import get_backend
+from profilers.load import _SPEED_DATA, speed_index_ms
+from profilers.modelfile import ModelFile
+
+COPY_BYTES = 64 << 20
+GATHER_BYTES = 8 << 20
+BURST = {0.35: 20, 1.0: 6}  # inferences per burst, about 20 ms each at one thread
+
+
+def sort_median_ms(repeats: int = 10) -> float:
+    """The median, not the best, of the speed index's sorts: a spell that slows some sorts shows here."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        np.sort(_SPEED_DATA, kind="quicksort")
+        times.append((time.perf_counter_ns() - started) / 1e6)
+    return float(np.median(times))
+
+
+class PairProbe:
+    """Ten of the speed index's sorts on each of two threads at once (numpy lets go of the GIL while it
+    sorts): the speed the two CPUs reach together, which one thread alone cannot show."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(2)
+        self.data = [_SPEED_DATA.copy(), _SPEED_DATA.copy()]
+
+    @staticmethod
+    def _sorts(data: np.ndarray) -> None:
+        for _ in range(10):
+            np.sort(data, kind="quicksort")
+
+    def pair_ms(self) -> float:
+        return min(_timed(lambda: list(self.pool.map(self._sorts, self.data))) for _ in range(3))
+
+    def single_ms(self) -> float:
+        return min(_timed(lambda: self._sorts(self.data[0])) for _ in range(3))
+
+
+class MemoryProbes:
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.source = rng.random(COPY_BYTES // 8)
+        self.target = np.empty_like(self.source)
+        self.table = rng.random(GATHER_BYTES // 4).astype(np.float32)
+        self.index = rng.integers(0, self.table.size, size=1 << 20)
+
+    def copy_ms(self) -> float:
+        return min(_timed(lambda: np.copyto(self.target, self.source)) for _ in range(2))
+
+    def gather_ms(self) -> float:
+        return min(_timed(lambda: self.table.take(self.index)) for _ in range(3))
+
+
+def _timed(action) -> float:
+    started = time.perf_counter_ns()
+    action()
+    return (time.perf_counter_ns() - started) / 1e6
+
+
+def steal_ticks() -> int:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8])
+
+
+def open_sessions(work: Path, threads: int) -> dict[float, object]:
+    sessions = {}
+    for width, job in export_widths(work).items():
+        if width not in BURST:
+            continue
+        job = Job(job.onnx, backend="onnxruntime", threads=threads, metadata=job.metadata)
+        backend = get_backend("onnxruntime")
+        model = ModelFile.inspect(job.onnx)
+        artifact_dir = work / f"artifact-{width:g}-{threads}"
+        artifact_dir.mkdir(parents=True, exist_ok=True)
+        backend.build(model, job, artifact_dir)
+        session = backend.open(artifact_dir / backend.artifact_name, model, job, model.random_input())
+        session.activate()
+        for _ in range(20):
+            session.infer()
+        sessions[width] = session
+    return sessions
+
+
+def burst_ms(session, count: int) -> tuple[float, float]:
+    times = [_timed(session.infer) for _ in range(count)]
+    return float(min(times)), float(np.median(times))
+
+
+def measure(minutes: float, work: Path, threads: int) -> pd.DataFrame:
+    sessions = open_sessions(work, threads)
+    memory = MemoryProbes()
+    pair = PairProbe()
+    rows = []
+    started = time.monotonic()
+    steal = steal_ticks()
+    while time.monotonic() - started < minutes * 60:
+        row = {"t_s": time.monotonic() - started}
+        row["speed_index_ms"] = speed_index_ms(10)
+        row["sort_median_ms"] = sort_median_ms()
+        row["copy_ms"] = memory.copy_ms()
+        row["gather_ms"] = memory.gather_ms()
+        row["single_ms"] = pair.single_ms()
+        row["pair_ms"] = pair.pair_ms()
+        for width, session in sessions.items():
+            row[f"min_{width:g}_ms"], row[f"p50_{width:g}_ms"] = burst_ms(session, BURST[width])
+        now = steal_ticks()
+        row["steal_ticks"], steal = now - steal, now
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["pair_over_single"] = table["pair_ms"] / table["single_ms"]
+    table["ratio_min"] = table["min_0.35_ms"] / table["min_1_ms"]
+    table["ratio_p50"] = table["p50_0.35_ms"] / table["p50_1_ms"]
+    return table
+
+
+PROBES = [
+    "speed_index_ms",
+    "sort_median_ms",
+    "copy_ms",
+    "gather_ms",
+    "pair_ms",
+    "pair_over_single",
+    "steal_ticks",
+]
+TARGETS = ["p50_1_ms", "p50_0.35_ms", "min_1_ms", "min_0.35_ms", "ratio_min", "ratio_p50"]
+
+
+def report(table: pd.DataFrame, command: str, state: str, window_s: float) -> str:
+    windows = table.groupby((table["t_s"] // window_s).astype(int)).median()
+    correlation = windows[PROBES + TARGETS].corr(method="spearman").loc[PROBES, TARGETS]
+    slow = table["p50_1_ms"] > 1.15 * table["p50_1_ms"].quantile(0.1)
+    split = pd.DataFrame(
+        {
+            "1x p50 within 15% of its 10th percentile": table[~slow].median(),
+            "1x p50 over 15% above it (slow spell)": table[slow].median(),
+        }
+    ).loc[PROBES + TARGETS]
+    return "\n".join(
+        [
+            "# Host probes beside model latency",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Conditions: {state}",
+            "",
+            f"{len(table)} cycles over {table['t_s'].max() / 60:.1f} min; {slow.mean():.0%} of them in a "
+            "slow spell (1x p50 more than 15% above its 10th percentile).",
+            "",
+            f"Spearman correlation of each probe with the models, over {window_s:g}-s windows (medians):",
+            "",
+            correlation.round(2).to_markdown(),
+            "",
+            "Medians of every column, in and out of the slow spells:",
+            "",
+            split.round(4).to_markdown(),
+            "",
+            "Spread over the whole run (ratio of the 90th to the 10th percentile of the windows):",
+            "",
+            (windows[PROBES[:-1] + TARGETS].quantile(0.9) / windows[PROBES[:-1] + TARGETS].quantile(0.1))
+            .round(3)
+            .to_frame("p90/p10")
+            .to_markdown(),
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="the models' intra-op threads")
+    parser.add_argument("--window", type=float, default=5.0, help="seconds per window of the correlations")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/planner-host-probes"))
+    parser.add_argument("--name", default="host_probes")
+    args = parser.parse_args()
+    command = command_line()
+    state = f"{conditions()} {machine_state()}."
+    table = measure(args.minutes, args.work, args.threads)
+    table.round(5).to_csv(RESULTS / f"{args.name}.csv", index=False)
+    text = report(table, command, state, args.window)
+    (RESULTS / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
