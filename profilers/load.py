@@ -10,7 +10,9 @@ the others also took the cores the job's threads needed (`wait_pct`): beside a s
 its threads never wait, with two spinners on two cores they do, though `other_cores` reads about 1.2 in
 both cases because our own threads displace the spinners. Clock frequency, thermal zones
 and throttle counters come from the documented sysfs files (cpufreq, thermal, devfreq on a Jetson's GPU)
-where readable. A speed index (a fixed numpy sort, best of 50) is timed every 0.5 s through the rounds.
+where readable. A speed index (a fixed numpy sort, best of 50) is timed every 0.5 s through the rounds,
+and for jobs of several threads the same sorts on that many threads at once (`parallel_cpus`): a host can
+run a VM's CPUs one at a time, which no single-threaded probe and no steal counter shows.
 
 A row is `contended` when, during the rounds it took part in, other processes used more than
 `contention_cores` cores (Settings, default 0.25), steal exceeded STEAL_LIMIT of the CPU time, a throttle
@@ -28,6 +30,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,8 @@ SPEED_REASON = "speed index moved x"
 SPEED_PROBE_INTERVAL_S = 0.5
 # A row's speed before and after are each the best of this many probes, 5 s (`speed_change`).
 SPEED_WINDOW = 10
+# Sorts each thread of a parallel probe runs (about 0.6 ms on this project's VM).
+PARALLEL_SORTS = 10
 # Devfreq nodes of Jetson GPUs (Nano/TX1, TX2, Xavier, Orin) and any node whose name says gpu.
 _GPU_DEVFREQ = ("57000000.gpu", "17000000.gp10b", "17000000.gv11b", "17000000.ga10b")
 
@@ -307,19 +312,69 @@ def speed_change(speeds_ms: list[float]) -> tuple[float, float]:
     return min(speeds_ms[:SPEED_WINDOW]), min(speeds_ms[-SPEED_WINDOW:])
 
 
+class ParallelProbe:
+    """How many CPUs' worth of the speed index's sorts `threads` threads get done at once.
+
+    On this project's VM two threads sorted together in 1.15x the time of one outside slow spells and in
+    2.16x inside them: the host then ran the VM's two CPUs one at a time. The speed index, one thread, read
+    the same in and out, /proc/stat's steal stayed 0, and two-thread models ran 1.5-1.9x slower, small
+    widths most (results/host_probes_pair.md). numpy lets go of the GIL while it sorts."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="parallel-probe")
+        self.data = [_SPEED_DATA.copy() for _ in range(threads)]
+
+    @staticmethod
+    def _sorts(data: np.ndarray) -> None:
+        for _ in range(PARALLEL_SORTS):
+            np.sort(data, kind="quicksort")
+
+    def cpus(self, single_sort_ms: float, repeats: int = 3) -> float:
+        """`threads` x the time one thread takes (`single_sort_ms` a sort, from the speed index) over the
+        best time of all of them at once: about `threads` when every thread has a CPU of its own."""
+        together = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter_ns()
+            list(self.pool.map(self._sorts, self.data))
+            together = min(together, (time.perf_counter_ns() - started) / 1e6)
+        return self.threads * PARALLEL_SORTS * single_sort_ms / together
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 @dataclass
 class SpeedTrack:
     """The speed index through one group's rounds: before the first, then after a round or a row once
-    SPEED_PROBE_INTERVAL_S has passed since the last probe (`speed_change`)."""
+    SPEED_PROBE_INTERVAL_S has passed since the last probe (`speed_change`); with `threads` above one,
+    each probe also measures the CPUs that many threads get at once (`ParallelProbe`). Close it."""
 
     probe_ms: Callable[[], float] = speed_index_ms
     clock: Callable[[], float] = time.monotonic
+    threads: int = 1
     probes_ms: list[float] = field(default_factory=list)
+    parallel_cpus: list[float] = field(default_factory=list)
     last_s: float = -math.inf
+    parallel: ParallelProbe | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads > 1:
+            self.parallel = ParallelProbe(self.threads)
 
     def probe(self) -> None:
         self.probes_ms.append(self.probe_ms())
+        if self.parallel is not None:
+            self.parallel_cpus.append(self.parallel.cpus(self.probes_ms[-1]))
         self.last_s = self.clock()
+
+    def mean_parallel_cpus(self) -> float:
+        """The CPUs the group's threads got at once, on average over the probes so far (NaN: one thread)."""
+        return float(np.mean(self.parallel_cpus)) if self.parallel_cpus else math.nan
+
+    def close(self) -> None:
+        if self.parallel is not None:
+            self.parallel.close()
 
     def probe_if_due(self) -> None:
         if self.clock() - self.last_s >= SPEED_PROBE_INTERVAL_S:

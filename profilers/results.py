@@ -77,6 +77,7 @@ SCHEMA: dict[str, str] = {
     "speed_before_ms": "float64",
     "speed_after_ms": "float64",
     "speed_probes_ms": "string",
+    "parallel_cpus": "float64",
     "quiet_wait_s": "float64",
     "cpus_awake": "boolean",
     "env_cpu": "string",

@@ -354,6 +354,7 @@ def _measure_group(
         report(ProgressEvent("finished", measurement.job, measurement.index, total, row))
 
     loaded: list[_Measurement] = []
+    speed: SpeedTrack | None = None
     try:
         # Every worker starts and imports its runtime at once (0.7 s each, one after another a third of a
         # small group's setup); then they build, load and run their first inference one after another,
@@ -400,7 +401,9 @@ def _measure_group(
                 between_runs[key] = _between_runs(records, *key, settings.confidence)
             medians, ratios = between_runs[key]
             measurement.median_between_runs, measurement.ratio_between_runs = dict(medians), dict(ratios)
-        speed = SpeedTrack()  # every job of the group starts its rounds together, after this first probe
+        # every job of the group starts its rounds together, after this first probe
+        widest = max((m.job.resolved_threads for m in active), default=1)
+        speed = SpeedTrack(threads=min(widest, os.cpu_count() or 1))
         speed.probe()
         round_index = 0
         while active:
@@ -456,6 +459,8 @@ def _measure_group(
                 measurement.worker = None
             active = [measurement for measurement in active if measurement not in leaving]
     finally:
+        if speed is not None:
+            speed.close()
         for measurement in group:
             if measurement.worker is not None and measurement.worker.alive:
                 measurement.worker.kill()
@@ -576,6 +581,7 @@ def _ok_row(
         "converged": is_converged,
         **vars(summary),
         **load,
+        "parallel_cpus": speed.mean_parallel_cpus(),
         "ref_config_id": measurement.reference.job.identity()["config_id"],
         "ratio_to_ref": ratio.value if ratio else math.nan,
         "ratio_ci_low": ratio.low if ratio else math.nan,

@@ -15,11 +15,13 @@ from profilers.load import (
     SPEED_PROBE_INTERVAL_S,
     SPEED_WINDOW,
     LoadMeter,
+    ParallelProbe,
     Snapshot,
     SpeedTrack,
     parse_proc_stat,
     parse_process_ticks,
     sped_up_only,
+    speed_index_ms,
     thermal,
     wait_until_quiet,
 )
@@ -168,6 +170,33 @@ def test_the_speed_index_is_probed_between_rounds_once_its_interval_has_passed()
     now[0] += SPEED_PROBE_INTERVAL_S
     track.probe_if_due()
     assert track.probes_ms == [0.2, 0.14, 0.13]
+
+
+def test_a_one_thread_group_takes_no_parallel_probe():
+    track = SpeedTrack(probe_ms=lambda: 0.06)
+    track.probe()
+    assert track.parallel is None and math.isnan(track.mean_parallel_cpus())
+    track.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to take one away")
+def test_two_threads_on_one_cpu_get_one_cpus_worth_of_work_done():
+    """What a host that runs the VM's CPUs one at a time looks like, made here by pinning the probe's
+    threads (created after the pin, so they inherit it) to one CPU."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        probe = ParallelProbe(2)
+        pinned = max(probe.cpus(speed_index_ms()) for _ in range(5))
+        probe.close()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert 0.5 < pinned < 1.3
+    track = SpeedTrack(threads=2)  # with both CPUs: a value per probe, averaged for the row
+    track.probe()
+    track.probe()
+    assert len(track.parallel_cpus) == 2 and track.mean_parallel_cpus() > 0
+    track.close()
 
 
 def test_unreadable_proc_is_nan_not_a_flag(tmp_path):

@@ -406,6 +406,14 @@ def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models,
 # --- measuring ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a two-thread job needs two CPUs")
+def test_a_two_thread_row_records_the_cpus_its_threads_got_at_once(models, fast, tmp_path):
+    two = dataclasses.replace(job(models["narrow"]), threads=2)
+    table = run_jobs([two], tmp_path, dataclasses.replace(fast, cache_dir=tmp_path / "cache"))
+    assert 0 < table.loc[0, "parallel_cpus"] < 3
+    assert "parallel_cpus" in load_latency(tmp_path).columns
+
+
 def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp_path):
     jobs = [
         job(models[name], backend, width=width, macs=macs, note="hello")
@@ -424,6 +432,7 @@ def test_run_jobs_measures_every_job_into_the_documented_table(models, fast, tmp
     assert (table["first_ms"] > 0).all() and (table["peak_rss_bytes"] > 0).all()
     assert (table["artifact_bytes"] > 0).all()
     assert table["env_cpu"].str.len().min() > 0 and (table["env_threads"] == 1).all()
+    assert table["parallel_cpus"].isna().all()  # one thread each: nothing to run at once
     assert set(table["env_runtime"]) == {"onnxruntime", "openvino"}
     assert set(table["note"]) == {"hello"}  # caller metadata is copied into the row
     for _, row in table.iterrows():  # converged: its own noise lies inside the assumed run-to-run interval
