@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from profiler_common import RESULTS, command_line, conditions, export_widths
 
 from profilers import Job
 from profilers.backends import get_backend
-from profilers.load import _SPEED_DATA, speed_index_ms
+from profilers.load import _SPEED_DATA, cpus_kept_awake, speed_index_ms
 from profilers.modelfile import ModelFile
 
 COPY_BYTES = 64 << 20
@@ -196,13 +197,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--threads", type=int, default=1, help="the models' intra-op threads")
+    parser.add_argument(
+        "--keep-cpus-awake", action="store_true", help="hold idle CPUs out of their idle states (needs root)"
+    )
     parser.add_argument("--window", type=float, default=5.0, help="seconds per window of the correlations")
     parser.add_argument("--work", type=Path, default=Path("/tmp/planner-host-probes"))
     parser.add_argument("--name", default="host_probes")
     args = parser.parse_args()
     command = command_line()
     state = f"{conditions()} {machine_state()}."
-    table = measure(args.minutes, args.work, args.threads)
+    with cpus_kept_awake() if args.keep_cpus_awake else nullcontext(False) as awake:
+        if args.keep_cpus_awake and not awake:
+            parser.error("--keep-cpus-awake: cannot write /dev/cpu_dma_latency (needs root)")
+        table = measure(args.minutes, args.work, args.threads)
+    state += f" Idle CPUs held awake: {'yes' if awake else 'no'}."
     table.round(5).to_csv(RESULTS / f"{args.name}.csv", index=False)
     text = report(table, command, state, args.window)
     (RESULTS / f"{args.name}.md").write_text(text)
