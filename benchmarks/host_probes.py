@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from profiler_common import RESULTS, command_line, conditions, export_widths
 
 from profilers import Job
 from profilers.backends import get_backend
-from profilers.load import _SPEED_DATA, cpus_kept_awake, speed_index_ms
+from profilers.load import _SPEED_DATA, ParallelProbe, cpus_kept_awake, speed_index_ms
 from profilers.modelfile import ModelFile
 
 COPY_BYTES = 64 << 20
@@ -42,26 +41,6 @@ def sort_median_ms(repeats: int = 10) -> float:
         np.sort(_SPEED_DATA, kind="quicksort")
         times.append((time.perf_counter_ns() - started) / 1e6)
     return float(np.median(times))
-
-
-class PairProbe:
-    """Ten of the speed index's sorts on each of two threads at once (numpy lets go of the GIL while it
-    sorts): the speed the two CPUs reach together, which one thread alone cannot show."""
-
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(2)
-        self.data = [_SPEED_DATA.copy(), _SPEED_DATA.copy()]
-
-    @staticmethod
-    def _sorts(data: np.ndarray) -> None:
-        for _ in range(10):
-            np.sort(data, kind="quicksort")
-
-    def pair_ms(self) -> float:
-        return min(_timed(lambda: list(self.pool.map(self._sorts, self.data))) for _ in range(3))
-
-    def single_ms(self) -> float:
-        return min(_timed(lambda: self._sorts(self.data[0])) for _ in range(3))
 
 
 class MemoryProbes:
@@ -117,7 +96,7 @@ def burst_ms(session, count: int) -> tuple[float, float]:
 def measure(minutes: float, work: Path, threads: int) -> pd.DataFrame:
     sessions = open_sessions(work, threads)
     memory = MemoryProbes()
-    pair = PairProbe()
+    pair = ParallelProbe(2)  # the profiler's own probe: ten sorts on each of two threads at once
     rows = []
     started = time.monotonic()
     steal = steal_ticks()
@@ -127,13 +106,14 @@ def measure(minutes: float, work: Path, threads: int) -> pd.DataFrame:
         row["sort_median_ms"] = sort_median_ms()
         row["copy_ms"] = memory.copy_ms()
         row["gather_ms"] = memory.gather_ms()
-        row["single_ms"] = pair.single_ms()
-        row["pair_ms"] = pair.pair_ms()
+        row["single_ms"] = min(_timed(lambda: ParallelProbe.sorts(_SPEED_DATA)) for _ in range(3))
+        row["pair_ms"] = pair.together_ms()
         for width, session in sessions.items():
             row[f"min_{width:g}_ms"], row[f"p50_{width:g}_ms"] = burst_ms(session, BURST[width])
         now = steal_ticks()
         row["steal_ticks"], steal = now - steal, now
         rows.append(row)
+    pair.close()
     table = pd.DataFrame(rows)
     table["pair_over_single"] = table["pair_ms"] / table["single_ms"]
     table["ratio_min"] = table["min_0.35_ms"] / table["min_1_ms"]

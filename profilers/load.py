@@ -326,19 +326,23 @@ class ParallelProbe:
         self.data = [_SPEED_DATA.copy() for _ in range(threads)]
 
     @staticmethod
-    def _sorts(data: np.ndarray) -> None:
+    def sorts(data: np.ndarray) -> None:
         for _ in range(PARALLEL_SORTS):
             np.sort(data, kind="quicksort")
 
-    def cpus(self, single_sort_ms: float, repeats: int = 3) -> float:
-        """`threads` x the time one thread takes (`single_sort_ms` a sort, from the speed index) over the
-        best time of all of them at once: about `threads` when every thread has a CPU of its own."""
+    def together_ms(self, repeats: int = 3) -> float:
+        """The best time of all the threads' sorts, run at once."""
         together = math.inf
         for _ in range(repeats):
             started = time.perf_counter_ns()
-            list(self.pool.map(self._sorts, self.data))
+            list(self.pool.map(self.sorts, self.data))
             together = min(together, (time.perf_counter_ns() - started) / 1e6)
-        return self.threads * PARALLEL_SORTS * single_sort_ms / together
+        return together
+
+    def cpus(self, single_sort_ms: float) -> float:
+        """`threads` x the time one thread takes (`single_sort_ms` a sort, from the speed index) over the
+        best time of all of them at once: about `threads` when every thread has a CPU of its own."""
+        return self.threads * PARALLEL_SORTS * single_sort_ms / self.together_ms()
 
     def close(self) -> None:
         self.pool.shutdown()

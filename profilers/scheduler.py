@@ -336,7 +336,8 @@ def run_jobs(
             )
     wanted = {row_key(job.identity()) for job in jobs}
     table = load_latency(out_dir)
-    return table[[row_key(row) in wanted for _, row in table.iterrows()]].reset_index(drop=True)
+    keys = table[list(KEY_COLUMNS)].to_dict("records")
+    return table[[row_key(row) in wanted for row in keys]].reset_index(drop=True)
 
 
 def _measure_group(
