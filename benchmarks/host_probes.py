@@ -3,7 +3,7 @@ fits in L2) read fast in every row of a run whose models ran 1.5x slower (result
 
 One process alternates, for --minutes: the speed index, the median of the same sorts, a 64 MiB copy
 (memory bandwidth), a random gather over 8 MiB (the last-level cache), the sorts on two threads at once
-against one, and bursts of S-MobileNetV2 at
+against one, round trips waking a thread on the other CPU, and bursts of S-MobileNetV2 at
 0.35x and 1x through ONNX Runtime (the profiler's session options; one thread unless --threads). A probe
 is worth adding to the rows if it moves with the models' latency, and above all with their ratio, which
 ranking uses.
@@ -14,6 +14,9 @@ ranking uses.
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 from machine import machine_state
 from profiler_common import RESULTS, command_line, conditions, export_widths
+from scipy.stats import mannwhitneyu
 
 from profilers import Job
 from profilers.backends import get_backend
@@ -56,6 +60,42 @@ class MemoryProbes:
 
     def gather_ms(self) -> float:
         return min(_timed(lambda: self.table.take(self.index)) for _ in range(3))
+
+
+class WakeProbe:
+    """Round trips between a thread pinned to the first CPU and one pinned to the second: how long the
+    second CPU takes to run a thread woken on it. Two-thread models wake their other thread at every
+    operator, so a host that runs the VM's CPUs one at a time should show here first."""
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus = cpus
+        self.ask, self.answer = threading.Event(), threading.Event()
+        threading.Thread(target=self._peer, daemon=True).start()
+
+    def _peer(self) -> None:
+        os.sched_setaffinity(0, {self.cpus[1]})
+        while True:
+            self.ask.wait()
+            self.ask.clear()
+            self.answer.set()
+
+    def trips_us(self, count: int = 20) -> tuple[float, float]:
+        """The median and the longest of `count` round trips, from a thread pinned to the first CPU."""
+        trips: list[float] = []
+
+        def caller() -> None:
+            os.sched_setaffinity(0, {self.cpus[0]})
+            for _ in range(count):
+                started = time.perf_counter_ns()
+                self.ask.set()
+                self.answer.wait()
+                self.answer.clear()
+                trips.append((time.perf_counter_ns() - started) / 1e3)
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        thread.join()
+        return float(np.median(trips)), float(max(trips))
 
 
 def _timed(action) -> float:
@@ -97,6 +137,7 @@ def measure(minutes: float, work: Path, threads: int) -> pd.DataFrame:
     sessions = open_sessions(work, threads)
     memory = MemoryProbes()
     pair = ParallelProbe(2)  # the profiler's own probe: ten sorts on each of two threads at once
+    wake = WakeProbe(sorted(os.sched_getaffinity(0))[:2])
     rows = []
     started = time.monotonic()
     steal = steal_ticks()
@@ -108,6 +149,7 @@ def measure(minutes: float, work: Path, threads: int) -> pd.DataFrame:
         row["gather_ms"] = memory.gather_ms()
         row["single_ms"] = min(_timed(lambda: ParallelProbe.sorts(_SPEED_DATA)) for _ in range(3))
         row["pair_ms"] = pair.together_ms()
+        row["wake_us"], row["wake_max_us"] = wake.trips_us()
         for width, session in sessions.items():
             row[f"min_{width:g}_ms"], row[f"p50_{width:g}_ms"] = burst_ms(session, BURST[width])
         now = steal_ticks()
@@ -128,21 +170,43 @@ PROBES = [
     "gather_ms",
     "pair_ms",
     "pair_over_single",
+    "wake_us",
+    "wake_max_us",
     "steal_ticks",
 ]
 TARGETS = ["p50_1_ms", "p50_0.35_ms", "min_1_ms", "min_0.35_ms", "ratio_min", "ratio_p50"]
 
 
+def _slow(table: pd.DataFrame) -> pd.Series:
+    """Cycles in a slow spell: 1x p50 more than 15% above its 10th percentile."""
+    return table["p50_1_ms"] > 1.15 * table["p50_1_ms"].quantile(0.1)
+
+
+def _auc(probe: pd.Series, slow: pd.Series) -> float:
+    """The chance that a slow cycle's reading is above a fast one's (Mann-Whitney U over the pairs)."""
+    if slow.all() or not slow.any():
+        return math.nan
+    u = mannwhitneyu(probe[slow], probe[~slow]).statistic
+    return float(u / (slow.sum() * (~slow).sum()))
+
+
 def report(table: pd.DataFrame, command: str, state: str, window_s: float) -> str:
     windows = table.groupby((table["t_s"] // window_s).astype(int)).median()
     correlation = windows[PROBES + TARGETS].corr(method="spearman").loc[PROBES, TARGETS]
-    slow = table["p50_1_ms"] > 1.15 * table["p50_1_ms"].quantile(0.1)
+    slow = _slow(table)
     split = pd.DataFrame(
         {
             "1x p50 within 15% of its 10th percentile": table[~slow].median(),
             "1x p50 over 15% above it (slow spell)": table[slow].median(),
         }
     ).loc[PROBES + TARGETS]
+    tells_slow = pd.DataFrame(
+        {
+            "cycles": [_auc(table[probe], slow) for probe in PROBES],
+            f"{window_s:g}-s windows": [_auc(windows[probe], _slow(windows)) for probe in PROBES],
+        },
+        index=PROBES,
+    )
     return "\n".join(
         [
             "# Host probes beside model latency",
@@ -161,6 +225,11 @@ def report(table: pd.DataFrame, command: str, state: str, window_s: float) -> st
             "Medians of every column, in and out of the slow spells:",
             "",
             split.round(4).to_markdown(),
+            "",
+            "How well each probe tells slow-spell cycles (and windows) from the others: the area under its "
+            "ROC curve (0.5: not at all, 1: perfectly, higher readings in the spells):",
+            "",
+            tells_slow.round(2).to_markdown(),
             "",
             "Spread over the whole run (ratio of the 90th to the 10th percentile of the windows):",
             "",
