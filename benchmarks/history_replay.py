@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,12 +33,10 @@ from profilers.stats import rerun_interval
 CORES = 2
 
 
-def replay(table: pd.DataFrame, three_states: bool, threads: int) -> pd.DataFrame:
-    """Each ok row's interval, as the profiler would have reported it with this history."""
+def history_entries(table: pd.DataFrame, three_states: bool, threads: int) -> Iterator[tuple[Any, str, dict]]:
+    """Each ok row in the order its run ran, its machine state, and its run-history record."""
     table = table.assign(order=table["state"].map({"quiet": 0, "busy": 1})).sort_values(["order", "run"])
     limit = Settings().contention_cores
-    records = pd.DataFrame(columns=COLUMNS)
-    rows = []
     for row in table[table["status"] == "ok"].itertuples():
         crowded = row.other_cores > CORES - threads + limit
         state = QUIET if not row.contended else CROWDED if crowded and three_states else BUSY
@@ -46,6 +46,14 @@ def replay(table: pd.DataFrame, three_states: bool, threads: int) -> pd.DataFram
             "backend": row.backend, "device": "cpu", "precision": "fp32", "batch": 1, "threads": threads,
             "contended": state != QUIET, "crowded": state == CROWDED, "p50_ms": row.p50_ms, "ratio": np.nan,
         }  # fmt: skip
+        yield row, state, entry
+
+
+def replay(table: pd.DataFrame, three_states: bool, threads: int) -> pd.DataFrame:
+    """Each ok row's interval, as the profiler would have reported it with this history."""
+    records = pd.DataFrame(columns=COLUMNS)
+    rows = []
+    for row, state, entry in history_entries(table, three_states, threads):
         records = pd.concat([records, pd.DataFrame([entry])], ignore_index=True)
         rounds = np.array(json.loads(row.round_ms)["median"])
         within = rerun_interval(np.array([row.p50_ms]), rounds)

@@ -213,13 +213,38 @@ def machine_state(contended: bool, wait_share: float, others_busy: bool) -> str:
     return CROWDED if others_busy and wait_share > CROWDED_WAIT else BUSY
 
 
+def _in_state(records: pd.DataFrame, state: str) -> pd.Series:
+    contended = records["contended"].astype(bool)
+    crowded = records["crowded"].fillna(False).astype(bool)
+    return {QUIET: ~contended, BUSY: contended & ~crowded, CROWDED: contended & crowded}[state]
+
+
 def state_spread(
     records: pd.DataFrame, backend: str, device: str, state: str, column: str = "p50_ms"
 ) -> RunSpread:
     """The spread of one backend and device in one machine state (`machine_state`; each compared with its
     own state's runs only), pooled with the spread assumed for that state."""
-    contended = records["contended"].astype(bool)
-    crowded = records["crowded"].fillna(False).astype(bool)
-    in_state = {QUIET: ~contended, BUSY: contended & ~crowded, CROWDED: contended & crowded}[state]
-    same = (records["backend"] == backend) & (records["device"] == device) & in_state
+    same = (records["backend"] == backend) & (records["device"] == device) & _in_state(records, state)
     return with_prior(spread(records[same], column), PRIOR_SIGMA[column, state])
+
+
+def compared_with_earlier_runs(
+    records: pd.DataFrame, entry: dict[str, Any], state: str, confidence: float = 0.95
+) -> tuple[float, bool | None]:
+    """The job's median over this host's RECENT_RUNS latest other runs in `state` (NaN: it has none), and
+    whether `entry`'s median lies outside the interval those runs predict for a new one (None: no run to
+    predict from). A row outside it ran in a state of the machine that the earlier runs did not: the one
+    sign of this host's slow spells that nothing inside the VM reliably gives (results/host_probes_wake.md).
+    The spread is the earlier runs' own, so a shifted run does not widen the interval it is held to."""
+    earlier = records[(records["run_id"] != entry["run_id"]) & _in_state(records, state)]
+    for column in JOB_COLUMNS:
+        earlier = earlier[earlier[column] == entry[column]]
+    if earlier.empty:
+        return math.nan, None
+    latest = earlier.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
+    center = float(earlier[earlier["run_id"].isin(latest)].groupby("run_id")["p50_ms"].median().median())
+    others = records[records["run_id"] != entry["run_id"]]
+    expected = state_spread(others, entry["backend"], entry["device"], state).interval(center, confidence)
+    if expected is None:
+        return center, None
+    return center, not expected[0] <= entry["p50_ms"] <= expected[1]

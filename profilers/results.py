@@ -49,6 +49,8 @@ SCHEMA: dict[str, str] = {
     "ci_high_ms": "float64",
     "run_spread": "float64",
     "spread_runs": "Int64",
+    "history_p50_ms": "float64",
+    "off_history": "boolean",
     "ref_config_id": "string",
     "ratio_to_ref": "float64",
     "ratio_ci_low": "float64",

@@ -37,7 +37,15 @@ from profilers.backends import get_backend
 from profilers.cache import onnx_digest
 from profilers.environment import environment
 from profilers.errors import ProfilerError
-from profilers.history import BUSY, CROWDED, QUIET, RunHistory, machine_state, state_spread
+from profilers.history import (
+    BUSY,
+    CROWDED,
+    QUIET,
+    RunHistory,
+    compared_with_earlier_runs,
+    machine_state,
+    state_spread,
+)
 from profilers.jobs import KEY_COLUMNS, Job, Settings
 from profilers.load import LoadMeter, Snapshot, SpeedTrack, cpus_kept_awake, wait_until_quiet
 from profilers.modelfile import ModelFile
@@ -554,25 +562,26 @@ def _ok_row(
         load["contention"] += f"; crowded: its threads waited for a CPU {load['wait_pct']:.0f}% of the time"
     ratio = measurement.ratio(settings.confidence)
     ranked = ratio is not None and measurement.reference is not measurement
-    records = history.record(
-        {
-            "run_id": run_id,
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "onnx": onnx_digest(job.onnx),
-            "backend": job.backend,
-            "device": job.device,
-            "precision": job.precision,
-            "batch": job.batch,
-            "threads": job.resolved_threads,
-            "contended": load["contended"],
-            "crowded": state == CROWDED,
-            "p50_ms": float(np.median(samples)),
-            "ratio": ratio.value if ranked else math.nan,
-        }
-    )
+    entry = {
+        "run_id": run_id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "onnx": onnx_digest(job.onnx),
+        "backend": job.backend,
+        "device": job.device,
+        "precision": job.precision,
+        "batch": job.batch,
+        "threads": job.resolved_threads,
+        "contended": load["contended"],
+        "crowded": state == CROWDED,
+        "p50_ms": float(np.median(samples)),
+        "ratio": ratio.value if ranked else math.nan,
+    }
+    records = history.record(entry)
     same_state = (records, job.backend, job.device, state)
+    run_spread = state_spread(*same_state)
     rounds = np.array(list(measurement.round_medians_ms.values()))
-    summary = Summary.of(samples, rounds, job.batch, settings.confidence, state_spread(*same_state))
+    summary = Summary.of(samples, rounds, job.batch, settings.confidence, run_spread)
+    history_p50, off_history = compared_with_earlier_runs(records, entry, state, settings.confidence)
     if ranked:
         ratio = ratio.widened(state_spread(*same_state, "ratio"), settings.confidence)
     return {
@@ -581,6 +590,8 @@ def _ok_row(
         "error": "",
         "converged": is_converged,
         **vars(summary),
+        "history_p50_ms": history_p50,
+        "off_history": pd.NA if off_history is None else off_history,
         **load,
         "parallel_cpus": speed.mean_parallel_cpus(),
         "ref_config_id": measurement.reference.job.identity()["config_id"],

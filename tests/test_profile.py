@@ -289,6 +289,28 @@ def test_a_machine_that_sped_up_is_not_said_to_give_too_high_latencies(capsys) -
     assert "latencies likely too high" in " ".join(capsys.readouterr().err.split())
 
 
+def test_rows_far_from_their_earlier_runs_are_one_warning_line(capsys) -> None:
+    from planner.cli.profile import _warn_off_history
+
+    rows = pd.DataFrame(
+        {
+            "p50_ms": [1.0, 2.5, 1.7, 9.0],
+            "history_p50_ms": [1.0, 2.0, 1.0, math.nan],
+            "off_history": pd.array([False, True, True, pd.NA], dtype="boolean"),
+        }
+    )
+    _warn_off_history(rows)
+    line = " ".join(capsys.readouterr().err.split())
+    assert line.startswith("warning: 2 of 4 rows ran 25-70% slower than this machine's earlier runs")
+    assert "re-run (--force)" in line
+    rows.loc[1, "p50_ms"] = 1.5  # one faster, one slower
+    _warn_off_history(rows)
+    assert "2 of 4 rows ran -25% to +70% off" in " ".join(capsys.readouterr().err.split())
+    _warn_off_history(rows.assign(off_history=False))  # none off, or a table from before the column
+    _warn_off_history(rows.drop(columns="off_history"))
+    assert capsys.readouterr().err == ""
+
+
 def test_the_summary_fits_80_columns_without_cutting_a_number(tmp_path: Path) -> None:
     import io
 

@@ -31,6 +31,7 @@ from profilers.history import (
     QUIET,
     RunHistory,
     RunSpread,
+    compared_with_earlier_runs,
     machine_state,
     spread,
     state_spread,
@@ -391,6 +392,49 @@ def test_the_ratio_has_its_own_run_to_run_spread_and_stops_on_it():
     assert not narrow.converged(settings)  # quiet: a ratio ranks inside the run, so it measures on
     narrow.load = LoadMeter(total=100, other=50, cores=2)  # another process on the spare core all along
     assert narrow.converged(settings)  # busy: more rounds could not narrow the reported interval
+
+
+def test_a_row_beyond_its_earlier_runs_spread_is_told_from_one_within_it():
+    shifts = [1.0, 1.02, 0.98, 1.01]  # a steady host's earlier runs
+    records = history_records(shifts, {"a": 2.0, "b": 8.0})
+    new = {**records.iloc[0].to_dict(), "run_id": "new", "timestamp": "2026-11-30T11:00:00+00:00"}
+    center, off = compared_with_earlier_runs(records, {**new, "p50_ms": 2.04}, QUIET)
+    assert center == pytest.approx(2.0 * np.median(shifts)) and off is False
+    assert compared_with_earlier_runs(records, {**new, "p50_ms": 2.0 * 1.7}, QUIET)[1] is True  # a slow spell
+    assert compared_with_earlier_runs(records, {**new, "p50_ms": 2.0 / 1.7}, QUIET)[1] is True
+    # not earlier runs: the new run's own other jobs (shifted alike, they would widen the spread they are
+    # held to), busy runs when the row is quiet, other jobs
+    mixed = pd.concat(
+        [
+            records,
+            pd.DataFrame([{**new, "onnx": "b", "p50_ms": 8.0 * 3}]),
+            history_records([3.0, 1.0], {"a": 2.0}, contended=True).assign(run_id=["busy0", "busy1"]),
+        ],
+        ignore_index=True,
+    )
+    assert compared_with_earlier_runs(mixed, {**new, "p50_ms": 2.0 * 1.7}, QUIET) == (center, True)
+    assert compared_with_earlier_runs(mixed, {**new, "p50_ms": 2.04}, QUIET) == (center, False)
+    center, off = compared_with_earlier_runs(records, {**new, "onnx": "c"}, QUIET)  # never run before
+    assert math.isnan(center) and off is None
+
+
+def test_a_rerun_far_from_its_earlier_runs_says_so_in_its_row(models, fast, tmp_path):
+    settings = dataclasses.replace(fast, cache_dir=tmp_path / "cache", max_seconds=0.5)
+    first = run_jobs([job(models["narrow"])], tmp_path / "out", settings).iloc[0]
+    assert math.isnan(first["history_p50_ms"]) and pd.isna(first["off_history"])
+    # this host's earlier runs, as if the job had run 3x slower in every machine state
+    history = RunHistory(settings.cache_dir)
+    (record,) = history.read().to_dict("records")
+    states = [(False, False), (True, False), (True, True)]
+    earlier = [
+        {**record, "run_id": f"slow{run}-{index}", "contended": contended, "crowded": crowded}
+        for run in range(2)
+        for index, (contended, crowded) in enumerate(states)
+    ]
+    pd.DataFrame(earlier).assign(p50_ms=3 * first["p50_ms"]).to_csv(history.path, index=False)
+    second = run_jobs([job(models["narrow"])], tmp_path / "out", settings, force=True).iloc[0]
+    assert second["history_p50_ms"] == pytest.approx(3 * first["p50_ms"])
+    assert bool(second["off_history"])  # NA (no earlier run in its state) would raise
 
 
 def test_a_rerun_widens_the_interval_by_the_spread_measured_between_runs(models, fast, tmp_path):

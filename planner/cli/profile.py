@@ -176,6 +176,7 @@ def profile_command(
         )
     _summary(rows, out, estimated=False)
     _note_assumed_spread(rows)
+    _warn_off_history(rows)
     if not _warn_contended(rows, wait_quiet) and require_quiet:
         raise typer.Exit(1)
 
@@ -198,6 +199,19 @@ def _note_assumed_spread(rows: pd.DataFrame) -> None:
             soft_wrap=True,
             markup=False,
             highlight=False,
+        )
+
+
+def _warn_off_history(rows: pd.DataFrame) -> None:
+    """One line when rows moved further from their earlier runs than this machine's runs have."""
+    from planner.measure.profile import off_history_note
+
+    note = off_history_note(rows)
+    if note is not None:
+        console.print(
+            f"[yellow]warning: {note}: the machine's state (or the job) changed; re-run (--force) before "
+            "trusting them[/yellow]",
+            soft_wrap=True,
         )
 
 

@@ -185,6 +185,33 @@ def estimate_configs(
     return pd.DataFrame(kept), skipped
 
 
+def off_history_note(rows: pd.DataFrame) -> str | None:
+    """How many rows' medians lay beyond this machine's run-to-run spread from the same jobs' earlier runs,
+    and how far; None when none did. Such a row ran in a state of the machine (or a version of the job)
+    that the earlier runs did not, whether or not anything flagged the machine busy."""
+    if "off_history" not in rows:
+        return None
+    off = rows[rows["off_history"].fillna(False).astype(bool)]
+    if off.empty:
+        return None
+    moves = off["p50_ms"] / off["history_p50_ms"] - 1
+    low, high = float(moves.min()), float(moves.max())
+    if low < 0 < high:
+        how = f"{low:+.0%} to {high:+.0%} off"
+    else:
+        nearest, furthest = sorted((abs(low), abs(high)))
+        span = (
+            f"{furthest:.0%}"
+            if f"{nearest:.0%}" == f"{furthest:.0%}"
+            else f"{nearest * 100:.0f}-{furthest:.0%}"
+        )
+        how = f"{span} {'slower' if low > 0 else 'faster'} than"
+    return (
+        f"{len(off)} of {len(rows)} rows ran {how} this machine's earlier runs of the same jobs, beyond the "
+        "spread between its runs"
+    )
+
+
 def busy_rows_note(rows: pd.DataFrame) -> str | None:
     """How many rows were measured on a busy machine, why for one of them, and what that does to their
     latencies; None when none was.
