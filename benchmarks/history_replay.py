@@ -78,18 +78,24 @@ def coverage(intervals: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def replay_arguments(doc: str) -> argparse.Namespace:
+    """The options of a replay over the committed runs: the threads they used, where the report goes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="the threads the replayed runs used")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    arguments = parser.parse_args()
+    return parser.parse_args()
+
+
+def report_head(title: str, doc: str) -> list[str]:
+    """A replay report's title, command and method (the script's docstring after its first paragraph)."""
+    method = doc.split("\n\n", 1)[1].strip().replace("\n", " ")
+    return [f"# {title}", "", f"Command: `{command_line()}`", "", method, ""]
+
+
+def main() -> None:
+    arguments = replay_arguments(__doc__)
     lines = [
-        "# The run history replayed: crowded runs apart from busy ones (issue 14)",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        __doc__.split("\n\n", 1)[1].strip().replace("\n", " "),
-        "",
+        *report_head("The run history replayed: crowded runs apart from busy ones (issue 14)", __doc__),
         "| run (results/) | state | two states: coverage | half-width | three states: coverage | half-width "
         "| crowded rows |",
         "|---|---|---|---|---|---|---|",

@@ -9,12 +9,9 @@ first run has nothing to compare with.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pandas as pd
-from history_replay import history_entries
-from profiler_common import RESULTS, command_line
+from history_replay import history_entries, replay_arguments, report_head
+from profiler_common import RESULTS
 
 from profilers.history import COLUMNS, compared_with_earlier_runs
 
@@ -31,17 +28,9 @@ def replay(table: pd.DataFrame, threads: int) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="the threads the replayed runs used")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    arguments = parser.parse_args()
+    arguments = replay_arguments(__doc__)
     lines = [
-        "# Rows off their earlier runs, replayed (issue 14)",
-        "",
-        f"Command: `{command_line()}`",
-        "",
-        __doc__.split("\n\n", 1)[1].strip().replace("\n", " "),
-        "",
+        *report_head("Rows off their earlier runs, replayed (issue 14)", __doc__),
         "| run (results/) | state | rows off / compared | runs they fell in | their moves |",
         "|---|---|---|---|---|",
     ]
