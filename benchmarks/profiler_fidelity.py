@@ -4,7 +4,7 @@ The two tools alternate per width (benchmark_app on width w, then the profiler o
 width; the width order rotates every repetition), so drift on this shared machine hits both alike.
 Goal (issue 3): the profiler's median within +-5% of benchmark_app's for each of the 4 widths.
 
-    python benchmarks/profiler_fidelity.py [--reps 3] [--seconds 10] [--threads 2] [--work DIR]
+    python benchmarks/profiler_fidelity.py [--reps 3] [--seconds 10] [--threads 2] [--work DIR] [--name NAME]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="benchmark_app -t per width and rep")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/planner-profiler-bench"))
+    parser.add_argument("--name", default="profiler_fidelity", help="results/NAME.md and NAME.csv")
     arguments = parser.parse_args()
     before = conditions()
     jobs = export_widths(arguments.work / "exports")
@@ -68,7 +69,7 @@ def main() -> None:
             )
     raw = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    raw.to_csv(RESULTS / "profiler_fidelity.csv", index=False)
+    raw.to_csv(RESULTS / f"{arguments.name}.csv", index=False)
 
     lines = []
     for width in WIDTHS:
@@ -103,9 +104,9 @@ conditions; the verdict uses the paired difference).
 {chr(10).join(lines)}
 
 Goal: each width within +-5%. Result: {within} of {len(WIDTHS)} widths within +-5%.
-Raw numbers: results/profiler_fidelity.csv.
+Raw numbers: results/{arguments.name}.csv.
 """
-    (RESULTS / "profiler_fidelity.md").write_text(report)
+    (RESULTS / f"{arguments.name}.md").write_text(report)
     print(report)
 
 
