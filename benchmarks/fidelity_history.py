@@ -27,15 +27,16 @@ VARIANTS = ("with history", "no history")
 
 
 def measure(cycles: int, widths: list[float], seconds: float, threads: int, work: Path) -> pd.DataFrame:
-    jobs = export_widths(work / "exports")
-    for width in widths:  # two runs in the shared history, so its spread is known from the first cycle
-        job = dataclasses.replace(jobs[width], backend="openvino", threads=threads)
+    exports = export_widths(work / "exports")
+    jobs = {
+        width: dataclasses.replace(exports[width], backend="openvino", threads=threads) for width in widths
+    }
+    for width, job in jobs.items():  # two runs in the shared history, so its spread is known from cycle 0
         for run in range(2):
             run_jobs([job], work / "runs" / f"prime-{run}-{width:g}", Settings(cache_dir=work / "cache"))
     rows = []
     for cycle in range(cycles):
-        for width in widths:
-            job = dataclasses.replace(jobs[width], backend="openvino", threads=threads)
+        for width, job in jobs.items():
             reference_ms, _, _ = benchmark_app(job.onnx, seconds)
             for variant in VARIANTS:
                 cache = work / "cache" if variant == "with history" else work / "fresh" / f"{cycle}-{width:g}"

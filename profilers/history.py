@@ -236,14 +236,14 @@ def compared_with_earlier_runs(
     predict from). A row outside it ran in a state of the machine that the earlier runs did not: the one
     sign of this host's slow spells that nothing inside the VM reliably gives (results/host_probes_wake.md).
     The spread is the earlier runs' own, so a shifted run does not widen the interval it is held to."""
-    earlier = records[(records["run_id"] != entry["run_id"]) & _in_state(records, state)]
+    others = records[records["run_id"] != entry["run_id"]]
+    earlier = others[_in_state(others, state)]
     for column in JOB_COLUMNS:
         earlier = earlier[earlier[column] == entry[column]]
     if earlier.empty:
         return math.nan, None
     latest = earlier.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
     center = float(earlier[earlier["run_id"].isin(latest)].groupby("run_id")["p50_ms"].median().median())
-    others = records[records["run_id"] != entry["run_id"]]
     expected = state_spread(others, entry["backend"], entry["device"], state).interval(center, confidence)
     if expected is None:
         return center, None
