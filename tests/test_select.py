@@ -163,3 +163,21 @@ def test_a_choice_measured_on_a_busy_machine_is_never_presented_as_settled():
     choice = selection.margins[0]
     assert choice.label == "0.75x" and choice.contended and selection.within_noise
     assert choice.describe().endswith("beyond the run-to-run spread (+-2.0%), measured on a busy machine")
+
+
+def test_a_choice_whose_run_moved_off_the_machines_earlier_runs_is_never_presented_as_settled():
+    configs, latency, accuracy = four_widths(latencies=(1.0, 2.0, 3.0, 4.0), accuracies=(80, 88, 92, 94))
+    # the 0.75x run was 25% faster than its earlier runs on this machine; 0.5x's earlier runs agree with it
+    latency = latency.assign(off_history=pd.array([False, False, True, pd.NA], dtype="boolean"),
+                             history_p50_ms=[1.0, 2.02, 4.0, float("nan")])  # fmt: skip
+    selection = select(candidates(latency, accuracy, "cpu"), Budget(4.0, "p90"))
+    choice = selection.margins[0]
+    assert choice.label == "0.75x" and not choice.contended and selection.within_noise
+    assert choice.history_move == pytest.approx(-0.25)
+    assert choice.describe().endswith("beyond the run-to-run spread (+-2.0%), ran 25% faster than this "
+                                      "machine's earlier runs of it")  # fmt: skip
+    assert choice.to_dict()["history_move"] == pytest.approx(-0.25)
+    # The same rows without the mark (or from a table written before rows carried it): settled.
+    for quiet in (latency.assign(off_history=False), latency.drop(columns=["off_history", "history_p50_ms"])):
+        settled = select(candidates(quiet, accuracy, "cpu"), Budget(4.0, "p90"))
+        assert not settled.within_noise and settled.margins[0].to_dict()["history_move"] is None

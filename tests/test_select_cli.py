@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from selection_tables import four_widths, write_results
 
@@ -136,3 +137,21 @@ def test_a_choice_within_the_spread_says_so_in_text_and_json(capsys, results):
     assert answer["within_noise"] is True
     assert answer["margins"][0]["config_id"] == answer["choice"]["config_id"]
     assert answer["margins"][0]["margin"] == pytest.approx(0.05 / 3.65)
+
+
+def test_a_choice_from_a_run_off_the_machines_earlier_runs_says_so_in_text_and_json(capsys, tmp_path):
+    configs, latency, accuracy = four_widths()
+    # `planner profile` marked the 0.75x row: its median 3.0 ms against 4.0 ms in the earlier runs
+    latency = latency.assign(off_history=pd.array([False, False, True, False], dtype="boolean"),
+                             history_p50_ms=[1.0, 2.0, 4.0, 4.0])  # fmt: skip
+    results = write_results(tmp_path / "out", latency, accuracy)
+    argv = ["select", "--target", "cpu", "--max-latency", "4ms", "--out", str(results)]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    said = " ".join(out.split())
+    assert "unsettled: 0.75x fits by 10.0%, beyond the run-to-run spread (+-2.0%), ran 25% faster than " \
+           "this machine's earlier runs of it; a re-run may choose otherwise" in said  # fmt: skip
+    code, out, _ = run(capsys, *argv, "--json")
+    answer = json.loads(out)
+    assert answer["within_noise"] is True and answer["choice"]["width"] == 0.75
+    assert answer["margins"][0]["history_move"] == pytest.approx(-0.25)

@@ -141,6 +141,9 @@ class Margin:
     the row's 95% interval of p50 relative to p50 (the run-to-run spread, see docs/ARCHITECTURE.md);
     NaN when the row has no interval. `contended`: the row was measured on a busy machine (profilers.load),
     where runs differed by far more than any interval from inside one run (results/selection_stability.md).
+    `history_move`: how far the row's p50 lay from its job's earlier runs on this machine when that was
+    beyond their spread (`off_history`), else NaN; such a run caught the machine in another state, so a
+    re-run may land elsewhere whatever its own interval says.
     """
 
     config_id: str
@@ -148,11 +151,15 @@ class Margin:
     margin: float
     spread: float
     contended: bool = False
+    history_move: float = math.nan
 
     @property
     def within_noise(self) -> bool:
-        """Within the spread, or measured on a busy machine, whose next run may differ by any amount."""
-        return self.contended or (not math.isnan(self.spread) and abs(self.margin) <= self.spread)
+        """Within the spread, measured on a busy machine, or off this machine's earlier runs: in the last two
+        cases the next run may differ by any amount."""
+        if self.contended or not math.isnan(self.history_move):
+            return True
+        return not math.isnan(self.spread) and abs(self.margin) <= self.spread
 
     def describe(self) -> str:
         verb = "fits" if self.margin >= 0 else "misses"
@@ -162,6 +169,9 @@ class Margin:
         else:
             relation = "within" if abs(self.margin) <= self.spread else "beyond"
             text += f", {relation} the run-to-run spread (+-{self.spread:.1%})"
+        if not math.isnan(self.history_move):
+            how = "slower" if self.history_move > 0 else "faster"
+            text += f", ran {abs(self.history_move):.0%} {how} than this machine's earlier runs of it"
         return text + (", measured on a busy machine" if self.contended else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +181,7 @@ class Margin:
             "margin": self.margin,
             "spread": None if math.isnan(self.spread) else self.spread,
             "contended": self.contended,
+            "history_move": None if math.isnan(self.history_move) else self.history_move,
             "within_noise": self.within_noise,
             "text": self.describe(),
         }
@@ -185,7 +196,17 @@ def _margin(row: pd.Series, budget: Budget) -> Margin:
     contended = row.get("contended")
     busy = bool(contended) if contended is not None and pd.notna(contended) else False
     margin = (budget.max_latency_ms - bound) / budget.max_latency_ms
-    return Margin(str(row["config_id"]), label(row), margin, spread, busy)
+    return Margin(str(row["config_id"]), label(row), margin, spread, busy, _history_move(row, p50))
+
+
+def _history_move(row: pd.Series, p50: float) -> float:
+    """p50 / the job's earlier median - 1 for a row marked off its earlier runs; NaN otherwise, and for
+    tables written before rows carried the comparison."""
+    off = row.get("off_history")
+    earlier = pd.to_numeric(row.get("history_p50_ms"), errors="coerce")
+    if off is None or pd.isna(off) or not bool(off) or pd.isna(earlier) or not earlier > 0 or pd.isna(p50):
+        return math.nan
+    return float(p50 / earlier - 1)
 
 
 def budget_margins(selection: Selection) -> list[Margin]:
