@@ -34,6 +34,18 @@ def test_manifest_per_target(capsys, workspace):
     assert [rung["width"] for rung in cpu["ladder"]] == [0.25, 0.5]
     assert openvino["configuration"]["width"] == 0.25 and openvino["target"]["backend"] == "openvino"
     assert "deploy/cpu/manifest.json" in out and "openvino-cpu" in out
+    assert "unsettled" not in out  # every margin is beyond the rows' run-to-run spread
+
+
+def test_a_shipped_choice_within_the_run_to_run_spread_says_so(capsys, workspace):
+    root, checkpoint, results = workspace
+    code, out, err = run(capsys, "manifest", "-t", "cpu", "--max-latency", "2.42ms",
+                         "--checkpoint", checkpoint, "--out", results, "-o", root / "near")  # fmt: skip
+    assert code == 0, err
+    assert (root / "near" / "cpu" / "manifest.json").is_file()
+    said = " ".join(out.split())
+    assert ("cpu: unsettled: 0.5x fits by 0.8%, within the run-to-run spread (+-2.0%); a re-run may choose "
+            "otherwise") in said  # fmt: skip
 
 
 def test_a_target_where_nothing_fits_exits_1_and_keeps_the_others(capsys, workspace):

@@ -160,6 +160,13 @@ def _measure_commands(
     return commands
 
 
+def _print_unsettled(console: Console, selection: Selection, where: str = "") -> None:
+    """One line per budget margin a re-measurement could overturn (issue 14: never flip silently)."""
+    for margin in selection.margins:
+        if margin.within_noise:
+            console.print(f"[yellow]{where}unsettled[/]: {margin.describe()}; a re-run may choose otherwise")
+
+
 def print_selection(
     console: Console, target: Target, selection: Selection, proposal: Proposal | None, results_dir: Path
 ) -> None:
@@ -180,9 +187,7 @@ def print_selection(
         )
         rows = [("fastest", selection.fastest)]
     console.print(candidate_table(rows, selection.budget.metric))
-    for margin in selection.margins:
-        if margin.within_noise:
-            console.print(f"[yellow]unsettled[/]: {margin.describe()}; a re-run may choose otherwise")
+    _print_unsettled(console, selection)
     if selection.significance_note:
         console.print(f"within noise: {selection.significance_note}", highlight=False)
     if selection.fits and len(selection.ladder) > 1:
@@ -289,6 +294,7 @@ def manifest_command(
             highlight=False,
             soft_wrap=True,
         )
+        _print_unsettled(console, selection, f"{entry.target.name}: ")
     if any(entry.manifest is None for entry in deployed):
         raise typer.Exit(1)
 
