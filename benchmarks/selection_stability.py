@@ -96,6 +96,7 @@ def main() -> None:
                         "within_noise": selection.within_noise,
                         "margins": "; ".join(m.describe() for m in selection.margins),
                         "contended_rows": int(table["contended"].sum()),
+                        "off_history_rows": int(table["off_history"].fillna(False).sum()),
                         "run_s": seconds,
                         "machine": state,
                     }
@@ -115,6 +116,10 @@ def main() -> None:
         "",
         f"{contended_runs} of {arguments.runs} runs had rows flagged contended: other sessions share this"
         " 2-core machine (each run's state and `contended_rows` below).",
+        "",
+        "A selection is flagged within noise when the choice's or the nearest more accurate miss's margin to"
+        " the budget lies within its row's run-to-run spread, or that row was measured contended or off its"
+        " job's earlier runs (`planner.plan.select.Margin`).",
         "",
         "Budgets (from the calibration run): "
         + "; ".join(
@@ -151,13 +156,14 @@ def main() -> None:
         f"Rows flagged contended: {int(measured['contended'].sum())} of {len(measured)}; other_cores median"
         f" {measured['other_cores'].median():.2f}.",
         "",
-        "| run | seconds | contended rows | machine before the run |",
-        "|---|---|---|---|",
+        "| run | seconds | contended rows | rows off their earlier runs | machine before the run |",
+        "|---|---|---|---|---|",
     ]
     for run, group in frame.groupby("run"):
         first = group.iloc[0]
         lines.append(
-            f"| {run} | {first['run_s']:.0f} | {first['contended_rows']} of 4 | {first['machine']} |"
+            f"| {run} | {first['run_s']:.0f} | {first['contended_rows']} of 4 |"
+            f" {first['off_history_rows']} of 4 | {first['machine']} |"
         )
     (RESULTS / f"{arguments.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
