@@ -120,8 +120,7 @@ def spread(records: pd.DataFrame, column: str = "p50_ms") -> RunSpread:
     records = records[pd.to_numeric(records[column], errors="coerce") > 0]
     if records.empty:
         return NO_SPREAD
-    latest = records.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
-    recent = records[records["run_id"].isin(latest)]
+    recent = _latest_runs(records)
     log_values = np.log(pd.to_numeric(recent[column]).to_numpy(dtype=float))
     run = pd.factorize(recent["run_id"], use_na_sentinel=False)[0]
     runs_seen = int(run.max()) + 1
@@ -137,6 +136,12 @@ def spread(records: pd.DataFrame, column: str = "p50_ms") -> RunSpread:
         return NO_SPREAD
     squares = float(((run_mean - job_mean[job_index])[repeated] ** 2).sum())
     return RunSpread(math.sqrt(squares / freedom), int(np.unique(run_of_pair[repeated]).size))
+
+
+def _latest_runs(records: pd.DataFrame) -> pd.DataFrame:
+    """The records of the RECENT_RUNS runs that finished last."""
+    latest = records.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
+    return records[records["run_id"].isin(latest)]
 
 
 def _codes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -242,8 +247,7 @@ def compared_with_earlier_runs(
         earlier = earlier[earlier[column] == entry[column]]
     if earlier.empty:
         return math.nan, None
-    latest = earlier.groupby("run_id")["timestamp"].max().sort_values().index[-RECENT_RUNS:]
-    center = float(earlier[earlier["run_id"].isin(latest)].groupby("run_id")["p50_ms"].median().median())
+    center = float(_latest_runs(earlier).groupby("run_id")["p50_ms"].median().median())
     expected = state_spread(others, entry["backend"], entry["device"], state).interval(center, confidence)
     if expected is None:
         return center, None
